@@ -1,0 +1,35 @@
+"""The Flask app factory. It takes Settings (tests pass their own) and wires blueprints and errors."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api import health, jobs, models
+from api.errors import register_error_handlers
+from api.state import close_db_session
+from shared.queue import make_celery
+from shared.settings import Settings
+from shared.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -> Flask:
+    """Build the API. With run_sweeper, a background thread publishes the outbox and reaps leases."""
+    settings = settings or Settings.from_env()
+    app = Flask("canvas")
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["canvas.settings"] = settings
+    app.extensions["canvas.celery"] = make_celery(settings, "canvas-api")
+    for blueprint in (jobs.bp, models.bp, health.bp):
+        app.register_blueprint(blueprint)
+    app.teardown_appcontext(close_db_session)
+    register_error_handlers(app)
+    if run_sweeper:
+        sweeper = Sweeper(settings, app.extensions["canvas.celery"])
+        sweeper.start()
+        app.extensions["canvas.sweeper"] = sweeper
+    return app

@@ -1,0 +1,77 @@
+"""One JSON error shape for every failure: {"error": {"type", "message", "param"}}, with the right status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from api.bodies import MalformedBody
+from shared.errors import (
+    CanvasError,
+    Conflict,
+    Forbidden,
+    IllegalTransition,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
+
+STATUS_BY_ERROR: dict[type[CanvasError], int] = {
+    MalformedBody: 400,
+    InvalidRequest: 422,
+    NotFound: 404,
+    Conflict: 409,
+    IllegalTransition: 409,
+    Unauthorized: 401,
+    Forbidden: 403,
+}
+
+
+def error_response(status: int, type_: str, message: str, param: str | None = None) -> Response:
+    response = jsonify({"error": {"type": type_, "message": message, "param": param}})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="canvas"'
+    return response
+
+
+def _loc(loc: tuple[Any, ...], prefix: str) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in loc]
+    return ".".join(parts)
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> Response:
+    """422 naming the first offending field (dotted path, e.g. `params.t_min`)."""
+    first = exc.errors(include_url=False)[0]
+    param = _loc(first["loc"], prefix) or None
+    if first["type"] == "extra_forbidden":
+        message = f"unknown field {param!r}"
+    elif param:
+        message = f"{param}: {first['msg']}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+    return error_response(422, "invalid_request_error", message.replace("Value error, ", ""), param)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(CanvasError)
+    def _canvas_error(exc: CanvasError) -> Response:
+        return error_response(STATUS_BY_ERROR.get(type(exc), 400), exc.type, exc.message, exc.param)
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError) -> Response:
+        return validation_error(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        messages = {
+            404: "no such route",
+            405: "method not allowed on this route",
+            413: "the request body is larger than the limit",
+        }
+        return error_response(status, "http_error", messages.get(status, exc.description or exc.name))

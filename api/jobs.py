@@ -1,0 +1,157 @@
+"""/v1/jobs: submit, get, list, cancel. Views parse, persist with an outbox record, publish, return."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.auth import authenticate_request, current_principal
+from api.bodies import read_json_object
+from api.job_inputs import check_length, prompt_ids
+from api.pagination import decode_cursor, encode_cursor, parse_limit
+from api.schemas import JobCreate
+from api.state import db_session, producer
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.jobs import create_job, get_job, job_view, new_job_id, timeline, transition
+from shared.models import Job, ModelRecord, utcnow
+from shared.queue import publish_pending
+from shared.states import FinishReason, JobStatus
+
+log = logging.getLogger(__name__)
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+bp.before_request(authenticate_request)
+
+
+def _job_response(session: Session, job: Job, status: int = 200) -> Response:
+    response = jsonify(job_view(job, timeline(session, job.id)))
+    response.status_code = status
+    return response
+
+
+def _request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _replay_idempotent(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != digest:
+        raise InvalidRequest("this Idempotency-Key was used with a different request body", "Idempotency-Key")
+    return job
+
+
+@bp.post("")
+def submit_job() -> Response:
+    raw = read_json_object()
+    body = JobCreate.model_validate(raw)
+    principal = current_principal()
+    session = db_session()
+    model = session.get(ModelRecord, body.model)
+    if model is None:
+        raise NotFound(f"model {body.model!r} does not exist; GET /v1/models lists the available ones", "model")
+    key = request.headers.get("Idempotency-Key")
+    digest = _request_hash(raw)
+    if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):
+        return _job_response(session, existing, 200)
+    ids, recorded_input = prompt_ids(body, model)
+    field = body.given_inputs()[0]
+    check_length(ids, body.params.max_new_tokens, model, field)
+    job = Job(
+        id=new_job_id(),
+        tenant_id=principal.tenant_id,
+        kind=body.kind,
+        model=model.name,
+        input=recorded_input,
+        input_ids=ids,
+        params=body.params.with_seed().model_dump(),
+        idempotency_key=key,
+        request_hash=digest if key else None,
+    )
+    outbox = create_job(session, job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
+        session.rollback()
+        existing = _replay_idempotent(session, principal.tenant_id, key or "", digest)
+        if existing is None:
+            raise
+        return _job_response(session, existing, 200)
+    _publish_after_commit(session, outbox.id)
+    response = _job_response(session, job, 202)
+    response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
+    return response
+
+
+def _publish_after_commit(session: Session, outbox_id: int) -> None:
+    """Publish now if the broker answers; if not, the job stays accepted and the sweeper publishes it."""
+    try:
+        publish_pending(session, producer(), ids=[outbox_id])
+        session.commit()
+    except Exception:  # the database hiccuped after the commit; the sweeper will publish
+        session.rollback()
+        log.exception("could not record the publish of outbox message %s", outbox_id)
+
+
+@bp.get("/<job_id>")
+def get_job_route(job_id: str) -> Response:
+    session = db_session()
+    return _job_response(session, get_job(session, job_id, current_principal().tenant_id))
+
+
+def _filters(args: Any) -> list[Any]:
+    conditions: list[Any] = []
+    if (status := args.get("status")) is not None:
+        if status not in {s.value for s in JobStatus}:
+            allowed = ", ".join(s.value for s in JobStatus)
+            raise InvalidRequest(f"status must be one of {allowed}", "status")
+        conditions.append(Job.status == status)
+    if (model := args.get("model")) is not None:
+        conditions.append(Job.model == model)
+    if (kind := args.get("kind")) is not None:
+        conditions.append(Job.kind == kind)
+    return conditions
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    unknown = set(request.args) - {"status", "model", "kind", "limit", "cursor"}
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}", sorted(unknown)[0])
+    limit = parse_limit(request.args.get("limit"))
+    stmt = select(Job).where(Job.tenant_id == current_principal().tenant_id, *_filters(request.args))
+    if cursor := request.args.get("cursor"):
+        created, row_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < row_id)))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list(db_session().scalars(stmt))
+    page, has_more = rows[:limit], len(rows) > limit
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if has_more else None
+    return jsonify(
+        {"object": "list", "data": [job_view(j) for j in page], "has_more": has_more, "next_cursor": next_cursor}
+    )
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    """A queued job is canceled at once; a running one becomes `canceling` until the worker stops it."""
+    session = db_session()
+    job = get_job(session, job_id, current_principal().tenant_id)
+    # Try both transitions in order: the job may start running between our read and our write.
+    output = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
+    done = (
+        transition(session, job.id, JobStatus.CANCELED, finished_at=utcnow(), output=output, attempt=None)
+        if job.status == JobStatus.QUEUED.value
+        else False
+    )
+    done = done or transition(session, job.id, JobStatus.CANCELING)
+    session.commit()
+    session.refresh(job)
+    if not done and job.status != JobStatus.CANCELING.value:
+        raise Conflict(f"job {job.id} is {job.status}; only queued or running jobs can be canceled", "id")
+    return _job_response(session, job)

@@ -1,0 +1,31 @@
+"""Opaque keyset cursors over (created_at, id), newest first."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+from shared.errors import InvalidRequest
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, row_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(row_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"cursor is not valid: {exc}", "cursor") from None
+
+
+def parse_limit(value: str | None, default: int = 20, maximum: int = 100) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise InvalidRequest(f"limit must be an integer from 1 to {maximum}", "limit")
+    return int(value)

@@ -1,0 +1,30 @@
+"""Request bodies. Unknown fields are refused (422), never silently ignored."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from shared.contracts import GenerationParams
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: StrictStr = Field(min_length=1, max_length=64)
+    content: StrictStr
+
+
+class JobCreate(BaseModel):
+    """POST /v1/jobs. Exactly one of `prompt`, `input_ids`, `messages` (checked by the view)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["generate"] = "generate"
+    model: StrictStr = Field(min_length=1, max_length=200)
+    prompt: StrictStr | None = None
+    input_ids: list[StrictInt] | None = Field(None, min_length=1)
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+
+    def given_inputs(self) -> list[str]:
+        return [name for name in ("prompt", "input_ids", "messages") if getattr(self, name) is not None]

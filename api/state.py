@@ -1,0 +1,31 @@
+"""Per-app and per-request resources: settings, the database session, the Celery producer."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import current_app, g
+from sqlalchemy.orm import Session
+
+from shared.db import session_factory
+from shared.settings import Settings
+
+
+def settings() -> Settings:
+    return current_app.extensions["canvas.settings"]
+
+
+def producer() -> Celery:
+    return current_app.extensions["canvas.celery"]
+
+
+def db_session() -> Session:
+    """The request's session, opened on first use. Views commit explicitly; teardown rolls back the rest."""
+    if "db" not in g:
+        g.db = session_factory(settings().database_url)()
+    return g.db
+
+
+def close_db_session(_exc: BaseException | None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()

@@ -1,0 +1,58 @@
+"""Contracts between the API and the workers: task names, queues, and generation parameters."""
+
+from __future__ import annotations
+
+import secrets
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+GENERATE_TASK = "canvas.generate"
+
+
+def generation_queue(model: str) -> str:
+    """One queue per model: a worker consumes the queues of the models it has loaded."""
+    return f"gen.{model}"
+
+
+class GenerationParams(BaseModel):
+    """Per-job denoising parameters. Unknown fields are refused, never silently dropped.
+
+    Defaults are the released model's (reference digest 2.1); `seed` is drawn when absent and recorded,
+    so every job can be reproduced.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    max_denoising_steps: int = Field(48, ge=1, le=1024)
+    entropy_bound: float = Field(0.1, gt=0.0, le=1000.0)
+    t_min: float = Field(0.4, gt=0.0, le=10.0)
+    t_max: float = Field(0.8, gt=0.0, le=10.0)
+    stability_threshold: int = Field(1, ge=1, le=1024)
+    confidence_threshold: float = Field(0.005, ge=0.0, le=100.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ints_are_floats(cls, data: object) -> object:
+        # Strict mode keeps "1" from becoming 1, but JSON clients write 1 for 1.0: accept ints for floats.
+        if isinstance(data, dict):
+            for name in ("entropy_bound", "t_min", "t_max", "confidence_threshold"):
+                value = data.get(name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    data = {**data, name: float(value)}
+        return data
+
+    @field_validator("t_max")
+    @classmethod
+    def _above_t_min(cls, t_max: float, info: ValidationInfo) -> float:
+        t_min = info.data.get("t_min")
+        if t_min is not None and t_max <= t_min:
+            raise ValueError(f"t_max ({t_max}) must be greater than t_min ({t_min})")
+        return t_max
+
+    def with_seed(self) -> GenerationParams:
+        """These parameters with a seed: the given one, or a fresh random one."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": secrets.randbelow(2**31)})

@@ -1,0 +1,38 @@
+"""Domain errors. The API maps each to one JSON error shape and status in one place (api/errors.py)."""
+
+from __future__ import annotations
+
+
+class CanvasError(Exception):
+    """Base class. `type` names the error for clients; `param` names the offending field, if any."""
+
+    type = "canvas_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(CanvasError):
+    type = "invalid_request_error"
+
+
+class NotFound(CanvasError):
+    type = "not_found_error"
+
+
+class Conflict(CanvasError):
+    type = "conflict_error"
+
+
+class Unauthorized(CanvasError):
+    type = "authentication_error"
+
+
+class Forbidden(CanvasError):
+    type = "permission_error"
+
+
+class IllegalTransition(CanvasError):
+    type = "conflict_error"

@@ -1,0 +1,148 @@
+"""Job persistence: creation with its outbox record, conditional transitions, the timeline, the view.
+
+Every status change goes through `transition`, a conditional UPDATE: a duplicate delivery or a late
+writer changes nothing, and an illegal transition is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.contracts import GENERATE_TASK, generation_queue
+from shared.errors import IllegalTransition, NotFound
+from shared.models import Job, JobEvent, OutboxMessage, utcnow
+from shared.states import ALLOWED_FROM, JobStatus
+
+
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex
+
+
+def create_job(session: Session, job: Job) -> OutboxMessage:
+    """Insert a queued job, its first event and its outbox record; the caller commits, then publishes."""
+    job.status = JobStatus.QUEUED.value
+    job.created_at = job.created_at or utcnow()
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, type="status", status=JobStatus.QUEUED.value, created_at=job.created_at))
+    outbox = OutboxMessage(job_id=job.id, task_name=GENERATE_TASK, queue=generation_queue(job.model))
+    session.add(outbox)
+    session.flush()
+    return outbox
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    to: JobStatus,
+    *,
+    attempt: int | None = None,
+    event_data: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job to `to` if its current status allows it (and, if given, it is still on `attempt`).
+
+    Returns whether the row changed. Appends a timeline event when it did.
+    """
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([s.value for s in ALLOWED_FROM[to]]))
+        .values(status=to.value, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if attempt is not None:
+        stmt = stmt.where(Job.attempts == attempt)
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.add(JobEvent(job_id=job_id, type="status", status=to.value, data=event_data, created_at=now))
+    session.flush()
+    return True
+
+
+def require_transition(session: Session, job_id: str, to: JobStatus, **values: Any) -> None:
+    """`transition`, raising IllegalTransition (with the current status) when refused."""
+    if not transition(session, job_id, to, **values):
+        current = session.scalar(select(Job.status).where(Job.id == job_id))
+        raise IllegalTransition(f"job {job_id} is {current}; it cannot become {to.value}")
+
+
+def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> int | None:
+    """queued -> running for this worker. Returns the attempt number, or None if not claimable.
+
+    The conditional UPDATE is the lock: of two deliveries of one job, exactly one matches `queued`.
+    """
+    now = utcnow()
+    ok = transition(
+        session,
+        job_id,
+        JobStatus.RUNNING,
+        event_data={"worker": worker},
+        attempts=Job.attempts + 1,
+        worker=worker,
+        started_at=now,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+    )
+    return session.scalar(select(Job.attempts).where(Job.id == job_id)) if ok else None
+
+
+def renew_lease(session: Session, job_id: str, attempt: int, lease_seconds: float) -> bool:
+    """Extend a running job's lease; False when the job is no longer ours (reaped, finished)."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.attempts == attempt,
+            Job.status.in_([JobStatus.RUNNING.value, JobStatus.CANCELING.value]),
+        )
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
+def get_job(session: Session, job_id: str, tenant_id: str | None = None) -> Job:
+    """The job, or NotFound; with a tenant, another tenant's job is also NotFound."""
+    job = session.get(Job, job_id)
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+        raise NotFound(f"no job with id {job_id!r}", param="id")
+    return job
+
+
+def timeline(session: Session, job_id: str) -> list[JobEvent]:
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    return list(session.scalars(stmt))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def job_view(job: Job, events: list[JobEvent] | None = None) -> dict[str, Any]:
+    """The public JSON shape of a job (the API's and, later, the webhooks')."""
+    view: dict[str, Any] = {
+        "id": job.id,
+        "object": "job",
+        "kind": job.kind,
+        "model": job.model,
+        "status": job.status,
+        "input": job.input,
+        "params": job.params,
+        "output": job.output,
+        "stats": job.stats,
+        "error": job.error,
+        "attempts": job.attempts,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+    if events is not None:
+        view["timeline"] = [
+            {"status": e.status, "type": e.type, "at": _iso(e.created_at), **({"data": e.data} if e.data else {})}
+            for e in events
+        ]
+    return view

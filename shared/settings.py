@@ -1,0 +1,54 @@
+"""One Settings object read from the environment (12-factor). Nothing else reads os.environ for config."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Build with `Settings.from_env()`; tests use `replace(settings, ...)`."""
+
+    database_url: str = "sqlite:///var/canvas.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    max_body_bytes: int = 1_000_000
+    max_attempts: int = 3  # deliveries of one job that may start running before it is failed
+    lease_seconds: float = 60.0  # a running job whose heartbeat is older than this is reaped
+    heartbeat_seconds: float = 5.0
+    cancel_poll_seconds: float = 0.25  # how often a running job checks for a cancel request
+    sweep_seconds: float = 2.0  # outbox and lease sweeper period
+    max_job_seconds: int = 6 * 3600  # the longest job we allow; the broker visibility timeout exceeds it
+    publish_timeout_seconds: float = 2.0
+    log_level: str = "INFO"
+    var_dir: Path = field(default_factory=lambda: Path("var"))
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        d = cls()
+        return cls(
+            database_url=os.environ.get("DATABASE_URL", d.database_url),
+            redis_url=os.environ.get("REDIS_URL", d.redis_url),
+            max_body_bytes=_int("CANVAS_MAX_BODY_BYTES", d.max_body_bytes),
+            max_attempts=_int("CANVAS_MAX_ATTEMPTS", d.max_attempts),
+            lease_seconds=_float("CANVAS_LEASE_SECONDS", d.lease_seconds),
+            heartbeat_seconds=_float("CANVAS_HEARTBEAT_SECONDS", d.heartbeat_seconds),
+            cancel_poll_seconds=_float("CANVAS_CANCEL_POLL_SECONDS", d.cancel_poll_seconds),
+            sweep_seconds=_float("CANVAS_SWEEP_SECONDS", d.sweep_seconds),
+            max_job_seconds=_int("CANVAS_MAX_JOB_SECONDS", d.max_job_seconds),
+            publish_timeout_seconds=_float("CANVAS_PUBLISH_TIMEOUT_SECONDS", d.publish_timeout_seconds),
+            log_level=os.environ.get("CANVAS_LOG_LEVEL", d.log_level),
+            var_dir=Path(os.environ.get("CANVAS_VAR_DIR", str(d.var_dir))),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]

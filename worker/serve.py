@@ -1,0 +1,85 @@
+"""`canvas worker serve`: one Celery worker process per GPU, each pinned with CUDA_VISIBLE_DEVICES.
+
+The parent never imports torch, so no CUDA context exists before the children start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from shared.contracts import generation_queue
+
+
+def detect_gpus() -> list[str]:
+    """GPU indices from nvidia-smi (not from torch: no CUDA in the parent), or [] without one."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, check=False
+    )
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()]
+
+
+def parse_gpus(value: str) -> list[str | None]:
+    """'0,1' -> ['0', '1']; 'none' -> [None] (one CPU process); 'auto' -> every GPU, or the CPU."""
+    if value == "none":
+        return [None]
+    if value == "auto":
+        return list(detect_gpus()) or [None]
+    gpus = [g.strip() for g in value.split(",") if g.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus):
+        raise SystemExit(f"--gpus must be 'auto', 'none' or a list like 0,1 (got {value!r})")
+    return list(gpus)
+
+
+def worker_command(models: Sequence[str], gpu: str | None, loglevel: str = "INFO") -> list[str]:
+    queues = ",".join(generation_queue(m) for m in models)
+    name = f"gpu{gpu}@%h" if gpu is not None else "cpu@%h"
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app:app",
+        "worker",
+        "--pool",
+        "solo",
+        "-Q",
+        queues,
+        "-n",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        loglevel,
+    ]
+
+
+def worker_env(models: Sequence[str], gpu: str | None) -> dict[str, str]:
+    env = dict(os.environ, CANVAS_WORKER_MODELS=",".join(models))
+    env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else ""
+    return env
+
+
+def serve(models: Sequence[str], gpus: str, loglevel: str = "INFO") -> int:
+    """Start the workers and wait; SIGTERM/SIGINT are passed on for a warm shutdown."""
+    if not models:
+        raise SystemExit("--models names at least one model (see: canvas models list)")
+    children = [
+        subprocess.Popen(worker_command(models, gpu, loglevel), env=worker_env(models, gpu)) for gpu in parse_gpus(gpus)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)

@@ -1,0 +1,125 @@
+"""The embedded default stack (`canvas up`, `make demo`): SQLite, a private Redis, one worker, the API.
+
+Everything runs as child processes of this one and is stopped on exit: none is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from shared.db import session_scope
+from shared.keys import create_key
+from shared.local_redis import LocalRedis, free_port
+from shared.migrate import upgrade
+from shared.registry import register_model
+from shared.settings import Settings
+from worker.serve import worker_command, worker_env
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "canvas-tiny"
+
+
+@dataclass
+class Stack:
+    url: str
+    admin_key: str
+    model: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+def ensure_default_model(settings: Settings) -> Path:
+    """The demo model directory: var/models/canvas-tiny, made on first use."""
+    path = settings.var_dir / "models" / DEFAULT_MODEL
+    if not (path / "config.json").exists():
+        from worker.tiny import make_tiny  # torch: only needed the first time
+
+        log.info("making the tiny default model in %s", path)
+        make_tiny(path)
+    return path
+
+
+def wait_healthy(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError("a Canvas process exited during start-up; see its log above")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API at {url} did not become healthy within {timeout}s")
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in processes:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def embedded_stack(port: int | None = None) -> Iterator[Stack]:
+    """Start the whole stack; yields once the API answers. Stops everything on exit, error or not."""
+    settings = Settings.from_env()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    local_redis = None
+    if "REDIS_URL" not in os.environ:
+        local_redis = LocalRedis(settings.var_dir / "redis").start()
+        settings = settings.with_(redis_url=local_redis.url)
+    if "DATABASE_URL" not in os.environ:
+        settings = settings.with_(database_url=f"sqlite:///{(settings.var_dir / 'canvas.db').resolve()}")
+    env = dict(os.environ, REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        upgrade(settings.database_url)
+        model_path = ensure_default_model(settings)
+        with session_scope(settings.database_url) as session:
+            register_model(session, DEFAULT_MODEL, model_path)
+            _record, admin_key = create_key(session, "embedded admin", admin=True)
+        port = port or free_port()
+        processes.append(
+            subprocess.Popen([sys.executable, "-m", "api.serve", "--host", "127.0.0.1", "--port", str(port)], env=env)
+        )
+        processes.append(
+            subprocess.Popen(
+                worker_command([DEFAULT_MODEL], _gpu_or_cpu()),
+                env={**worker_env([DEFAULT_MODEL], _gpu_or_cpu()), **_only(env)},
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, processes)
+        yield Stack(url=url, admin_key=admin_key, model=DEFAULT_MODEL, processes=processes)
+    finally:
+        stop_all(processes)
+        if local_redis is not None:
+            local_redis.stop()
+
+
+def _only(env: dict[str, str]) -> dict[str, str]:
+    return {k: env[k] for k in ("REDIS_URL", "DATABASE_URL")}
+
+
+def _gpu_or_cpu() -> str | None:
+    from worker.serve import detect_gpus
+
+    gpus = detect_gpus()
+    return gpus[0] if gpus else None
