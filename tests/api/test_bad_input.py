@@ -1,0 +1,152 @@
+"""Every bad input gets the one JSON error shape, the right status, and names what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TINY, auth
+
+
+def error_of(response) -> dict:  # noqa: ANN001
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"type", "message", "param"}, body
+    return body["error"]
+
+
+def submit(client, key: str, body: object, **kw):  # noqa: ANN001, ANN201
+    return client.post("/v1/jobs", data=json.dumps(body), headers=auth(key), content_type="application/json", **kw)
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"max_new_tokens": 0}, "params.max_new_tokens"),
+        ({"max_new_tokens": "12"}, "params.max_new_tokens"),
+        ({"max_new_tokens": 1.5}, "params.max_new_tokens"),
+        ({"max_denoising_steps": -1}, "params.max_denoising_steps"),
+        ({"entropy_bound": 0}, "params.entropy_bound"),
+        ({"entropy_bound": "x"}, "params.entropy_bound"),
+        ({"t_min": 0.9, "t_max": 0.5}, "params.t_max"),
+        ({"stability_threshold": True}, "params.stability_threshold"),
+        ({"confidence_threshold": -0.1}, "params.confidence_threshold"),
+        ({"seed": -5}, "params.seed"),
+        ({"temperature": 0.7}, "params.temperature"),
+    ],
+)
+def test_bad_params_are_422_naming_the_field(client, keys, params, param) -> None:  # noqa: ANN001
+    response = submit(client, keys["a"], {"kind": "generate", "model": TINY, "prompt": "hi", "params": params})
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["param"] == param
+    assert param.split(".")[-1] in error["message"]
+
+
+def test_unknown_top_level_field_is_refused(client, keys) -> None:  # noqa: ANN001
+    response = submit(client, keys["a"], {"model": TINY, "prompt": "hi", "do_sample": True})
+    assert response.status_code == 422
+    assert error_of(response)["param"] == "do_sample"
+    assert "unknown field" in error_of(response)["message"]
+
+
+def test_unknown_kind_is_refused(client, keys) -> None:  # noqa: ANN001
+    response = submit(client, keys["a"], {"kind": "paint", "model": TINY, "prompt": "hi"})
+    assert response.status_code == 422
+    assert error_of(response)["param"] == "kind"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b"\xff\xfe"])
+def test_malformed_body_is_400(client, keys, raw) -> None:  # noqa: ANN001
+    response = client.post("/v1/jobs", data=raw, headers=auth(keys["a"]), content_type="application/json")
+    assert response.status_code == 400
+    assert error_of(response)["type"] == "invalid_json_error"
+
+
+def test_oversized_body_is_413(client, keys, settings) -> None:  # noqa: ANN001
+    body = {"model": TINY, "prompt": "x" * (settings.max_body_bytes + 10)}
+    response = submit(client, keys["a"], body)
+    assert response.status_code == 413
+    assert "limit" in error_of(response)["message"]
+
+
+def test_prompt_longer_than_the_model_allows_is_422(client, keys) -> None:  # noqa: ANN001
+    # The tiny model has 1024 positions and 32-token canvases; 1000 byte-tokens + one canvas do not fit.
+    response = submit(client, keys["a"], {"model": TINY, "prompt": "y" * 1000, "params": {"max_new_tokens": 8}})
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["param"] == "prompt"
+    assert "1024" in error["message"]
+
+
+def test_max_new_tokens_past_the_context_is_422(client, keys) -> None:  # noqa: ANN001
+    response = submit(client, keys["a"], {"model": TINY, "prompt": "hi", "params": {"max_new_tokens": 5000}})
+    assert response.status_code == 422
+    assert "positions" in error_of(response)["message"]
+
+
+def test_unknown_model_is_404_naming_it(client, keys) -> None:  # noqa: ANN001
+    response = submit(client, keys["a"], {"model": "no-such-model", "prompt": "hi"})
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["param"] == "model"
+    assert "no-such-model" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": TINY}, "prompt"),
+        ({"model": TINY, "prompt": "a", "input_ids": [2, 3]}, "prompt"),
+        ({"model": TINY, "input_ids": [2, 99999]}, "input_ids"),
+        ({"model": TINY, "input_ids": []}, "input_ids"),
+        ({"model": TINY, "input_ids": ["a"]}, "input_ids.0"),
+        ({"model": TINY, "messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"model": TINY, "prompt": ""}, "prompt"),
+        ({"model": 7, "prompt": "a"}, "model"),
+    ],
+)
+def test_bad_inputs_are_422(client, keys, body, param) -> None:  # noqa: ANN001
+    response = submit(client, keys["a"], body)
+    assert response.status_code == 422, response.get_json()
+    assert error_of(response)["param"] == param
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer cvs_not-a-key"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
+)
+def test_missing_or_wrong_key_is_401(client, headers) -> None:  # noqa: ANN001
+    response = client.post("/v1/jobs", json={"model": TINY, "prompt": "hi"}, headers=headers)
+    assert response.status_code == 401
+    assert error_of(response)["type"] == "authentication_error"
+    assert client.get("/v1/jobs", headers=headers).status_code == 401
+    assert client.get("/v1/models", headers=headers).status_code == 401
+
+
+def test_revoked_key_is_401(client, keys, settings) -> None:  # noqa: ANN001
+    from shared.db import session_scope
+    from shared.keys import authenticate, revoke_key
+
+    with session_scope(settings.database_url) as session:
+        principal = authenticate(session, keys["a"])
+        assert principal is not None
+        assert revoke_key(session, principal.key_id)
+    assert client.get("/v1/jobs", headers=auth(keys["a"])).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [("status=done", "status"), ("limit=0", "limit"), ("limit=101", "limit"), ("cursor=%%%", "cursor"), ("foo=1", "foo")],
+)
+def test_bad_list_queries_are_422(client, keys, query, param) -> None:  # noqa: ANN001
+    response = client.get(f"/v1/jobs?{query}", headers=auth(keys["a"]))
+    assert response.status_code == 422
+    assert error_of(response)["param"] == param
+
+
+def test_unknown_route_uses_the_error_shape(client, keys) -> None:  # noqa: ANN001
+    response = client.get("/v1/nothing", headers=auth(keys["a"]))
+    assert response.status_code == 404
+    error_of(response)

@@ -1,0 +1,110 @@
+"""Fixtures: real Redis, real PostgreSQL and SQLite (migrated by Alembic), a tiny model, an app, a client.
+
+Tests that take `settings` run once per database backend. Each backend uses its own Redis database
+number so that workers of one backend never take the other's tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import delete
+
+from shared.db import dispose_engine, session_scope
+from shared.keys import create_key
+from shared.migrate import upgrade
+from shared.models import ApiKey, Job, JobEvent, OutboxMessage
+from shared.registry import register_model
+from shared.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("CANVAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("CANVAS_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = {"sqlite": 14, "postgresql": 15}
+TINY = "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from worker.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny", seed=0, canvas_length=32)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    name = f"canvas_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    yield url
+    dispose_engine(url)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def base_settings(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, request: pytest.FixtureRequest
+) -> Settings:
+    """Migrated database of this backend, with the tiny model registered."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'canvas.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    with session_scope(url) as session:
+        register_model(session, TINY, tiny_model_dir)
+    return Settings(
+        database_url=url,
+        redis_url=f"{REDIS_BASE}/{REDIS_DB[backend]}",
+        lease_seconds=4.0,
+        heartbeat_seconds=0.5,
+        cancel_poll_seconds=0.1,
+        sweep_seconds=0.3,
+        var_dir=tmp_path_factory.mktemp("var"),
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Iterator[Settings]:
+    """The backend's settings, with job tables emptied before each test (models stay)."""
+    with session_scope(base_settings.database_url) as session:
+        for table in (OutboxMessage, JobEvent, Job, ApiKey):
+            session.execute(delete(table))
+    yield base_settings
+
+
+@pytest.fixture
+def keys(settings: Settings) -> dict[str, str]:
+    """Plain keys: `a` and `b` in two tenants, `admin` in a third."""
+    out = {}
+    with session_scope(settings.database_url) as session:
+        for name, admin in (("a", False), ("b", False), ("admin", True)):
+            out[name] = create_key(session, f"test {name}", admin=admin)[1]
+    return out
+
+
+@pytest.fixture
+def app(settings: Settings):  # noqa: ANN201 (Flask app)
+    from api.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):  # noqa: ANN001, ANN201
+    return app.test_client()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -1,0 +1,87 @@
+"""The job lifecycle in the database: conditional transitions, claims, events, the reaper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.db import session_scope
+from shared.errors import IllegalTransition
+from shared.jobs import claim, create_job, new_job_id, require_transition, timeline, transition
+from shared.models import Job, OutboxMessage, utcnow
+from shared.states import JobStatus
+from shared.sweeper import reap_expired_leases
+from tests.conftest import TINY
+
+
+def make_job(settings) -> str:  # noqa: ANN001
+    job = Job(id=new_job_id(), tenant_id="t", kind="generate", model=TINY, input={"prompt": "x"},
+              input_ids=[2, 3], params={"seed": 1})
+    with session_scope(settings.database_url) as session:
+        create_job(session, job)
+    return job.id
+
+
+def test_a_job_is_claimed_once(settings) -> None:  # noqa: ANN001
+    job_id = make_job(settings)
+    with session_scope(settings.database_url) as session:
+        assert claim(session, job_id, "w1", 30) == 1
+    with session_scope(settings.database_url) as session:
+        assert claim(session, job_id, "w2", 30) is None  # duplicate delivery: no-op
+        job = session.get(Job, job_id)
+        assert (job.status, job.worker, job.attempts) == ("running", "w1", 1)
+        assert [e.status for e in timeline(session, job_id)] == ["queued", "running"]
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        ([], JobStatus.SUCCEEDED),  # queued cannot succeed without running
+        ([JobStatus.CANCELED], JobStatus.RUNNING),  # a canceled job never starts
+        ([JobStatus.RUNNING, JobStatus.SUCCEEDED], JobStatus.FAILED),  # terminal stays terminal
+        ([JobStatus.RUNNING, JobStatus.SUCCEEDED], JobStatus.CANCELING),
+    ],
+)
+def test_illegal_transitions_are_refused(settings, path, refused) -> None:  # noqa: ANN001
+    job_id = make_job(settings)
+    with session_scope(settings.database_url) as session:
+        for status in path:
+            require_transition(session, job_id, status)
+    with session_scope(settings.database_url) as session, pytest.raises(IllegalTransition):
+        require_transition(session, job_id, refused)
+    with session_scope(settings.database_url) as session:
+        assert len(timeline(session, job_id)) == 1 + len(path)
+
+
+def test_a_stale_attempt_cannot_finish_a_job(settings) -> None:  # noqa: ANN001
+    job_id = make_job(settings)
+    with session_scope(settings.database_url) as session:
+        assert claim(session, job_id, "w1", 30) == 1
+        assert not transition(session, job_id, JobStatus.SUCCEEDED, attempt=2)
+        assert transition(session, job_id, JobStatus.SUCCEEDED, attempt=1)
+
+
+def test_the_reaper_requeues_then_fails_a_job_whose_lease_expired(settings) -> None:  # noqa: ANN001
+    settings = settings.with_(max_attempts=2)
+    job_id = make_job(settings)
+    for attempt in (1, 2):
+        with session_scope(settings.database_url) as session:
+            assert claim(session, job_id, f"w{attempt}", 30) == attempt
+            session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+        assert reap_expired_leases(settings) == 1
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job.status == "failed"
+        assert job.error["type"] == "worker_lost"
+        statuses = [e.status for e in timeline(session, job_id)]
+        assert statuses == ["queued", "running", "queued", "running", "failed"]
+        # the requeue wrote a second outbox message, so the job is published again
+        assert session.query(OutboxMessage).filter_by(job_id=job_id).count() == 2
+
+
+def test_a_live_lease_is_not_reaped(settings) -> None:  # noqa: ANN001
+    job_id = make_job(settings)
+    with session_scope(settings.database_url) as session:
+        claim(session, job_id, "w1", 30)
+    assert reap_expired_leases(settings) == 0
