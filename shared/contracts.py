@@ -24,12 +24,12 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     max_new_tokens: int = Field(256, ge=1, le=32768)
-    max_denoising_steps: int = Field(48, ge=1, le=1024)
+    max_denoising_steps: int = Field(48, ge=1, le=4096)
     entropy_bound: float = Field(0.1, gt=0.0, le=1000.0)
     t_min: float = Field(0.4, gt=0.0, le=10.0)
     t_max: float = Field(0.8, gt=0.0, le=10.0)
-    stability_threshold: int = Field(1, ge=1, le=1024)
-    confidence_threshold: float = Field(0.005, ge=0.0, le=100.0)
+    stability_threshold: int = Field(1, ge=1, le=4096)
+    confidence_threshold: float = Field(0.005, gt=0.0, le=100.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
     @model_validator(mode="before")

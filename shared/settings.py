@@ -50,5 +50,22 @@ class Settings:
             var_dir=Path(os.environ.get("CANVAS_VAR_DIR", str(d.var_dir))),
         )
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process (inverse of from_env)."""
+        return {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "CANVAS_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "CANVAS_MAX_ATTEMPTS": str(self.max_attempts),
+            "CANVAS_LEASE_SECONDS": str(self.lease_seconds),
+            "CANVAS_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
+            "CANVAS_CANCEL_POLL_SECONDS": str(self.cancel_poll_seconds),
+            "CANVAS_SWEEP_SECONDS": str(self.sweep_seconds),
+            "CANVAS_MAX_JOB_SECONDS": str(self.max_job_seconds),
+            "CANVAS_PUBLISH_TIMEOUT_SECONDS": str(self.publish_timeout_seconds),
+            "CANVAS_LOG_LEVEL": self.log_level,
+            "CANVAS_VAR_DIR": str(self.var_dir),
+        }
+
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

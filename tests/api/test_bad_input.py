@@ -32,6 +32,7 @@ def submit(client, key: str, body: object, **kw):  # noqa: ANN001, ANN201
         ({"t_min": 0.9, "t_max": 0.5}, "params.t_max"),
         ({"stability_threshold": True}, "params.stability_threshold"),
         ({"confidence_threshold": -0.1}, "params.confidence_threshold"),
+        ({"confidence_threshold": 0}, "params.confidence_threshold"),
         ({"seed": -5}, "params.seed"),
         ({"temperature": 0.7}, "params.temperature"),
     ],

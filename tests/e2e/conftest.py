@@ -1,0 +1,29 @@
+"""A live stack per database backend: API server + one worker process, shared by the e2e tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import TINY
+from tests.e2e.live import ApiServer, Worker
+
+
+@pytest.fixture(scope="session")
+def live_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:  # noqa: ANN001
+    worker = Worker(base_settings, TINY, tmp_path_factory.mktemp("logs") / "worker.log").wait_ready()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def live_api(settings, live_worker) -> Iterator[ApiServer]:  # noqa: ANN001
+    with ApiServer(settings) as server:
+        yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
