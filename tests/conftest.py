@@ -95,14 +95,14 @@ def keys(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def app(settings: Settings):  # noqa: ANN201 (Flask app)
+def app(settings: Settings):
     from api.app import create_app
 
     return create_app(settings)
 
 
 @pytest.fixture
-def client(app):  # noqa: ANN001, ANN201
+def client(app):
     return app.test_client()
 
 

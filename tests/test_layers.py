@@ -43,7 +43,7 @@ def test_package_imports_respect_the_layers(package: str) -> None:
 
 
 def test_the_api_app_loads_without_torch() -> None:
-    code = "import sys, api.app, api.wsgi; print(sorted(m for m in ('torch', 'transformers', 'worker') if m in sys.modules))"
+    code = "import sys, api.app, api.wsgi; print(sorted(m for m in ('torch', 'transformers', 'worker') if m in sys.modules))"  # noqa: E501
     env_code = f"import os; os.environ['CANVAS_API_SWEEPER'] = '0'; {code}"
     out = subprocess.run([sys.executable, "-c", env_code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

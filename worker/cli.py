@@ -115,6 +115,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nCanvas is up at {stack.url}  (model {stack.model})")
         print(f"admin key (shown once): {stack.admin_key}")
         print(f"try: curl -H 'Authorization: Bearer {stack.admin_key}' {stack.url}/v1/models")
+        print(f"logs: {stack.log_dir}/api.log, {stack.log_dir}/worker.log")
         print("Ctrl-C stops everything.\n", flush=True)
         try:
             while all(p.poll() is None for p in stack.processes):
@@ -127,12 +128,15 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.demo import run_demo
-    from worker.stack import embedded_stack
+    from worker.stack import embedded_stack, print_log_tails
 
     try:
         with embedded_stack() as stack:
-            print(f"Canvas is up at {stack.url}; running the demo jobs on {stack.model}\n", flush=True)
+            print(f"Canvas is up at {stack.url}; running the demo jobs on {stack.model}", flush=True)
+            print(f"(logs in {stack.log_dir})\n", flush=True)
             code = run_demo(stack.url, stack.admin_key, stack.model)
+            if code:
+                print_log_tails(stack.log_dir)
     except Exception as exc:
         print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

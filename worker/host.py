@@ -34,8 +34,16 @@ def load_model(name: str, path: str | Path, eos_ids: list[int], device: torch.de
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    warm_up(model, device)
     log.info("loaded model %s from %s on %s", name, path, device)
     return LoadedModel(name, model, tokenizer, set(eos_ids), device)
+
+
+@torch.inference_mode()
+def warm_up(model: Any, device: torch.device) -> None:
+    """One tiny generation, so the first job does not pay for lazy initialisation (about 1 s on CPU)."""
+    bos = model.generation_config.bos_token_id or 0
+    model.generate(torch.tensor([[bos]], device=device), max_new_tokens=1, max_denoising_steps=2)
 
 
 class ModelHost:

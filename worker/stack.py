@@ -22,6 +22,7 @@ from shared.db import session_scope
 from shared.keys import create_key
 from shared.local_redis import LocalRedis, free_port
 from shared.migrate import upgrade
+from shared.queue import make_celery
 from shared.registry import register_model
 from shared.settings import Settings
 from worker.serve import worker_command, worker_env
@@ -36,6 +37,19 @@ class Stack:
     admin_key: str
     model: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_dir: Path | None = None
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A child process whose output goes to `log_path` (appended), so the console stays readable."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def print_log_tails(log_dir: Path, lines: int = 30) -> None:
+    for path in sorted(log_dir.glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- last lines of {path} ---", *tail, sep="\n", file=sys.stderr)
 
 
 def ensure_default_model(settings: Settings) -> Path:
@@ -61,6 +75,18 @@ def wait_healthy(url: str, processes: list[subprocess.Popen[bytes]], timeout: fl
             pass
         time.sleep(0.2)
     raise RuntimeError(f"the API at {url} did not become healthy within {timeout}s")
+
+
+def wait_worker_ready(settings: Settings, processes: list[subprocess.Popen[bytes]], timeout: float = 180.0) -> None:
+    """Wait until a Celery worker answers a ping (it answers once its models are loaded)."""
+    app = make_celery(settings, "canvas-stack")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError("a Canvas process exited during start-up; see its log above")
+        if app.control.ping(timeout=0.5):
+            return
+    raise RuntimeError(f"no worker answered within {timeout}s")
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
@@ -96,18 +122,21 @@ def embedded_stack(port: int | None = None) -> Iterator[Stack]:
             register_model(session, DEFAULT_MODEL, model_path)
             _record, admin_key = create_key(session, "embedded admin", admin=True)
         port = port or free_port()
-        processes.append(
-            subprocess.Popen([sys.executable, "-m", "api.serve", "--host", "127.0.0.1", "--port", str(port)], env=env)
-        )
-        processes.append(
-            subprocess.Popen(
-                worker_command([DEFAULT_MODEL], _gpu_or_cpu()),
-                env={**worker_env([DEFAULT_MODEL], _gpu_or_cpu()), **_only(env)},
-            )
-        )
+        logs = settings.var_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        api_cmd = [sys.executable, "-m", "api.serve", "--host", "127.0.0.1", "--port", str(port)]
+        processes.append(_spawn(api_cmd, env, logs / "api.log"))
+        gpu = _gpu_or_cpu()
+        worker_env_ = {**worker_env([DEFAULT_MODEL], gpu), **_only(env)}
+        processes.append(_spawn(worker_command([DEFAULT_MODEL], gpu), worker_env_, logs / "worker.log"))
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, processes)
-        yield Stack(url=url, admin_key=admin_key, model=DEFAULT_MODEL, processes=processes)
+        try:
+            wait_healthy(url, processes)
+            wait_worker_ready(settings, processes)
+        except RuntimeError:
+            print_log_tails(logs)
+            raise
+        yield Stack(url=url, admin_key=admin_key, model=DEFAULT_MODEL, processes=processes, log_dir=logs)
     finally:
         stop_all(processes)
         if local_redis is not None:

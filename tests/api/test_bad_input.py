@@ -9,14 +9,14 @@ import pytest
 from tests.conftest import TINY, auth
 
 
-def error_of(response) -> dict:  # noqa: ANN001
+def error_of(response) -> dict:
     body = response.get_json()
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"type", "message", "param"}, body
     return body["error"]
 
 
-def submit(client, key: str, body: object, **kw):  # noqa: ANN001, ANN201
+def submit(client, key: str, body: object, **kw):
     return client.post("/v1/jobs", data=json.dumps(body), headers=auth(key), content_type="application/json", **kw)
 
 
@@ -37,7 +37,7 @@ def submit(client, key: str, body: object, **kw):  # noqa: ANN001, ANN201
         ({"temperature": 0.7}, "params.temperature"),
     ],
 )
-def test_bad_params_are_422_naming_the_field(client, keys, params, param) -> None:  # noqa: ANN001
+def test_bad_params_are_422_naming_the_field(client, keys, params, param) -> None:
     response = submit(client, keys["a"], {"kind": "generate", "model": TINY, "prompt": "hi", "params": params})
     assert response.status_code == 422
     error = error_of(response)
@@ -45,34 +45,34 @@ def test_bad_params_are_422_naming_the_field(client, keys, params, param) -> Non
     assert param.split(".")[-1] in error["message"]
 
 
-def test_unknown_top_level_field_is_refused(client, keys) -> None:  # noqa: ANN001
+def test_unknown_top_level_field_is_refused(client, keys) -> None:
     response = submit(client, keys["a"], {"model": TINY, "prompt": "hi", "do_sample": True})
     assert response.status_code == 422
     assert error_of(response)["param"] == "do_sample"
     assert "unknown field" in error_of(response)["message"]
 
 
-def test_unknown_kind_is_refused(client, keys) -> None:  # noqa: ANN001
+def test_unknown_kind_is_refused(client, keys) -> None:
     response = submit(client, keys["a"], {"kind": "paint", "model": TINY, "prompt": "hi"})
     assert response.status_code == 422
     assert error_of(response)["param"] == "kind"
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b"\xff\xfe"])
-def test_malformed_body_is_400(client, keys, raw) -> None:  # noqa: ANN001
+def test_malformed_body_is_400(client, keys, raw) -> None:
     response = client.post("/v1/jobs", data=raw, headers=auth(keys["a"]), content_type="application/json")
     assert response.status_code == 400
     assert error_of(response)["type"] == "invalid_json_error"
 
 
-def test_oversized_body_is_413(client, keys, settings) -> None:  # noqa: ANN001
+def test_oversized_body_is_413(client, keys, settings) -> None:
     body = {"model": TINY, "prompt": "x" * (settings.max_body_bytes + 10)}
     response = submit(client, keys["a"], body)
     assert response.status_code == 413
     assert "limit" in error_of(response)["message"]
 
 
-def test_prompt_longer_than_the_model_allows_is_422(client, keys) -> None:  # noqa: ANN001
+def test_prompt_longer_than_the_model_allows_is_422(client, keys) -> None:
     # The tiny model has 1024 positions and 32-token canvases; 1000 byte-tokens + one canvas do not fit.
     response = submit(client, keys["a"], {"model": TINY, "prompt": "y" * 1000, "params": {"max_new_tokens": 8}})
     assert response.status_code == 422
@@ -81,13 +81,13 @@ def test_prompt_longer_than_the_model_allows_is_422(client, keys) -> None:  # no
     assert "1024" in error["message"]
 
 
-def test_max_new_tokens_past_the_context_is_422(client, keys) -> None:  # noqa: ANN001
+def test_max_new_tokens_past_the_context_is_422(client, keys) -> None:
     response = submit(client, keys["a"], {"model": TINY, "prompt": "hi", "params": {"max_new_tokens": 5000}})
     assert response.status_code == 422
     assert "positions" in error_of(response)["message"]
 
 
-def test_unknown_model_is_404_naming_it(client, keys) -> None:  # noqa: ANN001
+def test_unknown_model_is_404_naming_it(client, keys) -> None:
     response = submit(client, keys["a"], {"model": "no-such-model", "prompt": "hi"})
     assert response.status_code == 404
     error = error_of(response)
@@ -108,7 +108,7 @@ def test_unknown_model_is_404_naming_it(client, keys) -> None:  # noqa: ANN001
         ({"model": 7, "prompt": "a"}, "model"),
     ],
 )
-def test_bad_inputs_are_422(client, keys, body, param) -> None:  # noqa: ANN001
+def test_bad_inputs_are_422(client, keys, body, param) -> None:
     response = submit(client, keys["a"], body)
     assert response.status_code == 422, response.get_json()
     assert error_of(response)["param"] == param
@@ -118,7 +118,7 @@ def test_bad_inputs_are_422(client, keys, body, param) -> None:  # noqa: ANN001
     "headers",
     [{}, {"Authorization": "Bearer cvs_not-a-key"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
 )
-def test_missing_or_wrong_key_is_401(client, headers) -> None:  # noqa: ANN001
+def test_missing_or_wrong_key_is_401(client, headers) -> None:
     response = client.post("/v1/jobs", json={"model": TINY, "prompt": "hi"}, headers=headers)
     assert response.status_code == 401
     assert error_of(response)["type"] == "authentication_error"
@@ -126,7 +126,7 @@ def test_missing_or_wrong_key_is_401(client, headers) -> None:  # noqa: ANN001
     assert client.get("/v1/models", headers=headers).status_code == 401
 
 
-def test_revoked_key_is_401(client, keys, settings) -> None:  # noqa: ANN001
+def test_revoked_key_is_401(client, keys, settings) -> None:
     from shared.db import session_scope
     from shared.keys import authenticate, revoke_key
 
@@ -139,15 +139,21 @@ def test_revoked_key_is_401(client, keys, settings) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("status=done", "status"), ("limit=0", "limit"), ("limit=101", "limit"), ("cursor=%%%", "cursor"), ("foo=1", "foo")],
+    [
+        ("status=done", "status"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("cursor=%%%", "cursor"),
+        ("foo=1", "foo"),
+    ],
 )
-def test_bad_list_queries_are_422(client, keys, query, param) -> None:  # noqa: ANN001
+def test_bad_list_queries_are_422(client, keys, query, param) -> None:
     response = client.get(f"/v1/jobs?{query}", headers=auth(keys["a"]))
     assert response.status_code == 422
     assert error_of(response)["param"] == param
 
 
-def test_unknown_route_uses_the_error_shape(client, keys) -> None:  # noqa: ANN001
+def test_unknown_route_uses_the_error_shape(client, keys) -> None:
     response = client.get("/v1/nothing", headers=auth(keys["a"]))
     assert response.status_code == 404
     error_of(response)

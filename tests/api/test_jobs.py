@@ -5,11 +5,11 @@ from __future__ import annotations
 from tests.conftest import TINY, auth
 
 
-def submit(client, key: str, **body):  # noqa: ANN001, ANN003, ANN201
+def submit(client, key: str, **body):
     return client.post("/v1/jobs", json={"kind": "generate", "model": TINY, **body}, headers=auth(key))
 
 
-def test_submit_returns_202_with_the_job_and_location(client, keys) -> None:  # noqa: ANN001
+def test_submit_returns_202_with_the_job_and_location(client, keys) -> None:
     response = submit(client, keys["a"], prompt="Hello", params={"max_new_tokens": 20})
     assert response.status_code == 202
     job = response.get_json()
@@ -31,7 +31,7 @@ def test_submit_returns_202_with_the_job_and_location(client, keys) -> None:  # 
     assert fetched["params"] == job["params"]
 
 
-def test_messages_are_rendered_with_the_chat_template(client, keys, settings) -> None:  # noqa: ANN001
+def test_messages_are_rendered_with_the_chat_template(client, keys, settings) -> None:
     from shared.db import session_scope
     from shared.models import Job
 
@@ -47,7 +47,7 @@ def test_messages_are_rendered_with_the_chat_template(client, keys, settings) ->
     assert ids == list(expected["input_ids"])
 
 
-def _tiny_path(settings) -> str:  # noqa: ANN001
+def _tiny_path(settings) -> str:
     from shared.db import session_scope
     from shared.models import ModelRecord
 
@@ -55,7 +55,7 @@ def _tiny_path(settings) -> str:  # noqa: ANN001
         return session.get(ModelRecord, TINY).path
 
 
-def test_prompt_is_tokenized_like_the_model_tokenizer(client, keys, settings) -> None:  # noqa: ANN001
+def test_prompt_is_tokenized_like_the_model_tokenizer(client, keys, settings) -> None:
     from transformers import AutoTokenizer
 
     from shared.db import session_scope
@@ -67,7 +67,7 @@ def test_prompt_is_tokenized_like_the_model_tokenizer(client, keys, settings) ->
     assert ids == AutoTokenizer.from_pretrained(_tiny_path(settings))("héllo, wörld").input_ids
 
 
-def test_another_tenants_job_is_404(client, keys) -> None:  # noqa: ANN001
+def test_another_tenants_job_is_404(client, keys) -> None:
     job = submit(client, keys["a"], prompt="mine").get_json()
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["b"])).status_code == 404
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["b"])).status_code == 404
@@ -75,7 +75,7 @@ def test_another_tenants_job_is_404(client, keys) -> None:  # noqa: ANN001
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["a"])).status_code == 200
 
 
-def test_list_is_newest_first_with_cursor_pagination_and_filters(client, keys) -> None:  # noqa: ANN001
+def test_list_is_newest_first_with_cursor_pagination_and_filters(client, keys) -> None:
     ids = [submit(client, keys["a"], prompt=f"p{i}").get_json()["id"] for i in range(5)]
     seen, cursor = [], None
     while True:
@@ -94,7 +94,7 @@ def test_list_is_newest_first_with_cursor_pagination_and_filters(client, keys) -
     assert len(client.get(f"/v1/jobs?model={TINY}&kind=generate", headers=auth(keys["a"])).get_json()["data"]) == 5
 
 
-def test_cancel_a_queued_job_at_once_and_refuse_a_second_time(client, keys) -> None:  # noqa: ANN001
+def test_cancel_a_queued_job_at_once_and_refuse_a_second_time(client, keys) -> None:
     job = submit(client, keys["a"], prompt="stop me").get_json()
     response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["a"]))
     assert response.status_code == 200
@@ -108,7 +108,7 @@ def test_cancel_a_queued_job_at_once_and_refuse_a_second_time(client, keys) -> N
     assert "canceled" in again.get_json()["error"]["message"]
 
 
-def test_idempotency_key_returns_the_same_job(client, keys) -> None:  # noqa: ANN001
+def test_idempotency_key_returns_the_same_job(client, keys) -> None:
     headers = {**auth(keys["a"]), "Idempotency-Key": "order-42"}
     body = {"model": TINY, "prompt": "once"}
     first = client.post("/v1/jobs", json=body, headers=headers)
@@ -126,7 +126,7 @@ def test_idempotency_key_returns_the_same_job(client, keys) -> None:  # noqa: AN
     assert theirs.get_json()["id"] != first.get_json()["id"]
 
 
-def test_models_are_listed(client, keys) -> None:  # noqa: ANN001
+def test_models_are_listed(client, keys) -> None:
     body = client.get("/v1/models", headers=auth(keys["a"])).get_json()
     tiny = next(m for m in body["data"] if m["id"] == TINY)
     assert tiny["canvas_length"] == 32
@@ -135,13 +135,13 @@ def test_models_are_listed(client, keys) -> None:  # noqa: ANN001
     assert client.get("/v1/models/nope", headers=auth(keys["a"])).status_code == 404
 
 
-def test_healthz_needs_no_key_and_reports_dependencies(client) -> None:  # noqa: ANN001
+def test_healthz_needs_no_key_and_reports_dependencies(client) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.get_json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
-def test_healthz_is_503_when_redis_is_down(settings) -> None:  # noqa: ANN001
+def test_healthz_is_503_when_redis_is_down(settings) -> None:
     from api.app import create_app
     from shared.local_redis import free_port
 

@@ -11,14 +11,14 @@ from tests.e2e.live import ApiServer, Worker
 
 
 @pytest.fixture(scope="session")
-def live_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:  # noqa: ANN001
+def live_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:
     worker = Worker(base_settings, TINY, tmp_path_factory.mktemp("logs") / "worker.log").wait_ready()
     yield worker
     worker.stop()
 
 
 @pytest.fixture
-def live_api(settings, live_worker) -> Iterator[ApiServer]:  # noqa: ANN001
+def live_api(settings, live_worker) -> Iterator[ApiServer]:
     with ApiServer(settings) as server:
         yield server
 

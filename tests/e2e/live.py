@@ -46,8 +46,9 @@ class Worker:
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "worker.cli", "worker", "serve", "--gpus", "none", "--models", models]
         self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> Worker:
         deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from worker.generation import cut_output, generate_kwargs
 from worker.tiny import EOS_ID
 
 
-def test_a_generation_job_runs_and_matches_model_generate(live_api, keys, tiny_model_dir) -> None:  # noqa: ANN001
+def test_a_generation_job_runs_and_matches_model_generate(live_api, keys, tiny_model_dir) -> None:
     client = Client(live_api.url, keys["a"])
     job = client.submit(model=TINY, prompt="The sky is", params={"max_new_tokens": 40, "max_denoising_steps": 12})
     done = client.wait(job["id"])
@@ -45,7 +45,7 @@ def test_a_generation_job_runs_and_matches_model_generate(live_api, keys, tiny_m
     assert out["text"] == tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def test_messages_and_input_ids_jobs_run(live_api, keys) -> None:  # noqa: ANN001
+def test_messages_and_input_ids_jobs_run(live_api, keys) -> None:
     client = Client(live_api.url, keys["a"])
     a = client.submit(model=TINY, messages=[{"role": "user", "content": "hi"}], params={"max_new_tokens": 8})
     b = client.submit(model=TINY, input_ids=[2, 90, 91], params={"max_new_tokens": 8, "seed": 5})
@@ -57,7 +57,7 @@ def test_messages_and_input_ids_jobs_run(live_api, keys) -> None:  # noqa: ANN00
 LONG = {"max_new_tokens": 32, "max_denoising_steps": 4000, "stability_threshold": 4096, "confidence_threshold": 1e-9}
 
 
-def test_cancel_a_running_job(live_api, keys) -> None:  # noqa: ANN001
+def test_cancel_a_running_job(live_api, keys) -> None:
     client = Client(live_api.url, keys["a"])
     job = client.submit(model=TINY, prompt="long", params=LONG)
     client.wait(job["id"], {"running"})
@@ -72,7 +72,7 @@ def test_cancel_a_running_job(live_api, keys) -> None:  # noqa: ANN001
     assert [e["status"] for e in done["timeline"]] == ["queued", "running", "canceling", "canceled"]
 
 
-def test_a_duplicated_delivery_runs_once(live_api, keys, settings) -> None:  # noqa: ANN001
+def test_a_duplicated_delivery_runs_once(live_api, keys, settings) -> None:
     client = Client(live_api.url, keys["a"])
     job = client.submit(model=TINY, prompt="once", params={"max_new_tokens": 16})
     # Deliver the same job a second time, as a broker redelivery would.

@@ -15,15 +15,22 @@ from shared.sweeper import reap_expired_leases
 from tests.conftest import TINY
 
 
-def make_job(settings) -> str:  # noqa: ANN001
-    job = Job(id=new_job_id(), tenant_id="t", kind="generate", model=TINY, input={"prompt": "x"},
-              input_ids=[2, 3], params={"seed": 1})
+def make_job(settings) -> str:
+    job = Job(
+        id=new_job_id(),
+        tenant_id="t",
+        kind="generate",
+        model=TINY,
+        input={"prompt": "x"},
+        input_ids=[2, 3],
+        params={"seed": 1},
+    )
     with session_scope(settings.database_url) as session:
         create_job(session, job)
     return job.id
 
 
-def test_a_job_is_claimed_once(settings) -> None:  # noqa: ANN001
+def test_a_job_is_claimed_once(settings) -> None:
     job_id = make_job(settings)
     with session_scope(settings.database_url) as session:
         assert claim(session, job_id, "w1", 30) == 1
@@ -43,7 +50,7 @@ def test_a_job_is_claimed_once(settings) -> None:  # noqa: ANN001
         ([JobStatus.RUNNING, JobStatus.SUCCEEDED], JobStatus.CANCELING),
     ],
 )
-def test_illegal_transitions_are_refused(settings, path, refused) -> None:  # noqa: ANN001
+def test_illegal_transitions_are_refused(settings, path, refused) -> None:
     job_id = make_job(settings)
     with session_scope(settings.database_url) as session:
         for status in path:
@@ -54,7 +61,7 @@ def test_illegal_transitions_are_refused(settings, path, refused) -> None:  # no
         assert len(timeline(session, job_id)) == 1 + len(path)
 
 
-def test_a_stale_attempt_cannot_finish_a_job(settings) -> None:  # noqa: ANN001
+def test_a_stale_attempt_cannot_finish_a_job(settings) -> None:
     job_id = make_job(settings)
     with session_scope(settings.database_url) as session:
         assert claim(session, job_id, "w1", 30) == 1
@@ -62,7 +69,7 @@ def test_a_stale_attempt_cannot_finish_a_job(settings) -> None:  # noqa: ANN001
         assert transition(session, job_id, JobStatus.SUCCEEDED, attempt=1)
 
 
-def test_the_reaper_requeues_then_fails_a_job_whose_lease_expired(settings) -> None:  # noqa: ANN001
+def test_the_reaper_requeues_then_fails_a_job_whose_lease_expired(settings) -> None:
     settings = settings.with_(max_attempts=2)
     job_id = make_job(settings)
     for attempt in (1, 2):
@@ -80,7 +87,7 @@ def test_the_reaper_requeues_then_fails_a_job_whose_lease_expired(settings) -> N
         assert session.query(OutboxMessage).filter_by(job_id=job_id).count() == 2
 
 
-def test_a_live_lease_is_not_reaped(settings) -> None:  # noqa: ANN001
+def test_a_live_lease_is_not_reaped(settings) -> None:
     job_id = make_job(settings)
     with session_scope(settings.database_url) as session:
         claim(session, job_id, "w1", 30)

@@ -10,7 +10,7 @@ from shared.migrate import downgrade, upgrade
 from shared.models import Base
 
 
-def test_migrations_match_the_models(base_settings) -> None:  # noqa: ANN001
+def test_migrations_match_the_models(base_settings) -> None:
     engine = create_engine(base_settings.database_url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -18,7 +18,7 @@ def test_migrations_match_the_models(base_settings) -> None:  # noqa: ANN001
     assert diff == []
 
 
-def test_migrations_run_down_and_up(tmp_path) -> None:  # noqa: ANN001
+def test_migrations_run_down_and_up(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
     downgrade(url)
