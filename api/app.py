@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import health, jobs, models
+from api import health, jobs, models, openapi
 from api.errors import register_error_handlers
 from api.state import close_db_session
 from shared.queue import make_celery
@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["canvas.settings"] = settings
     app.extensions["canvas.celery"] = make_celery(settings, "canvas-api")
-    for blueprint in (jobs.bp, models.bp, health.bp):
+    for blueprint in (jobs.bp, models.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     app.teardown_appcontext(close_db_session)
     register_error_handlers(app)

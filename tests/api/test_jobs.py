@@ -151,3 +151,12 @@ def test_healthz_is_503_when_redis_is_down(settings) -> None:
     body = response.get_json()
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["redis"].startswith("error")
+
+
+def test_the_openapi_document_describes_the_job_request(client) -> None:
+    doc = client.get("/v1/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(doc["paths"])
+    params = doc["components"]["schemas"]["GenerationParams"]["properties"]
+    assert {"max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "seed"} <= set(params)
+    assert doc["components"]["schemas"]["JobCreate"]["additionalProperties"] is False
