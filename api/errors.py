@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api.bodies import MalformedBody
@@ -18,6 +20,8 @@ from shared.errors import (
     NotFound,
     Unauthorized,
 )
+
+log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[CanvasError], int] = {
     MalformedBody: 400,
@@ -66,6 +70,13 @@ def register_error_handlers(app: Flask) -> None:
     def _validation(exc: ValidationError) -> Response:
         return validation_error(exc)
 
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Response:
+        log.warning("database unavailable: %s", exc.orig)
+        response = error_response(503, "service_unavailable", "the database is unavailable; retry shortly")
+        response.headers["Retry-After"] = "5"
+        return response
+
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
@@ -75,3 +86,8 @@ def register_error_handlers(app: Flask) -> None:
             413: "the request body is larger than the limit",
         }
         return error_response(status, "http_error", messages.get(status, exc.description or exc.name))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "an internal error occurred; it has been logged")

@@ -26,9 +26,15 @@ class JobWatch(threading.Thread):
         self.cancel_requested = threading.Event()
         self.lease_lost = threading.Event()
         self._done = threading.Event()
+        self.deadline = time.monotonic() + settings.max_job_seconds
+
+    @property
+    def timed_out(self) -> bool:
+        """The job ran past CANVAS_MAX_JOB_SECONDS (the broker would redeliver it after that)."""
+        return time.monotonic() > self.deadline
 
     def should_stop(self) -> bool:
-        return self.cancel_requested.is_set() or self.lease_lost.is_set()
+        return self.cancel_requested.is_set() or self.lease_lost.is_set() or self.timed_out
 
     def run(self) -> None:
         last_renewal = time.monotonic()

@@ -43,11 +43,7 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str) -> str:
         with host.lock:
             result = generate_one(loaded.model, input_ids, params, loaded.eos_ids, watch.should_stop)
     except GenerationCanceled:
-        output = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
-        if watch.lease_lost.is_set():
-            return "lease lost"
-        _finish(settings, job_id, attempt, JobStatus.CANCELED, output=output)
-        return "canceled"
+        return _record_stop(settings, job_id, attempt, watch)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         _finish(
@@ -73,6 +69,25 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str) -> str:
         stats=stats,
         output={**output, "finish_reason": FinishReason.CANCELED.value},
     )
+    return "canceled"
+
+
+def _record_stop(settings: Settings, job_id: str, attempt: int, watch: JobWatch) -> str:
+    """Record why generation stopped early: lease lost (nothing to write), timeout, or cancel."""
+    if watch.lease_lost.is_set():
+        return "lease lost"
+    if watch.timed_out and not watch.cancel_requested.is_set():
+        limit = settings.max_job_seconds
+        _finish(
+            settings,
+            job_id,
+            attempt,
+            JobStatus.FAILED,
+            error={"type": "timeout", "message": f"the job ran longer than {limit} s"},
+        )
+        return "timed out"
+    output = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
+    _finish(settings, job_id, attempt, JobStatus.CANCELED, output=output)
     return "canceled"
 
 

@@ -160,3 +160,13 @@ def test_the_openapi_document_describes_the_job_request(client) -> None:
     params = doc["components"]["schemas"]["GenerationParams"]["properties"]
     assert {"max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "seed"} <= set(params)
     assert doc["components"]["schemas"]["JobCreate"]["additionalProperties"] is False
+
+
+def test_a_database_outage_is_503_with_retry_after(settings, keys, tmp_path) -> None:
+    from api.app import create_app
+
+    app = create_app(settings.with_(database_url=f"sqlite:///{tmp_path}/missing/dir/canvas.db"))
+    response = app.test_client().get("/v1/jobs", headers=auth(keys["a"]))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["error"]["type"] == "service_unavailable"

@@ -1,0 +1,75 @@
+"""The task body in-process (no Celery): claim, generate, record; timeouts and unknown models."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.db import session_scope
+from shared.jobs import create_job, new_job_id
+from shared.models import Job
+from tests.conftest import TINY
+from worker.host import ModelHost, load_model
+from worker.tasks import run_generation_job
+
+
+@pytest.fixture(scope="module")
+def host(tiny_model_dir) -> ModelHost:
+    host = ModelHost()
+    host.add(load_model(TINY, tiny_model_dir, [1]))
+    return host
+
+
+def queued_job(settings, model: str = TINY, **params) -> str:
+    job = Job(
+        id=new_job_id(),
+        tenant_id="t",
+        kind="generate",
+        model=model,
+        input={"input_ids": [2, 9]},
+        input_ids=[2, 9],
+        params={
+            "max_new_tokens": 8,
+            "max_denoising_steps": 4,
+            "entropy_bound": 0.1,
+            "t_min": 0.4,
+            "t_max": 0.8,
+            "stability_threshold": 1,
+            "confidence_threshold": 0.005,
+            "seed": 1,
+            **params,
+        },
+    )
+    with session_scope(settings.database_url) as session:
+        create_job(session, job)
+    return job.id
+
+
+def load(settings, job_id: str) -> Job:
+    with session_scope(settings.database_url) as session:
+        return session.get(Job, job_id)
+
+
+def test_a_job_runs_once_and_a_second_delivery_is_skipped(settings, host) -> None:
+    job_id = queued_job(settings)
+    assert run_generation_job(settings, host, job_id) == "succeeded"
+    assert run_generation_job(settings, host, job_id) == "skipped"
+    job = load(settings, job_id)
+    assert job.status == "succeeded"
+    assert job.attempts == 1
+    assert len(job.output["token_ids"]) <= 8
+
+
+def test_a_job_past_the_time_limit_fails_with_timeout(settings, host) -> None:
+    job_id = queued_job(settings, max_denoising_steps=50)
+    assert run_generation_job(settings.with_(max_job_seconds=0), host, job_id) == "timed out"
+    job = load(settings, job_id)
+    assert job.status == "failed"
+    assert job.error["type"] == "timeout"
+
+
+def test_a_model_not_loaded_here_fails_clearly(settings, host) -> None:
+    job_id = queued_job(settings, model="elsewhere")
+    assert run_generation_job(settings, host, job_id) == "failed"
+    job = load(settings, job_id)
+    assert job.error["type"] == "model_not_loaded"
+    assert "elsewhere" in job.error["message"]
