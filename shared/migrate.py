@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -19,6 +20,7 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise at start-up
     command.upgrade(alembic_config(url), revision)
 
 
