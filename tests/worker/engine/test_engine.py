@@ -1,0 +1,229 @@
+"""The batched engine on a tiny random DiffusionGemma: exactness against generate(), batch invariance,
+pinned and constrained positions, admission, cancellation, stop sequences, events."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from worker.engine import Engine, InvalidParams, Request, SamplingParams
+from worker.generation import cut_output, generate_kwargs
+from worker.tiny import EOS_ID
+
+EOS = frozenset({EOS_ID})
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval()
+
+
+def run(model, requests: list[Request], **engine_kw) -> list:
+    engine = Engine(model, **engine_kw)
+    handles = [engine.submit(r) for r in requests]
+    engine.run_until_idle()
+    return [h.wait(timeout=0) for h in handles]
+
+
+def reference(model, prompt: list[int], params: SamplingParams) -> tuple[list[int], str]:
+    as_dict = {
+        k: getattr(params, k)
+        for k in (
+            "max_new_tokens",
+            "max_denoising_steps",
+            "entropy_bound",
+            "t_min",
+            "t_max",
+            "stability_threshold",
+            "confidence_threshold",
+        )
+    }
+    torch.manual_seed(params.seed)
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), **generate_kwargs(as_dict))
+    return cut_output(out.sequences[0, len(prompt) :].tolist(), params.max_new_tokens, set(EOS))
+
+
+PARAMS = [
+    SamplingParams(max_new_tokens=20, seed=1),
+    SamplingParams(max_new_tokens=100, max_denoising_steps=6, entropy_bound=3.0, seed=2),
+    SamplingParams(max_new_tokens=64, t_min=0.1, t_max=0.3, stability_threshold=2, confidence_threshold=0.5, seed=3),
+    SamplingParams(max_new_tokens=50, max_denoising_steps=24, stability_threshold=0, seed=4),
+]
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_one_request_reproduces_model_generate_token_for_token(model, params) -> None:
+    prompt = [2, 80, 81, 82, 83, 84]
+    [result] = run(model, [Request("r", tuple(prompt), params, EOS)])
+    expected, reason = reference(model, prompt, params)
+    assert result.token_ids == expected
+    assert result.finish_reason == reason
+    assert len(result.token_ids) <= params.max_new_tokens
+
+
+def mixed_requests() -> list[Request]:
+    return [
+        Request(
+            f"r{i}",
+            tuple(range(2, 4 + 9 * i)),
+            SamplingParams(
+                max_new_tokens=30 + 25 * i, max_denoising_steps=6 + 3 * i, entropy_bound=0.1 * (i + 1), seed=50 + i
+            ),
+            EOS,
+        )
+        for i in range(6)
+    ]
+
+
+def test_output_does_not_depend_on_the_batch(model) -> None:
+    requests = mixed_requests()
+    alone = [run(model, [r])[0].token_ids for r in requests]
+    together = [r.token_ids for r in run(model, requests, max_rows=8)]
+    assert together == alone
+    reversed_order = [r.token_ids for r in run(model, list(reversed(requests)), max_rows=3)]
+    assert list(reversed(reversed_order)) == alone
+
+
+def test_with_the_row_limit_reached_requests_wait_and_all_run_once(model) -> None:
+    requests = mixed_requests()
+    engine = Engine(model, max_rows=2)
+    finished: list[str] = []
+    handles = [
+        engine.submit(r, on_event=lambda rid, kind, _d: kind == "finished" and finished.append(rid)) for r in requests
+    ]
+    peak = 0
+    while engine.step():
+        peak = max(peak, len(engine.rows))
+    assert peak == 2
+    assert sorted(finished) == sorted(r.request_id for r in requests)  # each exactly once
+    assert [h.wait(0).token_ids for h in handles] == [run(model, [r])[0].token_ids for r in requests]
+
+
+def test_a_memory_budget_limits_admission(model) -> None:
+    requests = mixed_requests()[:4]
+    engine = Engine(model, max_rows=16, memory_budget_bytes=1)  # room for one row at a time
+    handles = [engine.submit(r) for r in requests]
+    peak = 0
+    while engine.step():
+        peak = max(peak, len(engine.rows))
+    assert peak == 1
+    assert all(h.done for h in handles)
+
+
+def test_pinned_positions_are_kept_and_constrained_positions_obey(model) -> None:
+    digits = tuple(range(54, 64))  # the byte tokens of '0'..'9' in the tiny tokenizer
+    pinned = {0: 80, 5: 81, 31: 82, 33: 83, 40: 84}  # across two canvases of 32
+    allowed = {o: digits for o in range(6, 30)}
+    requests = [
+        Request(
+            f"p{seed}",
+            (2, 70, 71),
+            SamplingParams(max_new_tokens=45, max_denoising_steps=10, seed=seed),
+            frozenset(),
+            pinned,
+            allowed,
+        )
+        for seed in range(20)
+    ]
+    for result in run(model, requests, max_rows=8):
+        assert len(result.token_ids) == 45
+        assert all(result.token_ids[o] == t for o, t in pinned.items())
+        assert all(result.token_ids[o] in digits for o in allowed)
+
+
+def test_stop_sequences_cut_the_output(model) -> None:
+    free = SamplingParams(max_new_tokens=96, max_denoising_steps=8, seed=9)
+    [full] = run(model, [Request("f", (2, 70), free, frozenset())])
+    stop = tuple(full.token_ids[40:42])
+    first = next(i for i in range(len(full.token_ids)) if tuple(full.token_ids[i : i + 2]) == stop)
+    stopped = SamplingParams(max_new_tokens=96, max_denoising_steps=8, seed=9, stop=(stop,))
+    [result] = run(model, [Request("s", (2, 70), stopped, frozenset())])
+    assert result.finish_reason == "stop"
+    assert result.token_ids == full.token_ids[:first]
+
+
+def test_max_new_tokens_is_not_rounded_to_canvases(model) -> None:
+    [result] = run(model, [Request("m", (2, 70), SamplingParams(max_new_tokens=5, seed=1), frozenset())])
+    assert (len(result.token_ids), result.finish_reason, result.canvases) == (5, "length", 1)
+
+
+def test_drafts_and_canvases_are_streamed(model) -> None:
+    events: list[tuple[str, dict]] = []
+    request = Request(
+        "d", (2, 70), SamplingParams(max_new_tokens=64, max_denoising_steps=5, seed=1), frozenset(), draft_interval=0.0
+    )
+    engine = Engine(model)
+    handle = engine.submit(request, on_event=lambda _rid, kind, data: events.append((kind, data)))
+    engine.run_until_idle()
+    result = handle.wait(0)
+    kinds = [k for k, _ in events]
+    assert kinds.count("draft") == result.denoising_steps
+    assert kinds.count("canvas") == result.canvases == 2
+    assert kinds[-1] == "finished"
+    canvases = [d["token_ids"] for k, d in events if k == "canvas"]
+    assert [t for canvas in canvases for t in canvas] == result.token_ids
+    assert all(len(d["token_ids"]) == 32 for k, d in events if k == "draft")
+
+
+def test_cancel_frees_the_row_at_once(model) -> None:
+    long = SamplingParams(max_new_tokens=320, max_denoising_steps=200, stability_threshold=200, seed=1)
+    engine = Engine(model, max_rows=1)
+    running = engine.submit(Request("run", (2, 70), long, frozenset()))
+    waiting = engine.submit(Request("wait", (2, 71), long, frozenset()))
+    for _ in range(5):
+        engine.step()
+    engine.cancel("run")
+    engine.cancel("wait")
+    engine.step()
+    assert engine.rows == []
+    assert running.wait(0).finish_reason == "canceled"
+    assert waiting.wait(0).finish_reason == "canceled"
+    assert running.wait(0).denoising_steps == 5
+
+
+def test_the_engine_thread_serves_concurrent_submitters(model) -> None:
+    requests = mixed_requests()
+    expected = [run(model, [r])[0].token_ids for r in requests]
+    engine = Engine(model, max_rows=4).start()
+    results: dict[str, list[int]] = {}
+
+    def client(request: Request) -> None:
+        results[request.request_id] = engine.submit(request).wait(timeout=120).token_ids
+
+    threads = [threading.Thread(target=client, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.stop()
+    assert [results[r.request_id] for r in requests] == expected
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_without_stalling_others(model) -> None:
+    short = Request("short", (2, 70), SamplingParams(max_new_tokens=32, max_denoising_steps=30, seed=1), frozenset())
+    long = Request("long", tuple([2] + [70] * 600), SamplingParams(max_new_tokens=8, seed=2), frozenset())
+    engine = Engine(model, prefill_chunk=128)
+    short_handle = engine.submit(short)
+    engine.step()  # the short request is denoising
+    long_handle = engine.submit(long)
+    steps_before = engine.rows[0].steps_total
+    for _ in range(4):  # 601 tokens take five chunks; the short row keeps stepping meanwhile
+        engine.step()
+    assert engine.rows[0].steps_total == steps_before + 4
+    engine.run_until_idle()
+    assert long_handle.wait(0).token_ids
+    assert short_handle.wait(0).token_ids == run(model, [short])[0].token_ids
+
+
+def test_bad_requests_are_refused_naming_the_field(model) -> None:
+    engine = Engine(model)
+    with pytest.raises(InvalidParams) as bad_t:
+        engine.submit(Request("x", (2,), SamplingParams(t_min=0.9, t_max=0.5)))
+    assert bad_t.value.field == "t_max"
+    with pytest.raises(InvalidParams) as bad_token:
+        engine.submit(Request("y", (2, 10_000)))
+    assert bad_token.value.field == "prompt_ids"

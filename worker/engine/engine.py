@@ -1,0 +1,261 @@
+"""The batched block-denoising engine: schedule -> execute -> update, one tick at a time.
+
+Requests join as soon as their prompt is encoded and leave the moment they finish; a converged canvas
+commits at once instead of waiting for the other rows. `submit` and `cancel` are thread-safe; the loop
+runs in one thread (`start`) or in the caller (`run_until_idle`). Ids in, ids out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import torch
+
+from worker.engine.output import find_end
+from worker.engine.params import Request
+from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
+from worker.engine.runner import ModelRunner
+from worker.engine.sampler import CanvasConstraint, denoise_step
+from worker.engine.scheduler import MemoryModel, Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(
+        self, model: Any, *, max_rows: int = 16, memory_budget_bytes: int | None = None, prefill_chunk: int = 512
+    ) -> None:
+        self.runner = ModelRunner(model)
+        self.memory = memory_model(self.runner)
+        self.scheduler: Scheduler[Row] = Scheduler(max_rows, memory_budget_bytes)
+        self.prefill_chunk = prefill_chunk
+        self.rows: list[Row] = []
+        self._lock = threading.Condition()
+        self._cancels: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.stats = {"ticks": 0, "decoder_passes": 0, "rows_in_decoder": 0}
+
+    # ---- the thread-safe surface -------------------------------------------------------------------
+
+    def submit(self, request: Request, on_event: EventCallback | None = None) -> RequestHandle:
+        request.validate(self.runner.vocab_size)
+        handle = RequestHandle(request.request_id)
+        generator = torch.Generator(device=self.runner.device).manual_seed(request.params.seed)
+        cost = self.memory.row_bytes(len(request.prompt_ids), request.params.max_new_tokens)
+        row = Row(request, handle, cost, self.runner.new_cache(), generator, on_event)
+        with self._lock:
+            self.scheduler.add(row, cost)
+            self._lock.notify()
+        return handle
+
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            self._cancels.add(request_id)
+            self._lock.notify()
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="canvas-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def load(self) -> dict[str, int]:
+        return {"running": len(self.rows), "waiting": len(self.scheduler.waiting)}
+
+    def run_until_idle(self) -> None:
+        while self.step():
+            pass
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self.rows and not self.scheduler.waiting and not self._cancels:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            self.step()
+
+    # ---- one tick ----------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """schedule -> execute -> update. Returns whether any request is still waiting or running."""
+        self._apply_cancels()
+        with self._lock:
+            self.rows += self.scheduler.admit()
+        if not self.rows:
+            return bool(self.scheduler.waiting)
+        self.stats["ticks"] += 1
+        try:
+            self._encode()
+            self._denoise()
+        except Exception as exc:  # a failing batch fails its rows, never the engine
+            log.exception("engine tick failed")
+            for row in list(self.rows):
+                self._finish(row, error=exc)
+        return bool(self.rows or self.scheduler.waiting)
+
+    def _apply_cancels(self) -> None:
+        with self._lock:
+            cancels, self._cancels = self._cancels, set()
+            canceled_waiting = self.scheduler.remove_waiting(lambda r: r.request_id in cancels)
+        for row in canceled_waiting:
+            row.handle.finish(self._result(row, "canceled"))
+        for row in list(self.rows):
+            if row.request_id in cancels:
+                self._finish(row, "canceled")
+
+    def _encode(self) -> None:
+        """Commits of converged canvases, then at most `prefill_chunk` prompt tokens (oldest first), so a
+        long new prompt never stalls the running rows for more than about one step."""
+        for row in [r for r in self.rows if r.phase is Phase.COMMIT]:
+            self.runner.encode(row.cache, row.argmax, row.encoded)
+            row.encoded += self.runner.canvas_length
+            self._start_canvas(row)
+        budget = self.prefill_chunk
+        for row in [r for r in self.rows if r.phase is Phase.PREFILL]:
+            if budget <= 0:
+                break
+            prompt = row.request.prompt_ids
+            take = min(budget, len(prompt) - row.prompt_done)
+            ids = torch.tensor([prompt[row.prompt_done : row.prompt_done + take]], device=self.runner.device)
+            self.runner.encode(row.cache, ids, row.prompt_done)
+            row.prompt_done += take
+            row.encoded += take
+            budget -= take
+            if row.prompt_done == len(prompt):
+                self._start_canvas(row)
+
+    def _start_canvas(self, row: Row) -> None:
+        """A fresh uniform-random canvas (drawn from the row's generator, as generate() draws it)."""
+        C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
+        row.canvas = torch.randint(0, V, (1, C), device=device, generator=row.generator)
+        row.constraint = canvas_constraint(row.request, row.canvases, C, device)
+        if row.constraint is not None and row.constraint.pinned_index.numel():
+            row.canvas[0, row.constraint.pinned_index] = row.constraint.pinned_token
+        row.soft = self.runner.zero_soft()
+        S = row.request.params.stability_threshold
+        row.history = torch.full((S, 1, C), -1, dtype=torch.long, device=device)
+        row.step = 0
+        row.phase = Phase.DENOISE
+
+    def _denoise(self) -> None:
+        rows = [r for r in self.rows if r.phase is Phase.DENOISE]
+        if not rows:
+            return
+        C, device = self.runner.canvas_length, self.runner.device
+        kv, masks = self.runner.gather([r.cache for r in rows])
+        canvas = torch.cat([r.canvas for r in rows])  # (B, C)
+        soft = torch.cat([r.soft for r in rows])  # (B, C, H)
+        offsets = torch.arange(C, dtype=torch.int32, device=device)
+        positions = torch.stack([offsets + r.encoded for r in rows])  # (B, C)
+        hidden = self.runner.decode(canvas, soft, kv, masks, positions)  # (B, C, H)
+        del kv, masks, soft
+        self.stats["decoder_passes"] += 1
+        self.stats["rows_in_decoder"] += len(rows)
+        for i, row in enumerate(rows):
+            self._sample_row(row, hidden[i : i + 1])
+
+    def _sample_row(self, row: Row, hidden: torch.Tensor) -> None:
+        params = row.request.params
+        logits = self.runner.logits(hidden)  # (1, C, V): one row of full-vocabulary fp32 at a time
+        remaining = params.max_denoising_steps - row.step
+        out, row.history = denoise_step(
+            logits, row.canvas, remaining, params, row.generator, row.constraint, row.history
+        )
+        del logits
+        row.step += 1
+        row.steps_total += 1
+        row.argmax = out.argmax
+        self._maybe_draft(row)
+        if out.converged or row.step >= params.max_denoising_steps:
+            self._commit(row)
+        else:
+            row.canvas = out.canvas
+            row.soft = self.runner.soft_embeddings(out.processed)
+
+    def _maybe_draft(self, row: Row) -> None:
+        interval = row.request.draft_interval
+        if interval is None or row.on_event is None:
+            return
+        now = time.monotonic()
+        if now - row.last_draft_at >= interval:
+            row.last_draft_at = now
+            row.emit("draft", {"canvas": row.canvases, "step": row.step, "token_ids": row.argmax[0].tolist()})
+
+    def _commit(self, row: Row) -> None:
+        """The argmax canvas is the committed text; the output may end inside it."""
+        new = row.argmax[0].tolist()
+        first_new = len(row.generated)
+        row.generated += new
+        row.canvases += 1
+        end = find_end(row.request, row.generated, first_new)
+        kept = row.generated[first_new : end[0]] if end else new
+        row.emit("canvas", {"canvas": row.canvases - 1, "token_ids": kept, "steps": row.step})
+        if end is not None:
+            row.generated = row.generated[: end[0]]
+            self._finish(row, end[1])
+        else:
+            row.phase = Phase.COMMIT
+
+    # ---- update --------------------------------------------------------------------------------------
+
+    def _result(self, row: Row, reason: str) -> EngineResult:
+        return EngineResult(
+            row.request_id, list(row.generated), reason, row.steps_total, row.canvases, len(row.request.prompt_ids)
+        )
+
+    def _finish(self, row: Row, reason: str = "error", error: BaseException | None = None) -> None:
+        if row in self.rows:
+            self.rows.remove(row)
+            with self._lock:
+                self.scheduler.release(row.cost)
+        row.cache = None  # type: ignore[assignment]  # free the KV at once
+        row.soft = row.canvas = row.history = None
+        if error is not None:
+            row.handle.finish(error=error)
+            return
+        result = self._result(row, reason)
+        row.emit("finished", {"finish_reason": reason, "token_ids": result.token_ids})
+        row.handle.finish(result)
+
+
+def canvas_constraint(request: Request, index: int, C: int, device: torch.device) -> CanvasConstraint | None:
+    """The request's pinned and allowed positions that fall in canvas `index`, as canvas indices."""
+    lo, hi = index * C, (index + 1) * C
+    pinned = {o - lo: t for o, t in request.pinned.items() if lo <= o < hi}
+    allowed = {o - lo: torch.tensor(ts, device=device) for o, ts in request.allowed.items() if lo <= o < hi}
+    if not pinned and not allowed:
+        return None
+    free = torch.ones(C, dtype=torch.bool, device=device)
+    index_t = torch.tensor(sorted(pinned), dtype=torch.long, device=device)
+    free[index_t] = False
+    tokens = torch.tensor([pinned[i] for i in sorted(pinned)], dtype=torch.long, device=device)
+    return CanvasConstraint(index_t, tokens, allowed, free)
+
+
+def memory_model(runner: ModelRunner) -> MemoryModel:
+    """Per-row bytes from the config: K and V of every full layer per token, sliding layers capped."""
+    text, itemsize = runner.text_config, runner.dtype.itemsize
+    per_full = per_sliding = 0
+    for index, layer_type in enumerate(runner.layer_types):
+        layer = text.per_layer_config[index] if hasattr(text, "per_layer_config") else text
+        kv = 2 * layer.num_key_value_heads * layer.head_dim * itemsize
+        if layer_type == "sliding_attention":
+            per_sliding += kv
+        else:
+            per_full += kv
+    C, H = runner.canvas_length, runner.hidden_size
+    window = getattr(text, "sliding_window", 0) or 0
+    row_state = C * H * itemsize + 4 * C * 8
+    return MemoryModel(per_full, per_sliding * window, C, row_state)

@@ -1,0 +1,29 @@
+"""Deciding where a request's output ends after a committed canvas: EOS, stop sequences, max_new_tokens."""
+
+from __future__ import annotations
+
+from worker.engine.params import Request
+
+
+def find_end(request: Request, generated: list[int], first_new: int) -> tuple[int, str] | None:
+    """(cut index, finish reason) if the output ends within `generated`, else None.
+
+    Only tokens from `first_new` on are new; a stop sequence may start in an earlier canvas.
+    """
+    ends: list[tuple[int, str]] = []
+    eos = next((i for i in range(first_new, len(generated)) if generated[i] in request.eos_ids), None)
+    if eos is not None:
+        ends.append((eos, "eos"))
+    for stop in request.params.stop:
+        start = max(0, first_new - len(stop) + 1)
+        for i in range(start, len(generated) - len(stop) + 1):
+            if tuple(generated[i : i + len(stop)]) == stop:
+                ends.append((i, "stop"))
+                break
+    limit = request.params.max_new_tokens
+    ends = [(i, reason) for i, reason in ends if i < limit]
+    if ends:
+        return min(ends)
+    if len(generated) >= limit:
+        return limit, "length"
+    return None

@@ -1,0 +1,105 @@
+"""One denoising step for one row: temperature, constraints, sampling, entropy-bound acceptance,
+renoising, and the stop test. No model here; the runner hands in logits.
+
+Rows are processed one at a time so that full-vocabulary fp32 temporaries never exceed one row's
+(C, V) worth, and so that every row draws from its own generator in the order `generate()` does
+(multinomial, then renoise), which makes a request reproducible alone or batched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import Categorical
+
+
+@dataclass
+class CanvasConstraint:
+    """Pinned tokens and allowed-token lists for the positions of one canvas (indices into the canvas)."""
+
+    pinned_index: torch.Tensor  # (P,) long
+    pinned_token: torch.Tensor  # (P,) long
+    allowed: dict[int, torch.Tensor]  # canvas position -> (K,) allowed token ids
+    free: torch.Tensor  # (C,) bool: positions that are not pinned
+
+    @property
+    def empty(self) -> bool:
+        return self.pinned_index.numel() == 0 and not self.allowed
+
+
+@dataclass
+class StepOutput:
+    canvas: torch.Tensor  # (1, C) next input canvas
+    argmax: torch.Tensor  # (1, C) argmax of the processed logits: what a commit would write
+    processed: torch.Tensor  # (1, C, V) temperature-scaled logits (source of the self-conditioning)
+    converged: bool
+
+
+def temperature(remaining: int, total: int, t_min: float, t_max: float, device: torch.device) -> torch.Tensor:
+    """Linear schedule t_min + (t_max - t_min) * remaining / total, computed as transformers does (float32)."""
+    ratio = torch.tensor(remaining, dtype=torch.int32, device=device) / total
+    return t_min + (t_max - t_min) * ratio
+
+
+def apply_constraint(logits: torch.Tensor, constraint: CanvasConstraint | None) -> torch.Tensor:
+    """Pinned positions become one-hot (zero entropy: always accepted, free of the entropy budget);
+    constrained positions keep only their allowed tokens. (1, C, V) -> (1, C, V)."""
+    if constraint is None or constraint.empty:
+        return logits
+    logits = logits.clone()
+    fill = torch.finfo(logits.dtype).min
+    for position, tokens in constraint.allowed.items():
+        kept = logits[0, position, tokens]
+        logits[0, position] = fill
+        logits[0, position, tokens] = kept
+    if constraint.pinned_index.numel():
+        logits[0, constraint.pinned_index] = fill
+        logits[0, constraint.pinned_index, constraint.pinned_token] = 0.0
+    return logits
+
+
+def accept_lowest_entropy(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+    """Accept the lowest-entropy positions whose summed entropy, less the largest, stays within `bound`
+    (the entropy-bound sampler, arXiv:2505.24857). At least one position is always accepted. (1, C) -> bool."""
+    sorted_entropy, order = torch.sort(entropy, dim=-1, descending=False)
+    selected = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy <= bound
+    return torch.scatter(torch.zeros_like(selected), dim=-1, index=order, src=selected)
+
+
+def is_stable(history: torch.Tensor, argmax: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    """Whether `argmax` equals each of the last S argmax canvases; returns the updated history (S, 1, C)."""
+    if history.shape[0] == 0:
+        return True, history
+    stable = bool((history == argmax[None]).all())
+    history = torch.roll(history, shifts=-1, dims=0)
+    history[-1] = argmax
+    return stable, history
+
+
+def denoise_step(
+    logits: torch.Tensor,
+    canvas: torch.Tensor,
+    remaining: int,
+    params: object,
+    generator: torch.Generator,
+    constraint: CanvasConstraint | None,
+    history: torch.Tensor,
+) -> tuple[StepOutput, torch.Tensor]:
+    """One step of one row. logits: (1, C, V) fp32 soft-capped; canvas: (1, C). Returns (output, history)."""
+    t = temperature(remaining, params.max_denoising_steps, params.t_min, params.t_max, logits.device)
+    processed = apply_constraint(logits, constraint) / t  # (1, C, V)
+    vocab = processed.shape[-1]
+    probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
+    sampled = torch.multinomial(probs.view(-1, vocab), num_samples=1, generator=generator).view(canvas.shape)
+    del probs
+    argmax = torch.argmax(processed, dim=-1)  # (1, C)
+    entropy = Categorical(logits=processed, validate_args=False).entropy()  # (1, C)
+    accepted = accept_lowest_entropy(entropy, params.entropy_bound)
+    accepted_canvas = torch.where(accepted, sampled, canvas)
+    noise = torch.randint(0, vocab, canvas.shape, device=canvas.device, generator=generator)
+    next_canvas = torch.where(~accepted, noise, accepted_canvas)
+    stable, history = is_stable(history, argmax)
+    free_entropy = entropy if constraint is None or constraint.empty else entropy[:, constraint.free]
+    confident = free_entropy.numel() == 0 or bool(free_entropy.mean(dim=-1) < params.confidence_threshold)
+    return StepOutput(next_canvas, argmax, processed, stable and confident), history
