@@ -29,6 +29,9 @@ class Settings:
     sweep_seconds: float = 2.0  # outbox and lease sweeper period
     max_job_seconds: int = 6 * 3600  # the longest job we allow; the broker visibility timeout exceeds it
     publish_timeout_seconds: float = 2.0
+    engine_max_rows: int = 16  # rows the engine denoises together; the worker takes as many jobs at once
+    engine_memory_bytes: int = 0  # KV and row-state budget of the engine; 0: rows are limited by count only
+    draft_interval_seconds: float = 0.25  # at most this often a running job publishes its draft canvas
     log_level: str = "INFO"
     var_dir: Path = field(default_factory=lambda: Path("var"))
 
@@ -46,6 +49,9 @@ class Settings:
             sweep_seconds=_float("CANVAS_SWEEP_SECONDS", d.sweep_seconds),
             max_job_seconds=_int("CANVAS_MAX_JOB_SECONDS", d.max_job_seconds),
             publish_timeout_seconds=_float("CANVAS_PUBLISH_TIMEOUT_SECONDS", d.publish_timeout_seconds),
+            engine_max_rows=_int("CANVAS_ENGINE_MAX_ROWS", d.engine_max_rows),
+            engine_memory_bytes=_int("CANVAS_ENGINE_MEMORY_BYTES", d.engine_memory_bytes),
+            draft_interval_seconds=_float("CANVAS_DRAFT_INTERVAL_SECONDS", d.draft_interval_seconds),
             log_level=os.environ.get("CANVAS_LOG_LEVEL", d.log_level),
             var_dir=Path(os.environ.get("CANVAS_VAR_DIR", str(d.var_dir))),
         )
@@ -63,6 +69,9 @@ class Settings:
             "CANVAS_SWEEP_SECONDS": str(self.sweep_seconds),
             "CANVAS_MAX_JOB_SECONDS": str(self.max_job_seconds),
             "CANVAS_PUBLISH_TIMEOUT_SECONDS": str(self.publish_timeout_seconds),
+            "CANVAS_ENGINE_MAX_ROWS": str(self.engine_max_rows),
+            "CANVAS_ENGINE_MEMORY_BYTES": str(self.engine_memory_bytes),
+            "CANVAS_DRAFT_INTERVAL_SECONDS": str(self.draft_interval_seconds),
             "CANVAS_LOG_LEVEL": self.log_level,
             "CANVAS_VAR_DIR": str(self.var_dir),
         }

@@ -1,8 +1,9 @@
 """The worker's Celery app: one task per job kind, models loaded once when the worker starts.
 
 Start it through `canvas worker serve`, which pins one process per GPU and names the models
-(CANVAS_WORKER_MODELS). The solo pool keeps the model in the consuming process: no fork, no CUDA
-re-initialisation, and cancellation is cooperative through the job row.
+(CANVAS_WORKER_MODELS). The thread pool keeps the model in the consuming process (no fork, no CUDA
+re-initialisation) and runs as many jobs at once as the engine has rows; each task only waits on the
+engine, which batches them. Cancellation is cooperative through the job row.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from shared.db import session_scope
 from shared.models import ModelRecord
 from shared.queue import make_celery
 from shared.settings import Settings
+from worker.events import EventPublisher
 from worker.host import ModelHost, load_model
 from worker.tasks import run_generation_job
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 settings = Settings.from_env()
 app = make_celery(settings, "canvas-worker")
 host = ModelHost()
+events = EventPublisher(settings.redis_url)
 
 
 @worker_init.connect
@@ -36,9 +39,18 @@ def load_models(**_kwargs: object) -> None:
         raise RuntimeError(f"models not in the registry: {', '.join(missing)} (add them: canvas models add)")
     for name, record in records.items():
         assert record is not None
-        host.add(load_model(name, record.path, record.eos_token_ids))
+        host.add(
+            load_model(
+                name,
+                record.path,
+                record.eos_token_ids,
+                max_rows=settings.engine_max_rows,
+                memory_bytes=settings.engine_memory_bytes,
+            )
+        )
+    events.start()
 
 
 @app.task(name=GENERATE_TASK, acks_late=True, ignore_result=True)
 def generate(job_id: str) -> str:
-    return run_generation_job(settings, host, job_id)
+    return run_generation_job(settings, host, job_id, events)

@@ -1,16 +1,17 @@
-"""Hosting models in a worker process: each model and tokenizer is loaded once and kept resident."""
+"""Hosting models in a worker process: each model, its tokenizer and its engine are loaded once."""
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+from worker.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,12 @@ class LoadedModel:
     name: str
     model: Any
     tokenizer: Any
-    eos_ids: set[int]
+    eos_ids: frozenset[int]
     device: torch.device
+    engine: Engine
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
 def pick_device() -> torch.device:
@@ -29,14 +34,24 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_model(name: str, path: str | Path, eos_ids: list[int], device: torch.device | None = None) -> LoadedModel:
+def load_model(
+    name: str,
+    path: str | Path,
+    eos_ids: list[int],
+    *,
+    max_rows: int = 16,
+    memory_bytes: int = 0,
+    device: torch.device | None = None,
+) -> LoadedModel:
+    """Load weights and tokenizer, warm up, and start the model's engine thread."""
     device = device or pick_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     warm_up(model, device)
-    log.info("loaded model %s from %s on %s", name, path, device)
-    return LoadedModel(name, model, tokenizer, set(eos_ids), device)
+    engine = Engine(model, max_rows=max_rows, memory_budget_bytes=memory_bytes or None).start()
+    log.info("loaded model %s from %s on %s (engine: %d rows)", name, path, device, max_rows)
+    return LoadedModel(name, model, tokenizer, frozenset(eos_ids), device, engine)
 
 
 @torch.inference_mode()
@@ -47,11 +62,10 @@ def warm_up(model: Any, device: torch.device) -> None:
 
 
 class ModelHost:
-    """The models of this worker process, by name. Generation runs one request at a time per host."""
+    """The models of this worker process, by name."""
 
     def __init__(self) -> None:
         self.models: dict[str, LoadedModel] = {}
-        self.lock = threading.Lock()  # generate() uses torch's global RNG: one request at a time
 
     def add(self, loaded: LoadedModel) -> None:
         self.models[loaded.name] = loaded

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from shared.contracts import generation_queue
+from shared.settings import Settings
 
 
 def detect_gpus() -> list[str]:
@@ -38,26 +39,14 @@ def parse_gpus(value: str) -> list[str | None]:
 
 
 def worker_command(models: Sequence[str], gpu: str | None, loglevel: str = "INFO") -> list[str]:
+    """Celery with a thread pool as wide as the engine: each slot holds one job (late ack, prefetch 1),
+    and the engine batches them."""
     queues = ",".join(generation_queue(m) for m in models)
     name = f"gpu{gpu}@%h" if gpu is not None else "cpu@%h"
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app:app",
-        "worker",
-        "--pool",
-        "solo",
-        "-Q",
-        queues,
-        "-n",
-        name,
-        "--without-gossip",
-        "--without-mingle",
-        "-l",
-        loglevel,
-    ]
+    slots = Settings.from_env().engine_max_rows
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "--pool", "threads",
+            "--concurrency", str(slots), "-Q", queues, "-n", name, "--without-gossip", "--without-mingle",
+            "-l", loglevel]  # fmt: skip
 
 
 def worker_env(models: Sequence[str], gpu: str | None) -> dict[str, str]:

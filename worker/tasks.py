@@ -1,4 +1,8 @@
-"""Running a generation job: claim the row, generate, record the outcome. Thin over shared/ and host."""
+"""Running a generation job: claim the row, hand it to the model's engine, record the outcome.
+
+Many jobs run at once in one worker (Celery's thread pool); each waits on its engine handle while its
+JobWatch renews the lease and watches for a cancel. Thin over shared/ and the engine.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,25 @@ from shared.jobs import claim, get_job, transition
 from shared.models import utcnow
 from shared.settings import Settings
 from shared.states import FinishReason, JobStatus
-from worker.generation import GenerationCanceled, GenerationResult, generate_one
-from worker.host import ModelHost
+from worker.engine import EngineResult, Request, SamplingParams
+from worker.events import EventPublisher
+from worker.host import LoadedModel, ModelHost
 from worker.job_watch import JobWatch
 
 log = logging.getLogger(__name__)
+SAMPLING_FIELDS = (
+    "max_new_tokens",
+    "max_denoising_steps",
+    "entropy_bound",
+    "t_min",
+    "t_max",
+    "stability_threshold",
+    "confidence_threshold",
+    "seed",
+)
 
 
-def run_generation_job(settings: Settings, host: ModelHost, job_id: str) -> str:
+def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events: EventPublisher | None = None) -> str:
     """Run one delivery of a job. Returns what happened (for logs): a duplicate delivery does nothing."""
     with session_scope(settings.database_url) as session:
         attempt = claim(session, job_id, host.hostname, settings.lease_seconds)
@@ -27,71 +42,71 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str) -> str:
         job = get_job(session, job_id)
         model_name, input_ids, params = job.model, list(job.input_ids), dict(job.params)
         queued_at, started_at = job.created_at, job.started_at
+    _status(events, job_id, JobStatus.RUNNING, attempt=attempt)
     loaded = host.get(model_name)
     if loaded is None:
-        _finish(
-            settings,
-            job_id,
-            attempt,
-            JobStatus.FAILED,
-            error={"type": "model_not_loaded", "message": f"model {model_name!r} is not loaded here"},
-        )
-        return "failed"
+        error = {"type": "model_not_loaded", "message": f"model {model_name!r} is not loaded here"}
+        return _finish(settings, events, job_id, attempt, JobStatus.FAILED, error=error)
+    request = engine_request(job_id, input_ids, params, loaded, settings.draft_interval_seconds)
     watch = JobWatch(settings, job_id, attempt)
     watch.start()
     try:
-        with host.lock:
-            result = generate_one(loaded.model, input_ids, params, loaded.eos_ids, watch.should_stop)
-    except GenerationCanceled:
-        return _record_stop(settings, job_id, attempt, watch)
+        on_event = events.engine_callback(job_id, loaded.decode) if events else None
+        result = _wait(loaded, request, watch, on_event)
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        _finish(
-            settings, job_id, attempt, JobStatus.FAILED, error={"type": type(exc).__name__, "message": str(exc)[:2000]}
-        )
-        return "failed"
+        error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+        return _finish(settings, events, job_id, attempt, JobStatus.FAILED, error=error)
     finally:
         watch.stop()
+    if result.finish_reason == FinishReason.CANCELED.value:
+        return _record_stop(settings, events, job_id, attempt, watch)
     output = {
-        "text": loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True),
+        "text": loaded.decode(result.token_ids),
         "token_ids": result.token_ids,
         "finish_reason": result.finish_reason,
     }
-    stats = _stats(result, queued_at, started_at, len(input_ids), attempt)
-    if _finish(settings, job_id, attempt, JobStatus.SUCCEEDED, output=output, stats=stats):
+    stats = _stats(result, queued_at, started_at, attempt)
+    if _finish(settings, events, job_id, attempt, JobStatus.SUCCEEDED, output=output, stats=stats) != "lost":
         return "succeeded"
     # Canceled after the last step: keep what was made, but honour the cancel.
-    _finish(
-        settings,
-        job_id,
-        attempt,
-        JobStatus.CANCELED,
-        stats=stats,
-        output={**output, "finish_reason": FinishReason.CANCELED.value},
-    )
-    return "canceled"
+    output["finish_reason"] = FinishReason.CANCELED.value
+    return _finish(settings, events, job_id, attempt, JobStatus.CANCELED, stats=stats, output=output)
 
 
-def _record_stop(settings: Settings, job_id: str, attempt: int, watch: JobWatch) -> str:
+def engine_request(
+    job_id: str, input_ids: list[int], params: dict[str, Any], loaded: LoadedModel, draft_interval: float
+) -> Request:
+    stops = tuple(tuple(loaded.tokenizer.encode(s, add_special_tokens=False)) for s in params.get("stop") or ())
+    sampling = SamplingParams(**{k: params[k] for k in SAMPLING_FIELDS}, stop=tuple(s for s in stops if s))
+    return Request(job_id, tuple(input_ids), sampling, loaded.eos_ids, draft_interval=draft_interval)
+
+
+def _wait(loaded: LoadedModel, request: Request, watch: JobWatch, on_event: Any) -> EngineResult:
+    """Submit and wait, asking the engine to cancel the row when the job must stop."""
+    handle = loaded.engine.submit(request, on_event=on_event)
+    asked = False
+    while not handle.done:
+        if not asked and watch.should_stop():
+            loaded.engine.cancel(request.request_id)
+            asked = True
+        handle.wait_done(0.05)
+    return handle.wait(0)
+
+
+def _record_stop(settings: Settings, events: EventPublisher | None, job_id: str, attempt: int, watch: JobWatch) -> str:
     """Record why generation stopped early: lease lost (nothing to write), timeout, or cancel."""
     if watch.lease_lost.is_set():
         return "lease lost"
     if watch.timed_out and not watch.cancel_requested.is_set():
-        limit = settings.max_job_seconds
-        _finish(
-            settings,
-            job_id,
-            attempt,
-            JobStatus.FAILED,
-            error={"type": "timeout", "message": f"the job ran longer than {limit} s"},
-        )
+        error = {"type": "timeout", "message": f"the job ran longer than {settings.max_job_seconds} s"}
+        _finish(settings, events, job_id, attempt, JobStatus.FAILED, error=error)
         return "timed out"
     output = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
-    _finish(settings, job_id, attempt, JobStatus.CANCELED, output=output)
-    return "canceled"
+    return _finish(settings, events, job_id, attempt, JobStatus.CANCELED, output=output)
 
 
-def _stats(result: GenerationResult, queued_at: Any, started_at: Any, prompt_tokens: int, attempt: int) -> dict:
+def _stats(result: EngineResult, queued_at: Any, started_at: Any, attempt: int) -> dict[str, Any]:
     finished = utcnow()
     return {
         "queue_ms": round((started_at - queued_at).total_seconds() * 1000, 1),
@@ -99,12 +114,24 @@ def _stats(result: GenerationResult, queued_at: Any, started_at: Any, prompt_tok
         "denoising_steps": result.denoising_steps,
         "canvases": result.canvases,
         "tokens_per_forward": result.tokens_per_forward,
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": result.prompt_tokens,
         "output_tokens": len(result.token_ids),
         "attempt": attempt,
     }
 
 
-def _finish(settings: Settings, job_id: str, attempt: int, to: JobStatus, **values: Any) -> bool:
+def _status(events: EventPublisher | None, job_id: str, status: JobStatus, **data: Any) -> None:
+    if events is not None:
+        events.publish(job_id, "status", {"status": status.value, **data})
+
+
+def _finish(
+    settings: Settings, events: EventPublisher | None, job_id: str, attempt: int, to: JobStatus, **values: Any
+) -> str:
+    """Write the outcome if this attempt still owns the job; publish it. Returns the status or 'lost'."""
     with session_scope(settings.database_url) as session:
-        return transition(session, job_id, to, attempt=attempt, finished_at=utcnow(), lease_expires_at=None, **values)
+        done = transition(session, job_id, to, attempt=attempt, finished_at=utcnow(), lease_expires_at=None, **values)
+    if not done:
+        return "lost"
+    _status(events, job_id, to, **{k: v for k, v in values.items() if k in ("error",)})
+    return to.value

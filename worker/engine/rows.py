@@ -54,6 +54,10 @@ class RequestHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait_done(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds; whether the request has finished."""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> EngineResult:
         if not self._done.wait(timeout):
             raise TimeoutError(f"request {self.request_id} not finished after {timeout}s")

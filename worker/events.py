@@ -1,0 +1,54 @@
+"""Publishing a job's live events from the worker, off the engine thread.
+
+The engine calls back from its loop; the callback only enqueues, and one publisher thread decodes and
+writes to Redis, so publishing never slows denoising. Drafts are dropped when the queue is full;
+canvases and status changes are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from shared.events import publish_event
+
+log = logging.getLogger(__name__)
+Decode = Callable[[list[int]], str]
+
+
+class EventPublisher(threading.Thread):
+    def __init__(self, redis_url: str, max_pending: int = 10_000) -> None:
+        super().__init__(name="canvas-events", daemon=True)
+        self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        self.pending: queue.Queue[tuple[str, str, dict[str, Any], Decode | None]] = queue.Queue(max_pending)
+
+    def publish(self, job_id: str, event_type: str, data: dict[str, Any], decode: Decode | None = None) -> None:
+        item = (job_id, event_type, data, decode)
+        if event_type == "draft":
+            with contextlib.suppress(queue.Full):  # a live preview may skip frames
+                self.pending.put_nowait(item)
+        else:
+            self.pending.put(item)
+
+    def engine_callback(self, job_id: str, decode: Decode) -> Callable[[str, str, dict[str, Any]], None]:
+        """The callback to hand to Engine.submit for one job (the engine's 'finished' event is not needed:
+        the task publishes the final status after the database has it)."""
+
+        def on_event(_request_id: str, kind: str, data: dict[str, Any]) -> None:
+            if kind in ("draft", "canvas"):
+                self.publish(job_id, kind, data, decode)
+
+        return on_event
+
+    def run(self) -> None:
+        while True:
+            job_id, event_type, data, decode = self.pending.get()
+            if decode is not None and "token_ids" in data:
+                data = {**data, "text": decode(data["token_ids"])}
+            publish_event(self.client, job_id, event_type, data)
