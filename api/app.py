@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from redis import Redis
 
-from api import health, jobs, models, openapi
+from api import health, job_events, jobs, models, openapi
 from api.errors import register_error_handlers
 from api.state import close_db_session
 from shared.queue import make_celery
@@ -24,7 +25,8 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["canvas.settings"] = settings
     app.extensions["canvas.celery"] = make_celery(settings, "canvas-api")
-    for blueprint in (jobs.bp, models.bp, health.bp, openapi.bp):
+    app.extensions["canvas.redis"] = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+    for blueprint in (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     app.teardown_appcontext(close_db_session)
     register_error_handlers(app)

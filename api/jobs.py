@@ -17,7 +17,7 @@ from api.bodies import read_json_object
 from api.job_inputs import check_length, prompt_ids
 from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
-from api.state import db_session, producer
+from api.state import db_session, producer, publish_status
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.jobs import create_job, get_job, job_view, new_job_id, timeline, transition
 from shared.models import Job, ModelRecord, utcnow
@@ -82,6 +82,7 @@ def submit_job() -> Response:
         if existing is None:
             raise
         return _job_response(session, existing, 200)
+    publish_status(job.id, JobStatus.QUEUED.value)  # before the task exists, so it precedes "running"
     _publish_after_commit(session, outbox.id)
     response = _job_response(session, job, 202)
     response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
@@ -154,4 +155,6 @@ def cancel_job(job_id: str) -> Response:
     session.refresh(job)
     if not done and job.status != JobStatus.CANCELING.value:
         raise Conflict(f"job {job.id} is {job.status}; only queued or running jobs can be canceled", "id")
+    if done:
+        publish_status(job.id, job.status)
     return _job_response(session, job)

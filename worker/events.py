@@ -37,12 +37,23 @@ class EventPublisher(threading.Thread):
             self.pending.put(item)
 
     def engine_callback(self, job_id: str, decode: Decode) -> Callable[[str, str, dict[str, Any]], None]:
-        """The callback to hand to Engine.submit for one job (the engine's 'finished' event is not needed:
-        the task publishes the final status after the database has it)."""
+        """The callback to hand to Engine.submit for one job. Canvas events carry text deltas that add up
+        to the job's output text (a character split across canvases waits for its last byte); drafts carry
+        the whole draft canvas decoded. The engine's 'finished' is not relayed: the task publishes the final
+        status once the database has it."""
+        committed: list[int] = []
+        sent = [""]  # text already sent in canvas deltas
 
         def on_event(_request_id: str, kind: str, data: dict[str, Any]) -> None:
-            if kind in ("draft", "canvas"):
+            if kind == "draft":
                 self.publish(job_id, kind, data, decode)
+            elif kind == "canvas":
+                committed.extend(data["token_ids"])
+                text = decode(committed)
+                if not data.get("final") and text.endswith("\ufffd"):
+                    text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: send it with the next canvas
+                delta, sent[0] = text[len(sent[0]) :], text
+                self.publish(job_id, kind, {**data, "text": delta})
 
         return on_event
 

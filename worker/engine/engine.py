@@ -201,7 +201,7 @@ class Engine:
         row.canvases += 1
         end = find_end(row.request, row.generated, first_new)
         kept = row.generated[first_new : end[0]] if end else new
-        row.emit("canvas", {"canvas": row.canvases - 1, "token_ids": kept, "steps": row.step})
+        row.emit("canvas", {"canvas": row.canvases - 1, "token_ids": kept, "steps": row.step, "final": end is not None})
         if end is not None:
             row.generated = row.generated[: end[0]]
             self._finish(row, end[1])

@@ -1,0 +1,76 @@
+"""GET /v1/jobs/{id}/events: a job's live events as server-sent events.
+
+A subscriber first gets every event so far (or those after its Last-Event-ID), then live ones:
+`status` changes, `draft` canvases while denoising (rate-limited by the worker), committed `canvas`es,
+and a final `done` event carrying the finished job, after which the stream ends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, request, stream_with_context
+
+from api.auth import authenticate_request, current_principal
+from api.state import db_session, events_client, settings
+from shared.db import session_scope
+from shared.events import read_events
+from shared.jobs import get_job, job_view
+from shared.models import Job
+from shared.states import TERMINAL
+
+bp = Blueprint("job_events", __name__, url_prefix="/v1/jobs")
+bp.before_request(authenticate_request)
+KEEPALIVE_SECONDS = 15.0
+TERMINAL_VALUES = {s.value for s in TERMINAL}
+
+
+def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _finished_job(database_url: str, job_id: str) -> dict[str, Any] | None:
+    """The job's view if it has reached a terminal status, else None."""
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        return job_view(job) if job is not None and job.status in TERMINAL_VALUES else None
+
+
+def _stream(database_url: str, client: redis.Redis, job_id: str, after: str) -> Iterator[str]:
+    last_keepalive = time.monotonic()
+    while True:
+        got_any = False
+        try:
+            for event_id, kind, data in read_events(client, job_id, after, block_ms=1000):
+                after, got_any = event_id, True
+                yield sse(kind, data, event_id)
+                if kind == "status" and data.get("status") in TERMINAL_VALUES:
+                    yield sse("done", _finished_job(database_url, job_id) or {"status": data["status"]})
+                    return
+        except redis.RedisError as exc:
+            yield sse("error", {"message": f"live events are unavailable: {exc}"})
+            time.sleep(1.0)
+        if not got_any:
+            # Nothing new: the database decides whether the job is over (its last event may be lost).
+            finished = _finished_job(database_url, job_id)
+            if finished is not None:
+                yield sse("status", {"status": finished["status"]})
+                yield sse("done", finished)
+                return
+            if time.monotonic() - last_keepalive > KEEPALIVE_SECONDS:
+                last_keepalive = time.monotonic()
+                yield ": keep-alive\n\n"
+
+
+@bp.get("/<job_id>/events")
+def stream_job_events(job_id: str) -> Response:
+    job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
+    after = request.headers.get("Last-Event-ID") or "0-0"
+    body = _stream(settings().database_url, events_client(), job.id, after)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
