@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -78,10 +79,17 @@ class Engine:
             pass
 
     def _loop(self) -> None:
-        while True:
+        self.serve(lambda: False)
+
+    def serve(self, until: Callable[[], bool]) -> None:
+        """Step while there is work, sleep while there is none, return once `stop()` was called or
+        `until()` is true between ticks. `start()` runs this in a thread; a caller may run it itself."""
+        while not until():
             with self._lock:
                 while not self._stopping and not self.rows and not self.scheduler.waiting and not self._cancels:
-                    self._lock.wait()
+                    if until():
+                        return
+                    self._lock.wait(0.05)
                 if self._stopping:
                     return
             self.step()

@@ -1,0 +1,275 @@
+"""Benchmark: Canvas's batched engine against transformers' `model.generate()` on the same model,
+parameters and prompts. Prints one JSON line per scenario and a table; numbers, not assertions.
+
+Scenarios: generate() one request at a time; generate() as one static batch; the engine at each
+concurrency, with all requests arriving together and with arrivals spread over time (Poisson).
+Every request denoises `--canvases` canvases at a fixed `--steps` steps (random weights never converge,
+and the stop criterion is set so they cannot), so all scenarios do the same work.
+
+  python bench/engine.py --arch small                      # CPU, the small config of shared/bench
+  python bench/engine.py --arch 26b --concurrency 1,4,16,32  # one GPU, bf16, released architecture
+
+Needs only torch and transformers (and this repository's worker/engine, which imports nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for worker.engine
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from arch import CANVAS, build
+
+from worker.engine import Engine, Request, SamplingParams
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+
+
+def reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def fixed_params(steps: int, canvases: int, canvas: int, seed: int) -> SamplingParams:
+    # stability_threshold above the step count and a vanishing confidence threshold: every step runs.
+    return SamplingParams(
+        max_new_tokens=canvases * canvas,
+        max_denoising_steps=steps,
+        stability_threshold=steps + 1,
+        confidence_threshold=1e-12,
+        seed=seed,
+    )
+
+
+def generate_kwargs(p: SamplingParams) -> dict[str, Any]:
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+    return dict(
+        max_new_tokens=p.max_new_tokens,
+        max_denoising_steps=p.max_denoising_steps,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=p.entropy_bound),
+        t_min=p.t_min,
+        t_max=p.t_max,
+        stability_threshold=p.stability_threshold,
+        confidence_threshold=p.confidence_threshold,
+        return_dict_in_generate=True,
+    )
+
+
+def summary(
+    name: str, latencies: list[float], wall: float, tokens: int, steps: int, device: str, **extra: Any
+) -> dict[str, Any]:
+    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else [latencies[0]] * 19
+    return {
+        "scenario": name,
+        "requests": len(latencies),
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
+        "ms_per_step": round(1000 * wall / steps, 2) if steps else None,
+        "p50_s": round(statistics.median(latencies), 3),
+        "p95_s": round(q[18], 3),
+        "peak_gib": peak_gib(device),
+        **extra,
+    }
+
+
+@torch.inference_mode()
+def bench_generate_sequential(model: Any, prompts: list[list[int]], params: list[SamplingParams], device: str):
+    reset_peak(device)
+    latencies, outputs, start = [], [], time.perf_counter()
+    for prompt, p in zip(prompts, params, strict=True):
+        t = time.perf_counter()
+        torch.manual_seed(p.seed)
+        out = model.generate(torch.tensor([prompt], device=device), **generate_kwargs(p))
+        sync(device)
+        latencies.append(time.perf_counter() - t)
+        outputs.append(out.sequences[0, len(prompt) :].tolist())
+    wall = time.perf_counter() - start
+    tokens = sum(p.max_new_tokens for p in params)
+    steps = sum(p.max_denoising_steps * p.max_new_tokens // model.config.canvas_length for p in params)
+    return summary("generate, one at a time", latencies, wall, tokens, steps, device), outputs
+
+
+@torch.inference_mode()
+def bench_generate_static(model: Any, prompts: list[list[int]], params: list[SamplingParams], device: str):
+    reset_peak(device)
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model.generate(torch.tensor(prompts, device=device), **generate_kwargs(params[0]))
+    sync(device)
+    wall = time.perf_counter() - start
+    steps = params[0].max_denoising_steps * params[0].max_new_tokens // model.config.canvas_length
+    tokens = sum(p.max_new_tokens for p in params)
+    return summary(f"generate, static batch {len(prompts)}", [wall] * len(prompts), wall, tokens, steps, device)
+
+
+def bench_engine(
+    model: Any,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    device: str,
+    rows: int,
+    arrival_rate: float | None = None,
+    engine_thread: bool = False,
+):
+    """All requests at once (arrival_rate None) or Poisson arrivals at `arrival_rate` requests/s.
+
+    The engine loop runs in this (the main) thread and a helper thread submits, as a worker's job threads
+    would. On the CPU the loop's thread matters: a loop in a second thread runs about 1.5x slower on this
+    2-core machine (see docs/benchmarks.md); on a GPU the thread only launches kernels.
+    """
+    engine = Engine(model, max_rows=rows)
+    reset_peak(device)
+    submitted: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    handles = []
+
+    def on_event(rid: str, kind: str, _data: dict[str, Any]) -> None:
+        if kind == "finished":
+            finished[rid] = time.perf_counter()
+
+    def submit_all() -> None:
+        rng = random.Random(0)
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            submitted[f"r{i}"] = time.perf_counter()
+            handles.append(engine.submit(Request(f"r{i}", tuple(prompt), p), on_event=on_event))
+            if arrival_rate:
+                time.sleep(rng.expovariate(arrival_rate))
+
+    start = time.perf_counter()
+    if engine_thread:  # as the worker runs it: the loop in its own thread, the caller only submits and waits
+        engine.start()
+        submit_all()
+        for h in handles:
+            h.wait()
+        engine.stop()
+    elif arrival_rate:
+        submitter = threading.Thread(target=submit_all)
+        submitter.start()
+        engine.serve(until=lambda: len(finished) == len(prompts))
+        submitter.join()
+    else:
+        submit_all()
+        engine.run_until_idle()
+    sync(device)
+    wall = time.perf_counter() - start
+    latencies = [finished[k] - submitted[k] for k in submitted]
+    tokens = sum(p.max_new_tokens for p in params)
+    how = f"arrivals {arrival_rate:.1f}/s" if arrival_rate else "arriving together"
+    how += ", loop in its own thread" if engine_thread else ""
+    stats = engine.stats
+    mean_rows = round(stats["rows_in_decoder"] / max(stats["decoder_passes"], 1), 2)
+    result = summary(
+        f"engine, {rows} rows, {how}",
+        latencies,
+        wall,
+        tokens,
+        stats["decoder_passes"],
+        device,
+        mean_rows_per_pass=mean_rows,
+        row_bytes_estimate=engine.memory.row_bytes(len(prompts[0]), params[0].max_new_tokens),
+    )
+    return result, [h.wait(0).token_ids for h in handles]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="small", choices=["small", "26b"])
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per canvas (16 small, 48 26b)")
+    parser.add_argument("--canvases", type=int, default=1)
+    parser.add_argument("--prompt", type=int, default=None, help="prompt tokens (64 small, 128 26b)")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--concurrency", default="1,4,16,32")
+    parser.add_argument("--skip-static", action="store_true", help="skip generate() as one static batch")
+    parser.add_argument(
+        "--engine-thread",
+        action="store_true",
+        help="run the engine loop in its own thread, as the worker does (no Poisson scenarios)",
+    )
+    parser.add_argument(
+        "--baseline-requests",
+        type=int,
+        default=None,
+        help="run sequential generate() on only the first N requests (it is the slowest scenario)",
+    )
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    steps = args.steps or (48 if args.arch == "26b" else 16)
+    prompt_len = args.prompt or (128 if args.arch == "26b" else 64)
+    t = time.perf_counter()
+    model = build(args.arch, device, dtype)
+    vocab = model.config.text_config.vocab_size
+    machine = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(
+        json.dumps(
+            {
+                "arch": args.arch,
+                "device": machine,
+                "dtype": str(dtype),
+                "steps": steps,
+                "canvas": CANVAS[args.arch],
+                "canvases": args.canvases,
+                "prompt": prompt_len,
+                "requests": args.requests,
+                "build_s": round(time.perf_counter() - t, 1),
+                "torch": torch.__version__,
+            }
+        ),
+        flush=True,
+    )
+    rng = random.Random(1)
+    prompts = [[rng.randrange(10, vocab) for _ in range(prompt_len)] for _ in range(args.requests)]
+    params = [fixed_params(steps, args.canvases, CANVAS[args.arch], seed=i) for i in range(args.requests)]
+    warm = fixed_params(2, 1, CANVAS[args.arch], 0)
+    bench_generate_sequential(model, prompts[:1], [warm], device)  # warm-up (lazy init, kernels)
+    bench_engine(model, prompts[:2], [warm, warm], device, rows=2)
+
+    results = []
+    k = args.baseline_requests or args.requests
+    sequential, reference = bench_generate_sequential(model, prompts[:k], params[:k], device)
+    results.append(sequential)
+    print(json.dumps(sequential), flush=True)
+    if not args.skip_static:
+        results.append(bench_generate_static(model, prompts, params, device))
+        print(json.dumps(results[-1]), flush=True)
+    for rows in [int(c) for c in args.concurrency.split(",")]:
+        together, outputs = bench_engine(model, prompts, params, device, rows, engine_thread=args.engine_thread)
+        same = sum(o == r[: len(o)] for r, o in zip(reference, outputs[:k], strict=True))
+        together["outputs_equal_to_generate"] = f"{same}/{k}"
+        results.append(together)
+        print(json.dumps(together), flush=True)
+        if args.engine_thread:
+            continue
+        capacity = len(prompts) / together["wall_s"]
+        spread, _ = bench_engine(model, prompts, params, device, rows, arrival_rate=0.8 * capacity)
+        results.append(spread)
+        print(json.dumps(spread), flush=True)
+    print(f"\n{'scenario':44} {'tok/s':>8} {'ms/step':>8} {'p50 s':>7} {'p95 s':>7} {'peak GiB':>9}")
+    for r in results:
+        print(
+            f"{r['scenario']:44} {r['tokens_per_s']:>8} {r['ms_per_step'] or '-':>8} {r['p50_s']:>7} "
+            f"{r['p95_s']:>7} {r['peak_gib'] if r['peak_gib'] is not None else '-':>9}"
+        )
+
+
+if __name__ == "__main__":
+    main()
