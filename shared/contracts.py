@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
 
 GENERATE_TASK = "canvas.generate"
 
@@ -31,6 +31,14 @@ class GenerationParams(BaseModel):
     stability_threshold: int = Field(1, ge=1, le=4096)
     confidence_threshold: float = Field(0.005, gt=0.0, le=100.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: list[StrictStr] | None = Field(None, max_length=4)  # the output ends before the first one
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: list[str] | None) -> list[str] | None:
+        if stop is not None and not all(0 < len(s) <= 64 for s in stop):
+            raise ValueError("each stop sequence must have 1 to 64 characters")
+        return stop
 
     @model_validator(mode="before")
     @classmethod

@@ -157,3 +157,10 @@ def test_unknown_route_uses_the_error_shape(client, keys) -> None:
     response = client.get("/v1/nothing", headers=auth(keys["a"]))
     assert response.status_code == 404
     error_of(response)
+
+
+@pytest.mark.parametrize("stop", ["###", [""], ["a" * 65], ["a", "b", "c", "d", "e"], [1]])
+def test_bad_stop_sequences_are_422(client, keys, stop) -> None:
+    response = submit(client, keys["a"], {"model": TINY, "prompt": "hi", "params": {"stop": stop}})
+    assert response.status_code == 422
+    assert error_of(response)["param"].startswith("params.stop")

@@ -73,3 +73,26 @@ def test_a_model_not_loaded_here_fails_clearly(settings, host) -> None:
     job = load(settings, job_id)
     assert job.error["type"] == "model_not_loaded"
     assert "elsewhere" in job.error["message"]
+
+
+def test_stop_strings_become_token_sequences_for_the_engine(host) -> None:
+    from worker.tasks import engine_request
+
+    params = {
+        "max_new_tokens": 8,
+        "max_denoising_steps": 4,
+        "entropy_bound": 0.1,
+        "t_min": 0.4,
+        "t_max": 0.8,
+        "stability_threshold": 1,
+        "confidence_threshold": 0.005,
+        "seed": 1,
+        "stop": ["\n\n", "END"],
+    }
+    loaded = host.get(TINY)
+    request = engine_request("job_x", [2, 9], params, loaded, 0.25)
+    assert request.params.stop == (
+        tuple(loaded.tokenizer.encode("\n\n", add_special_tokens=False)),
+        tuple(loaded.tokenizer.encode("END", add_special_tokens=False)),
+    )
+    assert len(request.params.stop[1]) == 3  # one byte token each for E, N, D
