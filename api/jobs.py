@@ -18,6 +18,7 @@ from api.job_inputs import check_length, prompt_ids
 from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
 from api.state import db_session, producer, publish_status
+from api.webhooks import check_webhook_url
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.jobs import create_job, get_job, job_view, new_job_id, timeline, transition
 from shared.models import Job, ModelRecord, utcnow
@@ -59,6 +60,8 @@ def submit_job() -> Response:
     digest = _request_hash(raw)
     if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):
         return _job_response(session, existing, 200)
+    if body.webhook is not None:
+        check_webhook_url(body.webhook.url, "webhook.url")
     ids, recorded_input = prompt_ids(body, model)
     field = body.given_inputs()[0]
     check_length(ids, body.params.max_new_tokens, model, field)
@@ -70,6 +73,7 @@ def submit_job() -> Response:
         input=recorded_input,
         input_ids=ids,
         params=body.params.with_seed().model_dump(),
+        webhook=body.webhook.model_dump() if body.webhook else None,
         idempotency_key=key,
         request_hash=digest if key else None,
     )

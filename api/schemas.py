@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from api.webhook_schemas import WebhookTarget
 from shared.contracts import GenerationParams
 
 
@@ -25,6 +26,7 @@ class JobCreate(BaseModel):
     input_ids: list[StrictInt] | None = Field(None, min_length=1)
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     params: GenerationParams = Field(default_factory=GenerationParams)
+    webhook: WebhookTarget | None = None
 
     def given_inputs(self) -> list[str]:
         return [name for name in ("prompt", "input_ids", "messages") if getattr(self, name) is not None]

@@ -7,6 +7,8 @@ import secrets
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
 
 GENERATE_TASK = "canvas.generate"
+WEBHOOK_TASK = "canvas.deliver_webhook"
+WEBHOOK_QUEUE = "webhooks"  # its own CPU queue and worker: never a GPU worker
 
 
 def generation_queue(model: str) -> str:

@@ -7,7 +7,7 @@ writer changes nothing, and an illegal transition is refused.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -17,6 +17,8 @@ from shared.contracts import GENERATE_TASK, generation_queue
 from shared.errors import IllegalTransition, NotFound
 from shared.models import Job, JobEvent, OutboxMessage, utcnow
 from shared.states import ALLOWED_FROM, JobStatus
+from shared.views import job_view  # noqa: F401  (re-exported: the API uses it from here)
+from shared.webhooks import record_status_event
 
 
 def new_job_id() -> str:
@@ -62,6 +64,7 @@ def transition(
         return False
     session.add(JobEvent(job_id=job_id, type="status", status=to.value, data=event_data, created_at=now))
     session.flush()
+    record_status_event(session, job_id, to)
     return True
 
 
@@ -116,33 +119,3 @@ def get_job(session: Session, job_id: str, tenant_id: str | None = None) -> Job:
 def timeline(session: Session, job_id: str) -> list[JobEvent]:
     stmt = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
     return list(session.scalars(stmt))
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def job_view(job: Job, events: list[JobEvent] | None = None) -> dict[str, Any]:
-    """The public JSON shape of a job (the API's and, later, the webhooks')."""
-    view: dict[str, Any] = {
-        "id": job.id,
-        "object": "job",
-        "kind": job.kind,
-        "model": job.model,
-        "status": job.status,
-        "input": job.input,
-        "params": job.params,
-        "output": job.output,
-        "stats": job.stats,
-        "error": job.error,
-        "attempts": job.attempts,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-    }
-    if events is not None:
-        view["timeline"] = [
-            {"status": e.status, "type": e.type, "at": _iso(e.created_at), **({"data": e.data} if e.data else {})}
-            for e in events
-        ]
-    return view

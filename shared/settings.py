@@ -15,6 +15,11 @@ def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+def _floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = os.environ.get(name)
+    return tuple(float(x) for x in raw.split(",") if x.strip()) if raw else default
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration. Build with `Settings.from_env()`; tests use `replace(settings, ...)`."""
@@ -32,6 +37,13 @@ class Settings:
     engine_max_rows: int = 16  # rows the engine denoises together; the worker takes as many jobs at once
     engine_memory_bytes: int = 0  # KV and row-state budget of the engine; 0: rows are limited by count only
     draft_interval_seconds: float = 0.25  # at most this often a running job publishes its draft canvas
+    # Webhooks: retry delays in seconds (one per retry), per-attempt timeout, operator allow-list of
+    # CIDRs that the SSRF guard lets through (e.g. "127.0.0.1/32" for tests and internal receivers).
+    webhook_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_timeout_seconds: float = 10.0
+    webhook_allow: str = ""
+    webhook_disable_after_seconds: float = 5 * 24 * 3600  # an endpoint failing everything this long is disabled
+    webhook_rotation_seconds: float = 24 * 3600  # the previous secret keeps signing this long after a rotation
     log_level: str = "INFO"
     var_dir: Path = field(default_factory=lambda: Path("var"))
 
@@ -52,6 +64,13 @@ class Settings:
             engine_max_rows=_int("CANVAS_ENGINE_MAX_ROWS", d.engine_max_rows),
             engine_memory_bytes=_int("CANVAS_ENGINE_MEMORY_BYTES", d.engine_memory_bytes),
             draft_interval_seconds=_float("CANVAS_DRAFT_INTERVAL_SECONDS", d.draft_interval_seconds),
+            webhook_schedule=_floats("CANVAS_WEBHOOK_SCHEDULE", d.webhook_schedule),
+            webhook_timeout_seconds=_float("CANVAS_WEBHOOK_TIMEOUT_SECONDS", d.webhook_timeout_seconds),
+            webhook_allow=os.environ.get("CANVAS_WEBHOOK_ALLOW", d.webhook_allow),
+            webhook_disable_after_seconds=_float(
+                "CANVAS_WEBHOOK_DISABLE_AFTER_SECONDS", d.webhook_disable_after_seconds
+            ),
+            webhook_rotation_seconds=_float("CANVAS_WEBHOOK_ROTATION_SECONDS", d.webhook_rotation_seconds),
             log_level=os.environ.get("CANVAS_LOG_LEVEL", d.log_level),
             var_dir=Path(os.environ.get("CANVAS_VAR_DIR", str(d.var_dir))),
         )
@@ -72,6 +91,11 @@ class Settings:
             "CANVAS_ENGINE_MAX_ROWS": str(self.engine_max_rows),
             "CANVAS_ENGINE_MEMORY_BYTES": str(self.engine_memory_bytes),
             "CANVAS_DRAFT_INTERVAL_SECONDS": str(self.draft_interval_seconds),
+            "CANVAS_WEBHOOK_SCHEDULE": ",".join(str(x) for x in self.webhook_schedule),
+            "CANVAS_WEBHOOK_TIMEOUT_SECONDS": str(self.webhook_timeout_seconds),
+            "CANVAS_WEBHOOK_ALLOW": self.webhook_allow,
+            "CANVAS_WEBHOOK_DISABLE_AFTER_SECONDS": str(self.webhook_disable_after_seconds),
+            "CANVAS_WEBHOOK_ROTATION_SECONDS": str(self.webhook_rotation_seconds),
             "CANVAS_LOG_LEVEL": self.log_level,
             "CANVAS_VAR_DIR": str(self.var_dir),
         }

@@ -19,6 +19,7 @@ from shared.models import Job, OutboxMessage, utcnow
 from shared.queue import publish_pending
 from shared.settings import Settings
 from shared.states import JobStatus
+from shared.webhook_dispatch import sweep_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,12 @@ def reap_expired_leases(settings: Settings) -> int:
 
 
 def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
-    """One pass: (jobs reaped, outbox messages published)."""
+    """One pass: (jobs reaped, outbox and webhook messages sent to the broker)."""
     reaped = reap_expired_leases(settings)
     with session_scope(settings.database_url) as session:
         published = publish_pending(session, app)
-    return reaped, published
+    _recovered, dispatched = sweep_webhooks(settings, app)
+    return reaped, published + dispatched
 
 
 class Sweeper(threading.Thread):

@@ -18,7 +18,16 @@ from sqlalchemy import delete
 from shared.db import dispose_engine, session_scope
 from shared.keys import create_key
 from shared.migrate import upgrade
-from shared.models import ApiKey, Job, JobEvent, OutboxMessage
+from shared.models import (
+    ApiKey,
+    Job,
+    JobEvent,
+    OutboxMessage,
+    TenantWebhookSecret,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from shared.registry import register_model
 from shared.settings import Settings
 
@@ -71,6 +80,9 @@ def base_settings(
         heartbeat_seconds=0.5,
         cancel_poll_seconds=0.1,
         sweep_seconds=0.3,
+        webhook_schedule=(0.3, 0.3, 0.3, 0.3),
+        webhook_timeout_seconds=1.0,
+        webhook_allow="127.0.0.1/32",  # the tests' receivers listen on loopback
         var_dir=tmp_path_factory.mktemp("var"),
     )
 
@@ -79,7 +91,16 @@ def base_settings(
 def settings(base_settings: Settings) -> Iterator[Settings]:
     """The backend's settings, with job tables emptied before each test (models stay)."""
     with session_scope(base_settings.database_url) as session:
-        for table in (OutboxMessage, JobEvent, Job, ApiKey):
+        for table in (
+            WebhookAttempt,
+            WebhookMessage,
+            WebhookEndpoint,
+            TenantWebhookSecret,
+            OutboxMessage,
+            JobEvent,
+            Job,
+            ApiKey,
+        ):
             session.execute(delete(table))
     yield base_settings
 

@@ -92,6 +92,12 @@ def cmd_worker_serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve([m for m in args.models.split(",") if m], args.gpus, args.loglevel)
 
 
+def cmd_worker_webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.serve import serve_webhooks
+
+    return serve_webhooks(args.concurrency, args.loglevel)
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from api.serve import main as serve_api
 
@@ -180,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", required=True, help="comma-separated model names")
     serve.add_argument("--loglevel", default="INFO")
     serve.set_defaults(fn=cmd_worker_serve)
+    hooks = worker.add_parser("webhooks", help="the webhook delivery worker (CPU)")
+    hooks.add_argument("--concurrency", type=int, default=8)
+    hooks.add_argument("--loglevel", default="INFO")
+    hooks.set_defaults(fn=cmd_worker_webhooks)
 
     api = sub.add_parser("api", help="serve the API (production: gunicorn 'api.wsgi:app')")
     api.add_argument("--host", default="127.0.0.1")

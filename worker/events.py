@@ -20,23 +20,36 @@ from shared.events import publish_event
 
 log = logging.getLogger(__name__)
 Decode = Callable[[list[int]], str]
+Sink = Callable[[dict[str, Any]], None]
 
 
 class EventPublisher(threading.Thread):
     def __init__(self, redis_url: str, max_pending: int = 10_000) -> None:
         super().__init__(name="canvas-events", daemon=True)
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
-        self.pending: queue.Queue[tuple[str, str, dict[str, Any], Decode | None]] = queue.Queue(max_pending)
+        self.pending: queue.Queue[Any] = queue.Queue(max_pending)
 
-    def publish(self, job_id: str, event_type: str, data: dict[str, Any], decode: Decode | None = None) -> None:
-        item = (job_id, event_type, data, decode)
+    def publish(
+        self, job_id: str, event_type: str, data: dict[str, Any], decode: Decode | None = None, sink: Sink | None = None
+    ) -> None:
+        """Queue an event for Redis; `sink`, if given, also receives it (e.g. to write a webhook message)."""
+        item = (job_id, event_type, data, decode, sink)
         if event_type == "draft":
             with contextlib.suppress(queue.Full):  # a live preview may skip frames
                 self.pending.put_nowait(item)
         else:
             self.pending.put(item)
 
-    def engine_callback(self, job_id: str, decode: Decode) -> Callable[[str, str, dict[str, Any]], None]:
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far has been handled (before a job's final status is written,
+        so its canvas webhooks precede its terminal one)."""
+        marker = threading.Event()
+        self.pending.put(marker)
+        return marker.wait(timeout)
+
+    def engine_callback(
+        self, job_id: str, decode: Decode, canvas_sink: Sink | None = None
+    ) -> Callable[[str, str, dict[str, Any]], None]:
         """The callback to hand to Engine.submit for one job. Canvas events carry text deltas that add up
         to the job's output text (a character split across canvases waits for its last byte); drafts carry
         the whole draft canvas decoded. The engine's 'finished' is not relayed: the task publishes the final
@@ -53,13 +66,22 @@ class EventPublisher(threading.Thread):
                 if not data.get("final") and text.endswith("\ufffd"):
                     text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: send it with the next canvas
                 delta, sent[0] = text[len(sent[0]) :], text
-                self.publish(job_id, kind, {**data, "text": delta})
+                self.publish(job_id, kind, {**data, "text": delta}, sink=canvas_sink)
 
         return on_event
 
     def run(self) -> None:
         while True:
-            job_id, event_type, data, decode = self.pending.get()
+            item = self.pending.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            job_id, event_type, data, decode, sink = item
             if decode is not None and "token_ids" in data:
                 data = {**data, "text": decode(data["token_ids"])}
             publish_event(self.client, job_id, event_type, data)
+            if sink is not None:
+                try:
+                    sink(data)
+                except Exception:  # a failed side channel must not stop the publisher
+                    log.exception("event sink of job %s failed", job_id)

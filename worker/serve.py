@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from shared.contracts import generation_queue
+from shared.contracts import WEBHOOK_QUEUE, generation_queue
 from shared.settings import Settings
 
 
@@ -72,3 +72,24 @@ def serve(models: Sequence[str], gpus: str, loglevel: str = "INFO") -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
     return max(codes, default=0)
+
+
+def webhook_worker_command(concurrency: int = 8, loglevel: str = "INFO") -> list[str]:
+    """The webhook worker: many threads, since deliveries wait on the network, not on a GPU."""
+    return [sys.executable, "-m", "celery", "-A", "worker.webhook_app:app", "worker", "--pool", "threads",
+            "--concurrency", str(concurrency), "-Q", WEBHOOK_QUEUE, "-n", "webhooks@%h", "--without-gossip",
+            "--without-mingle", "-l", loglevel]  # fmt: skip
+
+
+def serve_webhooks(concurrency: int, loglevel: str = "INFO") -> int:
+    child = subprocess.Popen(
+        webhook_worker_command(concurrency, loglevel), env=dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return child.wait()

@@ -14,6 +14,7 @@ from shared.jobs import claim, get_job, transition
 from shared.models import utcnow
 from shared.settings import Settings
 from shared.states import FinishReason, JobStatus
+from shared.webhooks import record_canvas_event, wants_canvas_events
 from worker.engine import EngineResult, Request, SamplingParams
 from worker.events import EventPublisher
 from worker.host import LoadedModel, ModelHost
@@ -42,6 +43,7 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
         job = get_job(session, job_id)
         model_name, input_ids, params = job.model, list(job.input_ids), dict(job.params)
         queued_at, started_at = job.created_at, job.started_at
+        canvas_webhooks = wants_canvas_events(session, job_id)
     _status(events, job_id, JobStatus.RUNNING, attempt=attempt)
     loaded = host.get(model_name)
     if loaded is None:
@@ -51,8 +53,11 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     watch = JobWatch(settings, job_id, attempt)
     watch.start()
     try:
-        on_event = events.engine_callback(job_id, loaded.decode) if events else None
+        sink = _canvas_webhook_sink(settings, job_id) if canvas_webhooks else None
+        on_event = events.engine_callback(job_id, loaded.decode, sink) if events else None
         result = _wait(loaded, request, watch, on_event)
+        if events is not None:
+            events.flush()  # canvas events (and their webhooks) before the final status
     except Exception as exc:
         log.exception("job %s failed", job_id)
         error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
@@ -72,6 +77,14 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     # Canceled after the last step: keep what was made, but honour the cancel.
     output["finish_reason"] = FinishReason.CANCELED.value
     return _finish(settings, events, job_id, attempt, JobStatus.CANCELED, stats=stats, output=output)
+
+
+def _canvas_webhook_sink(settings: Settings, job_id: str) -> Any:
+    def record(data: dict[str, Any]) -> None:
+        with session_scope(settings.database_url) as session:
+            record_canvas_event(session, job_id, {k: data[k] for k in ("canvas", "text", "token_ids") if k in data})
+
+    return record
 
 
 def engine_request(

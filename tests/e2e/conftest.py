@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import TINY
 from tests.e2e.live import ApiServer, Worker
+from tests.e2e.receiver import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -17,8 +18,22 @@ def live_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:
     worker.stop()
 
 
+@pytest.fixture(scope="session")
+def live_webhook_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:
+    worker = Worker(base_settings, None, tmp_path_factory.mktemp("logs") / "webhooks.log").wait_ready()
+    yield worker
+    worker.stop()
+
+
 @pytest.fixture
-def live_api(settings, live_worker) -> Iterator[ApiServer]:
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def live_api(settings, live_worker, live_webhook_worker) -> Iterator[ApiServer]:
     with ApiServer(settings) as server:
         yield server
 

@@ -41,10 +41,12 @@ class ApiServer:
 class Worker:
     """`canvas worker serve --gpus none` as a child process, logging to a file."""
 
-    def __init__(self, settings: Settings, models: str, log_path: Path) -> None:
+    def __init__(self, settings: Settings, models: str | None, log_path: Path) -> None:
+        """A generation worker for `models`, or with models=None the webhook delivery worker."""
         self.log_path = log_path
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "worker.cli", "worker", "serve", "--gpus", "none", "--models", models]
+        cmd = [sys.executable, "-m", "worker.cli", "worker"]
+        cmd += ["serve", "--gpus", "none", "--models", models] if models else ["webhooks", "--concurrency", "4"]
         self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,0 +1,146 @@
+"""Webhook messages: event types, secrets and Standard Webhooks signatures, and the messages a job's
+events create. Delivery (HTTP) is the webhook worker's (worker/webhooks.py); dispatch is the sweeper's.
+
+Messages are rows written in the same transaction as the job change that caused them, so an event is
+never lost between the database and the queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.models import Job, TenantWebhookSecret, WebhookEndpoint, WebhookMessage, utcnow
+from shared.states import JobStatus
+from shared.views import job_view
+
+JOB_EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired", "job.canvas")
+EVENT_TYPES = frozenset(JOB_EVENTS)
+DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "job.expired")  # the terminal ones
+STATUS_EVENTS = {
+    JobStatus.RUNNING: "job.started",
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+    JobStatus.EXPIRED: "job.expired",
+}
+MAX_PAYLOAD_BYTES = 20_000
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: str) -> str:
+    """`v1,` + base64 HMAC-SHA256 over `id.timestamp.body` with the secret's key (Standard Webhooks)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_header(
+    current: str, previous: str | None, previous_expires: datetime | None, message_id: str, timestamp: int, body: str
+) -> str:
+    """Space-separated signatures: the current secret's, and during a rotation the previous one's too."""
+    signatures = [sign(current, message_id, timestamp, body)]
+    if previous and previous_expires and previous_expires > utcnow():
+        signatures.append(sign(previous, message_id, timestamp, body))
+    return " ".join(signatures)
+
+
+def tenant_secret(session: Session, tenant_id: str) -> tuple[TenantWebhookSecret, bool]:
+    """The tenant's default secret (for per-job targets), created on first use. Returns (row, created)."""
+    row = session.get(TenantWebhookSecret, tenant_id)
+    if row is not None:
+        return row, False
+    row = TenantWebhookSecret(tenant_id=tenant_id, secret=new_secret())
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def payload_for(event_type: str, data: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """{"type", "timestamp", "data"}; an output that would make it larger than about 20 kB is replaced
+    by a link to fetch the job."""
+    payload = {"type": event_type, "timestamp": utcnow().isoformat().replace("+00:00", "Z"), "data": data}
+    if len(json.dumps(payload)) > MAX_PAYLOAD_BYTES and isinstance(data.get("output"), dict):
+        data = {
+            **data,
+            "output": {
+                "truncated": True,
+                "url": f"/v1/jobs/{job_id}",
+                "finish_reason": data["output"].get("finish_reason"),
+            },
+        }
+        data.pop("input", None)
+        payload["data"] = data
+    return payload
+
+
+def destinations(session: Session, job: Job, event_type: str) -> list[tuple[str | None, str]]:
+    """(endpoint id or None for the job's own target, url) for every receiver of this event."""
+    stmt = select(WebhookEndpoint).where(
+        WebhookEndpoint.tenant_id == job.tenant_id, WebhookEndpoint.status == "enabled"
+    )
+    found: list[tuple[str | None, str]] = [
+        (e.id, e.url) for e in session.scalars(stmt.order_by(WebhookEndpoint.created_at)) if event_type in e.events
+    ]
+    target = job.webhook or {}
+    if target.get("url") and event_type in (target.get("events") or DEFAULT_EVENTS):
+        found.append((None, target["url"]))
+    return found
+
+
+def record_event(session: Session, job: Job, event_type: str, data: dict[str, Any]) -> list[WebhookMessage]:
+    """Write one pending message per destination of this event; the caller's transaction commits them."""
+    messages = []
+    now = utcnow()
+    for endpoint_id, url in destinations(session, job, event_type):
+        message = WebhookMessage(
+            id="msg_" + uuid.uuid4().hex,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            endpoint_id=endpoint_id,
+            url=url,
+            event_type=event_type,
+            payload=payload_for(event_type, data, job.id),
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        session.add(message)
+        messages.append(message)
+    session.flush()
+    return messages
+
+
+def record_status_event(session: Session, job_id: str, status: JobStatus) -> None:
+    """Messages for a job's status change (job.started, job.succeeded, ...), if anyone listens."""
+    event_type = STATUS_EVENTS.get(status)
+    if event_type is None:
+        return
+    job = session.get(Job, job_id, populate_existing=True)  # the UPDATE bypassed the identity map
+    if job is not None:
+        record_event(session, job, event_type, job_view(job))
+
+
+def record_canvas_event(session: Session, job_id: str, data: dict[str, Any]) -> None:
+    """Messages for a committed canvas, for receivers that asked for job.canvas."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        record_event(session, job, "job.canvas", {"id": job_id, **data})
+
+
+def wants_canvas_events(session: Session, job_id: str) -> bool:
+    job = session.get(Job, job_id)
+    return job is not None and bool(destinations(session, job, "job.canvas"))

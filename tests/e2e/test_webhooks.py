@@ -1,0 +1,158 @@
+"""Webhook delivery end to end: a real receiver checks every signature with the `standardwebhooks`
+package; retries, 410, timeouts, Retry-After, replay, and a webhook worker killed mid-delivery."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from standardwebhooks import Webhook
+
+from tests.conftest import REDIS_DB, TINY
+from tests.e2e.live import ApiServer, Client, Worker
+from tests.e2e.receiver import Answer, Receiver
+
+
+def verified(secret: str, received) -> dict:
+    """The payload, after the official library checked the signature and the timestamp."""
+    return Webhook(secret).verify(received.body, received.headers)
+
+
+def endpoint(client: Client, url: str, events: list[str] | None = None) -> dict:
+    body = {"url": url, **({"events": events} if events else {})}
+    response = client.http.post(f"{client.url}/v1/webhook_endpoints", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def deliveries(client: Client, endpoint_id: str) -> list[dict]:
+    return client.http.get(f"{client.url}/v1/webhook_endpoints/{endpoint_id}/deliveries", timeout=10).json()["data"]
+
+
+def wait_delivery(client: Client, endpoint_id: str, status: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [d for d in deliveries(client, endpoint_id) if d["status"] == status]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no {status} delivery: {deliveries(client, endpoint_id)}")
+
+
+def test_events_arrive_signed_and_in_order(live_api, keys, receiver) -> None:
+    client = Client(live_api.url, keys["a"])
+    ep = endpoint(client, receiver.script("/all"), ["job.started", "job.canvas", "job.succeeded"])
+    job = client.submit(model=TINY, prompt="hook", params={"max_new_tokens": 70, "max_denoising_steps": 4})
+    done = client.wait(job["id"])
+    canvases = done["stats"]["canvases"]
+    received = receiver.wait_for("/all", 2 + canvases)
+    payloads = [verified(ep["secret"], r) for r in received]
+    assert [p["type"] for p in payloads] == ["job.started"] + ["job.canvas"] * canvases + ["job.succeeded"]
+    assert payloads[-1]["data"]["id"] == job["id"]
+    assert payloads[-1]["data"]["output"] == done["output"]
+    assert "".join(p["data"]["text"] for p in payloads[1:-1]) == done["output"]["text"]
+    assert len({r.headers["webhook-id"] for r in received}) == len(received)
+    deadline = time.monotonic() + 30  # the worker records the answer just after the receiver has the request
+    while any(d["status"] != "delivered" for d in deliveries(client, ep["id"])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [d["status"] for d in deliveries(client, ep["id"])] == ["delivered"] * len(received)
+    per_job = client.http.get(f"{live_api.url}/v1/jobs/{job['id']}/deliveries", timeout=10).json()["data"]
+    assert len(per_job) == len(received)
+
+
+def test_a_jobs_own_webhook_is_signed_with_the_tenant_secret(live_api, keys, receiver) -> None:
+    client = Client(live_api.url, keys["a"])
+    secret = client.http.get(f"{live_api.url}/v1/webhook_secret", timeout=10).json()["secret"]
+    job = client.submit(
+        model=TINY, prompt="own", params={"max_new_tokens": 8}, webhook={"url": receiver.script("/own")}
+    )
+    [received] = receiver.wait_for("/own", 1)
+    payload = verified(secret, received)
+    assert (payload["type"], payload["data"]["id"]) == ("job.succeeded", job["id"])
+    assert set(json.loads(received.body)) == {"type", "timestamp", "data"}
+
+
+def test_a_failing_receiver_gets_the_message_after_retries_with_one_webhook_id(live_api, keys, receiver) -> None:
+    client = Client(live_api.url, keys["a"])
+    url = receiver.script("/flaky", Answer(500), Answer(502), Answer(200))
+    ep = endpoint(client, url)
+    client.wait(client.submit(model=TINY, prompt="retry", params={"max_new_tokens": 8})["id"])
+    received = receiver.wait_for("/flaky", 3)
+    assert len({r.headers["webhook-id"] for r in received}) == 1
+    for r in received:
+        verified(ep["secret"], r)
+    delivery = wait_delivery(client, ep["id"], "delivered")
+    assert [a["status_code"] for a in delivery["log"]] == [500, 502, 200]
+    assert [a["attempt"] for a in delivery["log"]] == [1, 2, 3]
+    assert all(a["latency_ms"] is not None for a in delivery["log"])
+
+
+def test_410_disables_the_endpoint(live_api, keys, receiver) -> None:
+    client = Client(live_api.url, keys["a"])
+    ep = endpoint(client, receiver.script("/gone", Answer(410)))
+    client.wait(client.submit(model=TINY, prompt="gone", params={"max_new_tokens": 8})["id"])
+    delivery = wait_delivery(client, ep["id"], "failed")
+    assert delivery["log"][-1]["status_code"] == 410
+    state = client.http.get(f"{live_api.url}/v1/webhook_endpoints/{ep['id']}", timeout=10).json()
+    assert state["status"] == "disabled"
+    assert "410" in state["disabled_reason"]
+
+
+def test_a_slow_receiver_times_out_and_is_retried(live_api, keys, receiver) -> None:
+    client = Client(live_api.url, keys["a"])
+    ep = endpoint(client, receiver.script("/slow", Answer(200, delay=3.0), Answer(200)))
+    client.wait(client.submit(model=TINY, prompt="slow", params={"max_new_tokens": 8})["id"])
+    delivery = wait_delivery(client, ep["id"], "delivered")
+    assert "Timeout" in delivery["log"][0]["error"]
+    assert delivery["log"][0]["status_code"] is None
+    assert delivery["log"][-1]["status_code"] == 200
+
+
+def test_retry_after_is_honoured(live_api, keys, receiver) -> None:
+    client = Client(live_api.url, keys["a"])
+    endpoint(client, receiver.script("/later", Answer(503, headers={"Retry-After": "3"}), Answer(200)))
+    client.wait(client.submit(model=TINY, prompt="later", params={"max_new_tokens": 8})["id"])
+    first, second = receiver.wait_for("/later", 2)
+    assert second.at - first.at >= 2.9  # the schedule says 0.3 s; the receiver asked for 3
+
+
+def test_a_failed_delivery_can_be_replayed(live_api, keys, receiver) -> None:
+    client = Client(live_api.url, keys["a"])
+    ep = endpoint(client, receiver.script("/down", *[Answer(500)] * 5))
+    client.wait(client.submit(model=TINY, prompt="replay", params={"max_new_tokens": 8})["id"])
+    failed = wait_delivery(client, ep["id"], "failed")
+    assert len(failed["log"]) == 5  # the first try and four retries of the test schedule
+    replay = client.http.post(
+        f"{live_api.url}/v1/webhook_endpoints/{ep['id']}/deliveries/{failed['id']}/replay", timeout=10
+    )
+    assert replay.status_code == 200
+    delivered = wait_delivery(client, ep["id"], "delivered")
+    assert delivered["id"] == failed["id"]
+    assert receiver.at("/down")[-1].headers["webhook-id"] == failed["id"]
+
+
+def test_killing_the_webhook_worker_mid_delivery_loses_nothing(settings, keys, backend, tmp_path, live_worker) -> None:
+    # Its own Redis database and webhook workers; the shared generation worker's queue is not used here.
+    settings = settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 4}")
+    receiver = Receiver()
+    first = Worker(settings, None, tmp_path / "hooks1.log").wait_ready()
+    gen = Worker(settings, TINY, tmp_path / "gen.log").wait_ready()
+    try:
+        with ApiServer(settings) as api:
+            client = Client(api.url, keys["a"])
+            ep = endpoint(client, receiver.script("/hang", Answer(200, delay=30.0), Answer(200)))
+            client.wait(client.submit(model=TINY, prompt="crash", params={"max_new_tokens": 8})["id"])
+            receiver.wait_for("/hang", 1)
+            first.kill()  # mid-delivery: the receiver holds the request
+            second = Worker(settings, None, tmp_path / "hooks2.log").wait_ready()
+            try:
+                delivery = wait_delivery(client, ep["id"], "delivered", timeout=90)
+            finally:
+                second.stop()
+    finally:
+        first.stop()
+        gen.stop()
+        receiver.close()
+    hung, retried = receiver.at("/hang")[:2]
+    assert hung.headers["webhook-id"] == retried.headers["webhook-id"] == delivery["id"]
+    verified(ep["secret"], retried)
