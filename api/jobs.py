@@ -15,13 +15,14 @@ from sqlalchemy.orm import Session
 from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
 from api.job_inputs import check_length, prompt_ids
+from api.models import visible_model
 from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
 from api.state import db_session, producer, publish_status
 from api.webhooks import check_webhook_url
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest
 from shared.jobs import create_job, get_job, job_view, new_job_id, timeline, transition
-from shared.models import Job, ModelRecord, utcnow
+from shared.models import Job, utcnow
 from shared.queue import publish_pending
 from shared.states import FinishReason, JobStatus
 
@@ -53,9 +54,7 @@ def submit_job() -> Response:
     body = JobCreate.model_validate(raw)
     principal = current_principal()
     session = db_session()
-    model = session.get(ModelRecord, body.model)
-    if model is None:
-        raise NotFound(f"model {body.model!r} does not exist; GET /v1/models lists the available ones", "model")
+    model = visible_model(session, body.model)
     key = request.headers.get("Idempotency-Key")
     digest = _request_hash(raw)
     if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):

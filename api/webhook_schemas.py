@@ -8,7 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from shared.webhooks import DEFAULT_EVENTS
 
-EventType = Literal["job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired", "job.canvas"]
+EventType = Literal[
+    "job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired", "job.canvas",
+    "fine_tune.started", "fine_tune.succeeded", "fine_tune.failed", "fine_tune.canceled",
+]  # fmt: skip
 
 
 class WebhookTarget(BaseModel):

@@ -7,6 +7,8 @@ import secrets
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
 
 GENERATE_TASK = "canvas.generate"
+TRAIN_TASK = "canvas.fine_tune"
+TRAIN_QUEUE = "train"  # fine-tuning jobs, one at a time per training GPU
 WEBHOOK_TASK = "canvas.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"  # its own CPU queue and worker: never a GPU worker
 
@@ -66,3 +68,28 @@ class GenerationParams(BaseModel):
         if self.seed is not None:
             return self
         return self.model_copy(update={"seed": secrets.randbelow(2**31)})
+
+
+class Hyperparameters(BaseModel):
+    """Fine-tuning hyperparameters; `epochs` or `max_steps` (steps win when both are given)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epochs: int | None = Field(None, ge=1, le=1000)
+    max_steps: int | None = Field(None, ge=1, le=1_000_000)
+    learning_rate: float = Field(1.5e-4, gt=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1, le=512)
+    lora_rank: int = Field(16, ge=1, le=512)
+    lora_alpha: float = Field(32.0, gt=0.0, le=4096.0)
+    warmup_steps: int = Field(25, ge=0, le=100_000)
+    checkpoint_every: int = Field(50, ge=1, le=1_000_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ints_are_floats(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name in ("learning_rate", "lora_alpha"):
+                value = data.get(name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    data = {**data, name: float(value)}
+        return data

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.contracts import GENERATE_TASK, generation_queue
+from shared.contracts import GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK, generation_queue
 from shared.errors import IllegalTransition, NotFound
-from shared.models import Job, JobEvent, OutboxMessage, utcnow
+from shared.models import Job, JobEvent, ModelRecord, OutboxMessage, utcnow
 from shared.states import ALLOWED_FROM, JobStatus
 from shared.views import job_view  # noqa: F401  (re-exported: the API uses it from here)
 from shared.webhooks import record_status_event
@@ -32,10 +32,21 @@ def create_job(session: Session, job: Job) -> OutboxMessage:
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, type="status", status=JobStatus.QUEUED.value, created_at=job.created_at))
-    outbox = OutboxMessage(job_id=job.id, task_name=GENERATE_TASK, queue=generation_queue(job.model))
+    task, queue = task_route(session, job)
+    outbox = OutboxMessage(job_id=job.id, task_name=task, queue=queue)
     session.add(outbox)
     session.flush()
     return outbox
+
+
+def task_route(session: Session, job: Job) -> tuple[str, str]:
+    """(task name, queue) of a job: fine-tunes go to the train queue; generation to the queue of the model
+    that holds the weights (an adapter is served by its base model's workers)."""
+    if job.kind == "fine_tune":
+        return TRAIN_TASK, TRAIN_QUEUE
+    record = session.get(ModelRecord, job.model)
+    served_by = record.base_model if record is not None and record.base_model else job.model
+    return GENERATE_TASK, generation_queue(served_by)
 
 
 def transition(

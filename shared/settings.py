@@ -27,6 +27,7 @@ class Settings:
     database_url: str = "sqlite:///var/canvas.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     max_body_bytes: int = 1_000_000
+    max_file_bytes: int = 50_000_000  # uploads (fine-tuning datasets)
     max_attempts: int = 3  # deliveries of one job that may start running before it is failed
     lease_seconds: float = 60.0  # a running job whose heartbeat is older than this is reaped
     heartbeat_seconds: float = 5.0
@@ -54,6 +55,7 @@ class Settings:
             database_url=os.environ.get("DATABASE_URL", d.database_url),
             redis_url=os.environ.get("REDIS_URL", d.redis_url),
             max_body_bytes=_int("CANVAS_MAX_BODY_BYTES", d.max_body_bytes),
+            max_file_bytes=_int("CANVAS_MAX_FILE_BYTES", d.max_file_bytes),
             max_attempts=_int("CANVAS_MAX_ATTEMPTS", d.max_attempts),
             lease_seconds=_float("CANVAS_LEASE_SECONDS", d.lease_seconds),
             heartbeat_seconds=_float("CANVAS_HEARTBEAT_SECONDS", d.heartbeat_seconds),
@@ -81,6 +83,7 @@ class Settings:
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
             "CANVAS_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "CANVAS_MAX_FILE_BYTES": str(self.max_file_bytes),
             "CANVAS_MAX_ATTEMPTS": str(self.max_attempts),
             "CANVAS_LEASE_SECONDS": str(self.lease_seconds),
             "CANVAS_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),

@@ -12,9 +12,8 @@ import threading
 from celery import Celery
 from sqlalchemy import select
 
-from shared.contracts import GENERATE_TASK, generation_queue
 from shared.db import session_scope
-from shared.jobs import transition
+from shared.jobs import task_route, transition
 from shared.models import Job, OutboxMessage, utcnow
 from shared.queue import publish_pending
 from shared.settings import Settings
@@ -55,9 +54,8 @@ def reap_expired_leases(settings: Settings) -> int:
                     worker=None,
                 )
                 if done:
-                    session.add(
-                        OutboxMessage(job_id=job.id, task_name=GENERATE_TASK, queue=generation_queue(job.model))
-                    )
+                    task, queue = task_route(session, job)
+                    session.add(OutboxMessage(job_id=job.id, task_name=task, queue=queue))
             else:
                 error = {"type": "worker_lost", "message": f"worker lost {job.attempts} times"}
                 done = transition(

@@ -24,8 +24,10 @@ from shared.states import JobStatus
 from shared.views import job_view
 
 JOB_EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired", "job.canvas")
-EVENT_TYPES = frozenset(JOB_EVENTS)
+FINE_TUNE_EVENTS = ("fine_tune.started", "fine_tune.succeeded", "fine_tune.failed", "fine_tune.canceled")
+EVENT_TYPES = frozenset(JOB_EVENTS + FINE_TUNE_EVENTS)
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "job.expired")  # the terminal ones
+DEFAULT_FINE_TUNE_EVENTS = ("fine_tune.succeeded", "fine_tune.failed", "fine_tune.canceled")
 STATUS_EVENTS = {
     JobStatus.RUNNING: "job.started",
     JobStatus.SUCCEEDED: "job.succeeded",
@@ -95,7 +97,8 @@ def destinations(session: Session, job: Job, event_type: str) -> list[tuple[str 
         (e.id, e.url) for e in session.scalars(stmt.order_by(WebhookEndpoint.created_at)) if event_type in e.events
     ]
     target = job.webhook or {}
-    if target.get("url") and event_type in (target.get("events") or DEFAULT_EVENTS):
+    defaults = DEFAULT_FINE_TUNE_EVENTS if job.kind == "fine_tune" else DEFAULT_EVENTS
+    if target.get("url") and event_type in (target.get("events") or defaults):
         found.append((None, target["url"]))
     return found
 
@@ -130,8 +133,13 @@ def record_status_event(session: Session, job_id: str, status: JobStatus) -> Non
     if event_type is None:
         return
     job = session.get(Job, job_id, populate_existing=True)  # the UPDATE bypassed the identity map
-    if job is not None:
-        record_event(session, job, event_type, job_view(job))
+    if job is None:
+        return
+    if job.kind == "fine_tune":
+        event_type = event_type.replace("job.", "fine_tune.")
+        if event_type not in EVENT_TYPES:
+            return
+    record_event(session, job, event_type, job_view(job))
 
 
 def record_canvas_event(session: Session, job_id: str, data: dict[str, Any]) -> None:

@@ -98,6 +98,12 @@ def cmd_worker_webhooks(args: argparse.Namespace, settings: Settings) -> int:
     return serve_webhooks(args.concurrency, args.loglevel)
 
 
+def cmd_worker_train(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.serve import serve_train
+
+    return serve_train(args.gpus, args.loglevel)
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from api.serve import main as serve_api
 
@@ -186,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", required=True, help="comma-separated model names")
     serve.add_argument("--loglevel", default="INFO")
     serve.set_defaults(fn=cmd_worker_serve)
+    train = worker.add_parser("train", help="fine-tuning workers, one job at a time per GPU")
+    train.add_argument("--gpus", default="auto", help="'auto', 'none' (one CPU process) or a list like 0,1")
+    train.add_argument("--loglevel", default="INFO")
+    train.set_defaults(fn=cmd_worker_train)
     hooks = worker.add_parser("webhooks", help="the webhook delivery worker (CPU)")
     hooks.add_argument("--concurrency", type=int, default=8)
     hooks.add_argument("--loglevel", default="INFO")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,22 @@ class LoadedModel:
     device: torch.device
     engine: Engine
 
+    adapters: set[str] = field(default_factory=set)
+    adapter_lock: threading.Lock = field(default_factory=threading.Lock)  # many job threads, one load
+
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def ensure_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter next to the resident base weights, once (no second copy of the base)."""
+        from worker.training.lora import load_adapter
+
+        with self.adapter_lock:
+            if name in self.adapters:
+                return
+            self.engine.add_adapter(name, lambda model: load_adapter(model, path, name))
+            self.adapters.add(name)
+        log.info("adapter %s loaded on %s", name, self.name)
 
 
 def pick_device() -> torch.device:
@@ -66,6 +81,14 @@ class ModelHost:
 
     def __init__(self) -> None:
         self.models: dict[str, LoadedModel] = {}
+        self._loading = threading.Lock()
+
+    def ensure(self, name: str, path: str, eos_ids: list[int], **engine_kw: Any) -> LoadedModel:
+        """The model, loaded on first use (a full fine-tune of a base this worker serves)."""
+        with self._loading:
+            if name not in self.models:
+                self.add(load_model(name, path, eos_ids, **engine_kw))
+        return self.models[name]
 
     def add(self, loaded: LoadedModel) -> None:
         self.models[loaded.name] = loaded

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from shared.contracts import WEBHOOK_QUEUE, generation_queue
+from shared.contracts import TRAIN_QUEUE, WEBHOOK_QUEUE, generation_queue
 from shared.settings import Settings
 
 
@@ -93,3 +93,26 @@ def serve_webhooks(concurrency: int, loglevel: str = "INFO") -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     return child.wait()
+
+
+def train_command(gpu: str | None, loglevel: str = "INFO") -> list[str]:
+    name = f"train-gpu{gpu}@%h" if gpu is not None else "train-cpu@%h"
+    return [sys.executable, "-m", "celery", "-A", "worker.train_app:app", "worker", "--pool", "solo",
+            "-Q", TRAIN_QUEUE, "-n", name, "--without-gossip", "--without-mingle", "-l", loglevel]  # fmt: skip
+
+
+def serve_train(gpus: str, loglevel: str = "INFO") -> int:
+    """One training process per GPU (or one on the CPU), each taking one fine-tune at a time."""
+    children = [
+        subprocess.Popen(train_command(gpu, loglevel), env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu or ""))
+        for gpu in parse_gpus(gpus)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)

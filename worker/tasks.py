@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.db import session_scope
 from shared.jobs import claim, get_job, transition
-from shared.models import utcnow
+from shared.models import ModelRecord, utcnow
 from shared.settings import Settings
 from shared.states import FinishReason, JobStatus
 from shared.webhooks import record_canvas_event, wants_canvas_events
@@ -42,14 +42,32 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
             return "skipped"
         job = get_job(session, job_id)
         model_name, input_ids, params = job.model, list(job.input_ids), dict(job.params)
+        record = session.get(ModelRecord, job.model)
+        adapter = (record.name, record.adapter_path) if record is not None and record.adapter_path else None
+        derived = (
+            (record.name, record.path, record.eos_token_ids) if record and record.base_model and not adapter else None
+        )
+        if adapter is not None:
+            model_name = record.base_model
         queued_at, started_at = job.created_at, job.started_at
         canvas_webhooks = wants_canvas_events(session, job_id)
     _status(events, job_id, JobStatus.RUNNING, attempt=attempt)
     loaded = host.get(model_name)
+    if loaded is None and derived is not None:  # a full fine-tune routed to its base model's workers
+        loaded = host.ensure(*derived, max_rows=settings.engine_max_rows, memory_bytes=settings.engine_memory_bytes)
     if loaded is None:
         error = {"type": "model_not_loaded", "message": f"model {model_name!r} is not loaded here"}
         return _finish(settings, events, job_id, attempt, JobStatus.FAILED, error=error)
-    request = engine_request(job_id, input_ids, params, loaded, settings.draft_interval_seconds)
+    if adapter is not None:
+        try:
+            loaded.ensure_adapter(*adapter)
+        except Exception as exc:
+            log.exception("adapter %s could not be loaded", adapter[0])
+            error = {"type": "adapter_not_loaded", "message": f"adapter {adapter[0]!r}: {exc}"}
+            return _finish(settings, events, job_id, attempt, JobStatus.FAILED, error=error)
+    request = engine_request(
+        job_id, input_ids, params, loaded, settings.draft_interval_seconds, adapter[0] if adapter else None
+    )
     watch = JobWatch(settings, job_id, attempt)
     watch.start()
     try:
@@ -88,11 +106,16 @@ def _canvas_webhook_sink(settings: Settings, job_id: str) -> Any:
 
 
 def engine_request(
-    job_id: str, input_ids: list[int], params: dict[str, Any], loaded: LoadedModel, draft_interval: float
+    job_id: str,
+    input_ids: list[int],
+    params: dict[str, Any],
+    loaded: LoadedModel,
+    draft_interval: float,
+    adapter: str | None = None,
 ) -> Request:
     stops = tuple(tuple(loaded.tokenizer.encode(s, add_special_tokens=False)) for s in params.get("stop") or ())
     sampling = SamplingParams(**{k: params[k] for k in SAMPLING_FIELDS}, stop=tuple(s for s in stops if s))
-    return Request(job_id, tuple(input_ids), sampling, loaded.eos_ids, draft_interval=draft_interval)
+    return Request(job_id, tuple(input_ids), sampling, loaded.eos_ids, draft_interval=draft_interval, adapter=adapter)
 
 
 def _wait(loaded: LoadedModel, request: Request, watch: JobWatch, on_event: Any) -> EngineResult:

@@ -50,14 +50,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_config(canvas_length: int = 32, max_positions: int = 1024) -> DiffusionGemmaConfig:
+def tiny_config(canvas_length: int = 32, max_positions: int = 1024, hidden: int = 64) -> DiffusionGemmaConfig:
     """A config small enough for CPU tests: 2 layers (one sliding, one full), hidden 64, 4 experts."""
     text = DiffusionGemmaTextConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=hidden // 32,
         num_key_value_heads=1,
         head_dim=32,
         num_global_key_value_heads=1,
@@ -86,12 +86,12 @@ def tiny_config(canvas_length: int = 32, max_positions: int = 1024) -> Diffusion
     return DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=canvas_length)
 
 
-def make_tiny(directory: Path, *, seed: int = 0, canvas_length: int = 32) -> Path:
+def make_tiny(directory: Path, *, seed: int = 0, canvas_length: int = 32, hidden: int = 64) -> Path:
     """Write a tiny random DiffusionGemma (config, weights, tokenizer, generation config) to `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = DiffusionGemmaForBlockDiffusion(tiny_config(canvas_length)).eval()
+    model = DiffusionGemmaForBlockDiffusion(tiny_config(canvas_length, hidden=hidden)).eval()
     gen = model.generation_config
     gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = EOS_ID, PAD_ID, BOS_ID
     model.save_pretrained(directory)

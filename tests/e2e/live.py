@@ -41,12 +41,17 @@ class ApiServer:
 class Worker:
     """`canvas worker serve --gpus none` as a child process, logging to a file."""
 
-    def __init__(self, settings: Settings, models: str | None, log_path: Path) -> None:
-        """A generation worker for `models`, or with models=None the webhook delivery worker."""
+    def __init__(self, settings: Settings, models: str | None, log_path: Path, role: str = "serve") -> None:
+        """A generation worker for `models` (role "serve"), or the "webhooks" or "train" worker."""
         self.log_path = log_path
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "worker.cli", "worker"]
-        cmd += ["serve", "--gpus", "none", "--models", models] if models else ["webhooks", "--concurrency", "4"]
+        if role == "serve" and models:
+            cmd += ["serve", "--gpus", "none", "--models", models]
+        elif role == "train":
+            cmd += ["train", "--gpus", "none"]
+        else:
+            cmd += ["webhooks", "--concurrency", "4"]
         self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True

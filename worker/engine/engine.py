@@ -38,6 +38,7 @@ class Engine:
         self._cancels: set[str] = set()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._calls: list[tuple[Callable[[], Any], RequestHandle]] = []
         self.stats = {"ticks": 0, "decoder_passes": 0, "rows_in_decoder": 0}
 
     # ---- the thread-safe surface -------------------------------------------------------------------
@@ -52,6 +53,27 @@ class Engine:
             self.scheduler.add(row, cost)
             self._lock.notify()
         return handle
+
+    def call_between_steps(self, fn: Callable[[], Any]) -> RequestHandle:
+        """Run `fn` in the engine's loop between two ticks (e.g. loading an adapter, which changes modules).
+        Wait on the returned handle; its result is fn's return value."""
+        handle = RequestHandle("call")
+        with self._lock:
+            self._calls.append((fn, handle))
+            self._lock.notify()
+        if self._thread is None or not self._thread.is_alive():
+            self._run_calls()  # no loop thread: the caller drives the engine, so run it now
+        return handle
+
+    def add_adapter(self, name: str, load: Callable[[Any], Any]) -> None:
+        """Load a LoRA adapter next to the base weights: `load(model)` returns the PeftModel."""
+
+        def install() -> bool:
+            self.runner.adapters = load(self.runner.adapters or self.runner.model)
+            self.runner.active_adapter = "?"  # unknown after loading: the next use sets it
+            return True
+
+        self.call_between_steps(install).wait()
 
     def cancel(self, request_id: str) -> None:
         with self._lock:
@@ -86,7 +108,13 @@ class Engine:
         `until()` is true between ticks. `start()` runs this in a thread; a caller may run it itself."""
         while not until():
             with self._lock:
-                while not self._stopping and not self.rows and not self.scheduler.waiting and not self._cancels:
+                while (
+                    not self._stopping
+                    and not self.rows
+                    and not self.scheduler.waiting
+                    and not self._cancels
+                    and not self._calls
+                ):
                     if until():
                         return
                     self._lock.wait(0.05)
@@ -98,6 +126,7 @@ class Engine:
 
     def step(self) -> bool:
         """schedule -> execute -> update. Returns whether any request is still waiting or running."""
+        self._run_calls()
         self._apply_cancels()
         with self._lock:
             self.rows += self.scheduler.admit()
@@ -113,6 +142,15 @@ class Engine:
                 self._finish(row, error=exc)
         return bool(self.rows or self.scheduler.waiting)
 
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for fn, handle in calls:
+            try:
+                handle.finish(fn())  # type: ignore[arg-type]
+            except Exception as exc:  # the caller sees the error; the engine goes on
+                handle.finish(error=exc)
+
     def _apply_cancels(self) -> None:
         with self._lock:
             cancels, self._cancels = self._cancels, set()
@@ -127,6 +165,7 @@ class Engine:
         """Commits of converged canvases, then at most `prefill_chunk` prompt tokens (oldest first), so a
         long new prompt never stalls the running rows for more than about one step."""
         for row in [r for r in self.rows if r.phase is Phase.COMMIT]:
+            self.runner.use_adapter(row.request.adapter)
             self.runner.encode(row.cache, row.argmax, row.encoded)
             row.encoded += self.runner.canvas_length
             self._start_canvas(row)
@@ -137,6 +176,7 @@ class Engine:
             prompt = row.request.prompt_ids
             take = min(budget, len(prompt) - row.prompt_done)
             ids = torch.tensor([prompt[row.prompt_done : row.prompt_done + take]], device=self.runner.device)
+            self.runner.use_adapter(row.request.adapter)
             self.runner.encode(row.cache, ids, row.prompt_done)
             row.prompt_done += take
             row.encoded += take
@@ -158,9 +198,16 @@ class Engine:
         row.phase = Phase.DENOISE
 
     def _denoise(self) -> None:
-        rows = [r for r in self.rows if r.phase is Phase.DENOISE]
-        if not rows:
-            return
+        """One decoder pass per adapter among the denoising rows (the base weights are read by each)."""
+        groups: dict[str | None, list[Row]] = {}
+        for row in self.rows:
+            if row.phase is Phase.DENOISE:
+                groups.setdefault(row.request.adapter, []).append(row)
+        for adapter, rows in groups.items():
+            self.runner.use_adapter(adapter)
+            self._denoise_rows(rows)
+
+    def _denoise_rows(self, rows: list[Row]) -> None:
         C, device = self.runner.canvas_length, self.runner.device
         kv, masks = self.runner.gather([r.cache for r in rows])
         canvas = torch.cat([r.canvas for r in rows])  # (B, C)

@@ -59,6 +59,7 @@ class Request:
     pinned: dict[int, int] = field(default_factory=dict)
     allowed: dict[int, tuple[int, ...]] = field(default_factory=dict)
     draft_interval: float | None = None  # seconds between draft events; None: no drafts
+    adapter: str | None = None  # a LoRA adapter loaded next to the base weights (Engine.add_adapter)
 
     def validate(self, vocab_size: int) -> Request:
         if not self.prompt_ids:

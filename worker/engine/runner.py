@@ -45,6 +45,21 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.dtype = self.decoder.embed_tokens.weight.dtype
         self.attn_implementation = self.text_config._attn_implementation
+        self.adapters: Any = None  # the PeftModel wrapping `model` once an adapter is loaded
+        self.active_adapter: str | None = None
+
+    def use_adapter(self, name: str | None) -> None:
+        """Make the next passes use adapter `name` (None: the base weights alone)."""
+        if name == self.active_adapter or self.adapters is None:
+            if name is not None and self.adapters is None:
+                raise KeyError(f"adapter {name!r} is not loaded")
+            return
+        if name is None:
+            self.adapters.base_model.disable_adapter_layers()
+        else:
+            self.adapters.base_model.enable_adapter_layers()
+            self.adapters.base_model.set_adapter(name)
+        self.active_adapter = name
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.text_config)

@@ -1,0 +1,91 @@
+"""/v1/files: uploads (multipart), per tenant, with size limit and sha256; list, get, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+
+from api.auth import authenticate_request, current_principal
+from api.state import db_session, settings
+from shared.errors import InvalidRequest, NotFound
+from shared.models import StoredFile
+from shared.views import iso
+
+bp = Blueprint("files", __name__, url_prefix="/v1/files")
+bp.before_request(authenticate_request)
+PURPOSES = ("fine-tune",)
+
+
+def file_view(f: StoredFile) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "object": "file",
+        "purpose": f.purpose,
+        "filename": f.filename,
+        "bytes": f.bytes,
+        "sha256": f.sha256,
+        "lines": f.lines,
+        "created_at": iso(f.created_at),
+    }
+
+
+def get_file(file_id: str, param: str = "id") -> StoredFile:
+    row = db_session().get(StoredFile, file_id)
+    if row is None or row.tenant_id != current_principal().tenant_id:
+        raise NotFound(f"no file with id {file_id!r}", param)
+    return row
+
+
+@bp.post("")
+def upload_file() -> Response:
+    request.max_content_length = settings().max_file_bytes  # files may be larger than JSON bodies
+    purpose = request.form.get("purpose")
+    if purpose not in PURPOSES:
+        raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", "purpose")
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidRequest("send the file as multipart form field 'file'", "file")
+    content = upload.read()
+    if not content:
+        raise InvalidRequest("the file is empty", "file")
+    row = StoredFile(
+        id="file_" + uuid.uuid4().hex[:24],
+        tenant_id=current_principal().tenant_id,
+        purpose=purpose,
+        filename=(upload.filename or "upload.jsonl")[:300],
+        bytes=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        lines=content.count(b"\n") + (not content.endswith(b"\n")),
+        content=content,
+    )
+    session = db_session()
+    session.add(row)
+    session.commit()
+    response = jsonify(file_view(row))
+    response.status_code = 201
+    return response
+
+
+@bp.get("")
+def list_files() -> Response:
+    stmt = select(StoredFile).where(StoredFile.tenant_id == current_principal().tenant_id)
+    rows = db_session().scalars(stmt.order_by(StoredFile.created_at.desc()).limit(100))
+    return jsonify({"object": "list", "data": [file_view(f) for f in rows]})
+
+
+@bp.get("/<file_id>")
+def get_file_route(file_id: str) -> Response:
+    return jsonify(file_view(get_file(file_id)))
+
+
+@bp.delete("/<file_id>")
+def delete_file(file_id: str) -> Response:
+    row = get_file(file_id)
+    session = db_session()
+    session.delete(row)
+    session.commit()
+    return Response(status=204)

@@ -1,0 +1,1 @@
+"""Fine-tuning DiffusionGemma with the block-diffusion objective: data, loss, LoRA, the training loop."""

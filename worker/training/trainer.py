@@ -1,0 +1,210 @@
+"""The fine-tuning loop: steps over a seeded data order, AdamW with warmup and cosine decay, gradient
+clipping, checkpoints that restore everything a resumed run needs to continue exactly, and metrics.
+
+It knows torch, transformers and peft; not Celery or the database (the task hands in callbacks).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.training.objective import Example, example_loss
+
+Metrics = dict[str, Any]
+
+
+class TrainingCanceled(Exception):
+    """Raised between steps when the job must stop."""
+
+
+@dataclass
+class TrainPlan:
+    learning_rate: float
+    batch_size: int
+    total_steps: int
+    warmup_steps: int
+    checkpoint_every: int
+    seed: int
+    eos: int
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # per step, of this run (a resumed run: its own)
+    eval_loss: float | None = None
+
+
+def plan_steps(examples: int, batch_size: int, epochs: int | None, max_steps: int | None) -> int:
+    if max_steps:
+        return max_steps
+    return max(1, (epochs or 3) * math.ceil(examples / batch_size))
+
+
+def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def freeze_router(model: Any) -> None:
+    """The recipe keeps the router frozen (reference digest 4.5)."""
+    for name, param in model.named_parameters():
+        if ".router." in name:
+            param.requires_grad_(False)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, eight_bit: bool) -> torch.optim.Optimizer:
+    if eight_bit:  # bitsandbytes' 8-bit AdamW (GPU only)
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.95, 0.99), weight_decay=1e-4)
+    return torch.optim.AdamW(params, lr=lr, betas=(0.95, 0.99), weight_decay=1e-4)
+
+
+def lr_lambda(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay to `floor` x the peak (the recipe decays 1.5e-4 to 1.5e-5)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """The examples of a step: a seeded permutation per epoch, so a resumed run sees the same order."""
+    flat = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(flat + len(out), n)
+        order = list(range(n))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: Any, examples: list[Example], seed: int, eos: int) -> float:
+    generator = torch.Generator().manual_seed(seed)
+    losses = [example_loss(model, ex, generator, False, eos).diffusion for ex in examples]
+    return sum(losses) / len(losses)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: Any,
+        examples: list[Example],
+        plan: TrainPlan,
+        *,
+        eight_bit_optimizer: bool = False,
+        validation: list[Example] | None = None,
+    ) -> None:
+        self.model, self.examples, self.plan, self.validation = model, examples, plan, validation or []
+        self.params = trainable_parameters(model)
+        self.optimizer = make_optimizer(self.params, plan.learning_rate, eight_bit_optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(plan.warmup_steps, plan.total_steps)
+        )
+        self.generator = torch.Generator().manual_seed(plan.seed)  # corruption: rates, positions, noise
+        self.coins = random.Random(plan.seed)  # self-conditioning coin per example
+        self.step = 0
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        named = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {
+            "step": self.step,
+            "params": named,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "coins": self.coins.getstate(),
+        }
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint
+        return path
+
+    def restore(self, path: Path) -> None:
+        state = torch.load(path, weights_only=False)
+        missing = self.model.load_state_dict(state["params"], strict=False)
+        assert not [k for k in state["params"] if k in missing.unexpected_keys], "checkpoint does not fit the model"
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.coins.setstate(state["coins"])
+        self.step = state["step"]
+
+    # ---- the loop ------------------------------------------------------------------------------------
+
+    def train_step(self) -> Metrics:
+        started = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        picked = batch_indices(self.step, len(self.examples), self.plan.batch_size, self.plan.seed)
+        diffusion = encoder = 0.0
+        tokens = 0
+        for index in picked:
+            parts = example_loss(
+                self.model, self.examples[index], self.generator, self.coins.random() < 0.5, self.plan.eos
+            )
+            (parts.total / len(picked)).backward()
+            diffusion += parts.diffusion / len(picked)
+            encoder += parts.encoder / len(picked)
+            tokens += parts.tokens
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        return {
+            "step": self.step,
+            "loss": round(diffusion + encoder, 5),
+            "diffusion_loss": round(diffusion, 5),
+            "encoder_loss": round(encoder, 5),
+            "learning_rate": lr,
+            "tokens_per_s": round(tokens / elapsed, 1),
+        }
+
+    def run(
+        self,
+        on_metrics: Callable[[Metrics], None],
+        on_checkpoint: Callable[[int, float], None],
+        checkpoint_dir: Path,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> TrainResult:
+        result = TrainResult(steps=self.step)
+        while self.step < self.plan.total_steps:
+            if should_stop():
+                raise TrainingCanceled()
+            metrics = self.train_step()
+            result.losses.append(metrics["loss"])
+            last = self.step == self.plan.total_steps
+            if self.step % self.plan.checkpoint_every == 0 or last:
+                if self.validation:
+                    metrics["eval_loss"] = round(
+                        evaluate(self.model, self.validation, self.plan.seed, self.plan.eos), 5
+                    )
+                    result.eval_loss = metrics["eval_loss"]
+                if not last:
+                    path = self.save(checkpoint_dir / f"step_{self.step:07d}.pt")
+                    on_checkpoint(self.step, metrics["loss"], path)
+            on_metrics(metrics)
+        result.steps = self.step
+        self.model.eval()
+        return result
