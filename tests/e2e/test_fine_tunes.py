@@ -186,9 +186,8 @@ def test_two_lora_adapters_are_served_side_by_side(live_api, keys, train_worker,
         mine = [j["id"] for m, j in jobs if m == model]
         alone = adapter_outputs(settings, model, [ids[i] for i in mine])
         assert [served[(model, i)] for i in mine] == alone
-    rev_answers = [served[(m, j["id"])] for m, j in jobs if m == rev["result_model"]]
-    copy_answers = [served[(m, j["id"])] for m, j in jobs if m == copy["result_model"]]
-    assert rev_answers != copy_answers
+    # (That two adapters with different weights answer differently is tests/worker/test_lora.py's check: these
+    # two, trained briefly from a random base, may both still answer with an immediate EOS.)
 
 
 def test_cancel_stops_training_within_a_step(live_api, keys, train_worker) -> None:
