@@ -59,9 +59,13 @@ def serve(models: Sequence[str], gpus: str, loglevel: str = "INFO") -> int:
     """Start the workers and wait; SIGTERM/SIGINT are passed on for a warm shutdown."""
     if not models:
         raise SystemExit("--models names at least one model (see: canvas models list)")
-    children = [
-        subprocess.Popen(worker_command(models, gpu, loglevel), env=worker_env(models, gpu)) for gpu in parse_gpus(gpus)
-    ]
+    return run_children([(worker_command(models, gpu, loglevel), worker_env(models, gpu)) for gpu in parse_gpus(gpus)])
+
+
+def run_children(commands: Sequence[tuple[list[str], dict[str, str]]]) -> int:
+    """Start each (command, environment), pass SIGTERM/SIGINT on for a warm shutdown, wait for all.
+    Returns the worst exit code."""
+    children = [subprocess.Popen(cmd, env=env) for cmd, env in commands]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -70,8 +74,7 @@ def serve(models: Sequence[str], gpus: str, loglevel: str = "INFO") -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    return max((child.wait() for child in children), default=0)
 
 
 def webhook_worker_command(concurrency: int = 8, loglevel: str = "INFO") -> list[str]:
@@ -82,17 +85,7 @@ def webhook_worker_command(concurrency: int = 8, loglevel: str = "INFO") -> list
 
 
 def serve_webhooks(concurrency: int, loglevel: str = "INFO") -> int:
-    child = subprocess.Popen(
-        webhook_worker_command(concurrency, loglevel), env=dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    )
-
-    def forward(signum: int, _frame: object) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return child.wait()
+    return run_children([(webhook_worker_command(concurrency, loglevel), dict(os.environ, CUDA_VISIBLE_DEVICES=""))])
 
 
 def train_command(gpu: str | None, loglevel: str = "INFO") -> list[str]:
@@ -103,16 +96,6 @@ def train_command(gpu: str | None, loglevel: str = "INFO") -> list[str]:
 
 def serve_train(gpus: str, loglevel: str = "INFO") -> int:
     """One training process per GPU (or one on the CPU), each taking one fine-tune at a time."""
-    children = [
-        subprocess.Popen(train_command(gpu, loglevel), env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu or ""))
-        for gpu in parse_gpus(gpus)
-    ]
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(child.wait() for child in children)
+    return run_children(
+        [(train_command(gpu, loglevel), dict(os.environ, CUDA_VISIBLE_DEVICES=gpu or "")) for gpu in parse_gpus(gpus)]
+    )
