@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
+from datetime import timedelta
 
 from flask import Flask
 from redis import Redis
 
-from api import files, fine_tunes, health, job_events, jobs, models, openapi, webhooks
+from api import admin, files, fine_tunes, health, job_events, jobs, models, openapi, webhooks
 from api.errors import register_error_handlers
 from api.state import close_db_session
 from shared.queue import make_celery
@@ -23,10 +25,12 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     app = Flask("canvas")
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    _configure_sessions(app, settings)
     app.extensions["canvas.settings"] = settings
     app.extensions["canvas.celery"] = make_celery(settings, "canvas-api")
     app.extensions["canvas.redis"] = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
-    for blueprint in (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp, webhooks.bp, files.bp, fine_tunes.bp):
+    blueprints = (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp, webhooks.bp, files.bp, fine_tunes.bp)
+    for blueprint in (*blueprints, admin.bp):
         app.register_blueprint(blueprint)
     app.teardown_appcontext(close_db_session)
     register_error_handlers(app)
@@ -35,3 +39,17 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
         sweeper.start()
         app.extensions["canvas.sweeper"] = sweeper
     return app
+
+
+def _configure_sessions(app: Flask, settings: Settings) -> None:
+    """Signed session cookies for the admin dashboard (the API itself uses bearer keys, never cookies)."""
+    if not settings.secret_key:
+        log.warning("CANVAS_SECRET_KEY is not set: admin sessions last as long as this process")
+    app.secret_key = settings.secret_key or secrets.token_hex(32)
+    app.config.update(
+        SESSION_COOKIE_NAME="canvas_admin",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_PATH="/admin",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+    )

@@ -19,7 +19,7 @@ from shared.jobs import get_job
 from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
 from shared.ssrf import UnsafeURL, check_url, parse_allow_list
 from shared.views import iso
-from shared.webhooks import new_secret, tenant_secret
+from shared.webhooks import new_secret, replay_message, tenant_secret
 
 bp = Blueprint("webhooks", __name__)
 bp.before_request(authenticate_request)
@@ -194,10 +194,7 @@ def replay_delivery(endpoint_id: str, message_id: str) -> Response:
     message = session.get(WebhookMessage, message_id)
     if message is None or message.endpoint_id != endpoint.id:
         raise NotFound(f"no delivery {message_id!r} for this endpoint", "id")
-    if endpoint.status != "enabled":
-        raise InvalidRequest("the endpoint is disabled; enable it (PATCH enabled=true) before replaying", "id")
-    message.status, message.attempts, message.next_attempt_at = "pending", 0, utcnow()
-    message.delivered_at = None
+    replay_message(session, message)
     session.commit()
     return deliveries_response(session, select(WebhookMessage).where(WebhookMessage.id == message.id))
 

@@ -102,6 +102,12 @@ class Job(Base):
         CheckConstraint(STATUS_CHECK, name="status"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        # The admin dashboard lists every tenant's jobs newest first, filtered by one column (0004).
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_jobs_model_created", "model", "created_at", "id"),
+        Index("ix_jobs_kind_created", "kind", "created_at", "id"),
+        Index("ix_jobs_finished", "finished_at"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -197,6 +203,7 @@ class WebhookMessage(Base):
         Index("ix_webhook_messages_due", "status", "next_attempt_at"),
         Index("ix_webhook_messages_job", "job_id", "created_at"),
         Index("ix_webhook_messages_endpoint", "endpoint_id", "created_at"),
+        Index("ix_webhook_messages_created", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))

@@ -46,6 +46,9 @@ class Settings:
     webhook_disable_after_seconds: float = 5 * 24 * 3600  # an endpoint failing everything this long is disabled
     webhook_rotation_seconds: float = 24 * 3600  # the previous secret keeps signing this long after a rotation
     log_level: str = "INFO"
+    # Signs the admin dashboard's session cookies. Empty: a random key per process (sessions end with it,
+    # and do not carry across gunicorn workers), so production sets CANVAS_SECRET_KEY.
+    secret_key: str = ""
     var_dir: Path = field(default_factory=lambda: Path("var"))
 
     @classmethod
@@ -74,6 +77,7 @@ class Settings:
             ),
             webhook_rotation_seconds=_float("CANVAS_WEBHOOK_ROTATION_SECONDS", d.webhook_rotation_seconds),
             log_level=os.environ.get("CANVAS_LOG_LEVEL", d.log_level),
+            secret_key=os.environ.get("CANVAS_SECRET_KEY", d.secret_key),
             var_dir=Path(os.environ.get("CANVAS_VAR_DIR", str(d.var_dir))),
         )
 
@@ -100,6 +104,7 @@ class Settings:
             "CANVAS_WEBHOOK_DISABLE_AFTER_SECONDS": str(self.webhook_disable_after_seconds),
             "CANVAS_WEBHOOK_ROTATION_SECONDS": str(self.webhook_rotation_seconds),
             "CANVAS_LOG_LEVEL": self.log_level,
+            "CANVAS_SECRET_KEY": self.secret_key,
             "CANVAS_VAR_DIR": str(self.var_dir),
         }
 

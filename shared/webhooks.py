@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.errors import InvalidRequest
 from shared.models import Job, TenantWebhookSecret, WebhookEndpoint, WebhookMessage, utcnow
 from shared.states import JobStatus
 from shared.views import job_view
@@ -152,3 +153,13 @@ def record_canvas_event(session: Session, job_id: str, data: dict[str, Any]) -> 
 def wants_canvas_events(session: Session, job_id: str) -> bool:
     job = session.get(Job, job_id)
     return job is not None and bool(destinations(session, job, "job.canvas"))
+
+
+def replay_message(session: Session, message: WebhookMessage) -> None:
+    """Send a message again: the same id (receivers deduplicate on it), a fresh retry schedule. A message
+    to an endpoint needs the endpoint enabled; the caller commits, and the sweeper dispatches it."""
+    endpoint = session.get(WebhookEndpoint, message.endpoint_id) if message.endpoint_id else None
+    if endpoint is not None and endpoint.status != "enabled":
+        raise InvalidRequest("the endpoint is disabled; enable it (PATCH enabled=true) before replaying", "id")
+    message.status, message.attempts, message.next_attempt_at = "pending", 0, utcnow()
+    message.delivered_at = None

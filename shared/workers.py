@@ -1,4 +1,5 @@
-"""Worker heartbeats in Redis: what each live worker is (kind, host, GPU, models) and when it last beat.
+"""Worker heartbeats in Redis: what each live worker is (kind, host, GPU, models, rows in flight) and when it
+last beat (worker/heartbeats.py says what each kind publishes).
 
 Workers write their own key with a TTL; a worker that stops beating disappears. The API reads them to
 decide what can run (a quantized fine-tune needs a GPU training worker) and the dashboard shows them.
@@ -44,4 +45,6 @@ class Heartbeat(threading.Thread):
                 beat(self.client, self.worker_name, self.describe())
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # a description that failed once must not stop the beating
+                log.exception("heartbeat description failed")
             time.sleep(self.interval)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 from shared.contracts import GENERATE_TASK
 from shared.db import session_scope
 from shared.models import ModelRecord
 from shared.queue import make_celery
 from shared.settings import Settings
+from shared.workers import Heartbeat
+from worker import heartbeats
 from worker.events import EventPublisher
 from worker.host import ModelHost, load_model
 from worker.tasks import run_generation_job
@@ -49,6 +51,13 @@ def load_models(**_kwargs: object) -> None:
             )
         )
     events.start()
+
+
+@worker_ready.connect
+def start_heartbeat(**_kwargs: object) -> None:
+    """Beat once the models are loaded: the dashboard shows this worker, its models and its rows."""
+    name = f"serve-{os.uname().nodename}-{os.getpid()}"
+    Heartbeat(settings.redis_url, name, heartbeats.serving(host)).start()
 
 
 @app.task(name=GENERATE_TASK, acks_late=True, ignore_result=True)

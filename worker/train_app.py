@@ -15,30 +15,19 @@ from shared.contracts import TRAIN_TASK
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat
+from worker import heartbeats
 from worker.train_tasks import run_fine_tune_job
 
 settings = Settings.from_env()
 app = make_celery(settings, "canvas-train")
 NAME = f"train-{os.uname().nodename}-{os.getpid()}"
+tasks = heartbeats.TaskCounter()
 events = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-
-
-def describe() -> dict[str, object]:
-    import torch
-
-    gpu = torch.cuda.is_available()
-    return {
-        "kind": "train",
-        "host": os.uname().nodename,
-        "pid": os.getpid(),
-        "gpu": gpu,
-        "device": torch.cuda.get_device_name() if gpu else "cpu",
-    }
 
 
 @worker_ready.connect
 def start_heartbeat(**_kwargs: object) -> None:
-    Heartbeat(settings.redis_url, NAME, describe).start()
+    Heartbeat(settings.redis_url, NAME, heartbeats.training(NAME, tasks)).start()
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)

@@ -1,0 +1,65 @@
+"""What an operator may do to a job from the dashboard: cancel it, or run it again as a new job.
+
+Both go through shared/jobs.py (conditional transitions, the outbox), like the public API; an admin acts
+on any tenant's job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from api.state import producer, publish_status
+from shared.errors import Conflict
+from shared.jobs import create_job, new_job_id, transition
+from shared.models import Job, JobEvent, utcnow
+from shared.queue import publish_pending
+from shared.states import TERMINAL, FinishReason, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def cancel(session: Session, job: Job) -> None:
+    """A queued job is canceled at once; a running one becomes `canceling` until its worker stops it."""
+    done = False
+    if job.status == JobStatus.QUEUED.value:
+        empty = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
+        output = empty if job.kind == "generate" else None
+        done = transition(session, job.id, JobStatus.CANCELED, finished_at=utcnow(), output=output)
+    done = done or transition(session, job.id, JobStatus.CANCELING)
+    session.commit()
+    session.refresh(job)
+    if not done and job.status != JobStatus.CANCELING.value:
+        raise Conflict(f"job {job.id} is {job.status}; only queued or running jobs can be canceled", "id")
+    if done:
+        publish_status(job.id, job.status)
+
+
+def retry(session: Session, job: Job) -> Job:
+    """A new job with the same tenant, model, input and parameters (seed included); both timelines say so."""
+    if job.status not in {s.value for s in TERMINAL}:
+        raise Conflict(f"job {job.id} is {job.status}; only a finished job can be retried", "id")
+    prefix = "ft_" if job.kind == "fine_tune" else "job_"
+    copy = Job(
+        id=prefix + new_job_id().removeprefix("job_"),
+        tenant_id=job.tenant_id,
+        kind=job.kind,
+        model=job.model,
+        input=job.input,
+        input_ids=job.input_ids,
+        params=job.params,
+        webhook=job.webhook,
+    )
+    outbox = create_job(session, copy)
+    session.add(JobEvent(job_id=copy.id, type="retry_of", data={"job_id": job.id}, created_at=utcnow()))
+    session.add(JobEvent(job_id=job.id, type="retried", data={"job_id": copy.id}, created_at=utcnow()))
+    session.commit()
+    publish_status(copy.id, JobStatus.QUEUED.value)
+    try:
+        publish_pending(session, producer(), ids=[outbox.id])
+        session.commit()
+    except Exception:  # the broker or the database hiccuped after the commit: the sweeper publishes it
+        session.rollback()
+        log.exception("could not publish retried job %s now", copy.id)
+    return copy
