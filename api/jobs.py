@@ -15,14 +15,16 @@ from sqlalchemy.orm import Session
 from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
 from api.job_inputs import check_length, prompt_ids
+from api.job_kinds import check_fields, infill_plan, sudoku_plan
 from api.models import visible_model
 from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
 from api.state import db_session, producer, publish_status
 from api.webhooks import check_webhook_url
+from shared.contracts import GenerationParams
 from shared.errors import Conflict, InvalidRequest
 from shared.jobs import create_job, get_job, job_view, new_job_id, timeline, transition
-from shared.models import Job, utcnow
+from shared.models import Job, ModelRecord, utcnow
 from shared.queue import publish_pending
 from shared.states import FinishReason, JobStatus
 
@@ -61,9 +63,7 @@ def submit_job() -> Response:
         return _job_response(session, existing, 200)
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")
-    ids, recorded_input = prompt_ids(body, model)
-    field = body.given_inputs()[0]
-    check_length(ids, body.params.max_new_tokens, model, field)
+    ids, recorded_input, params = job_plan(body, model)
     job = Job(
         id=new_job_id(),
         tenant_id=principal.tenant_id,
@@ -71,7 +71,7 @@ def submit_job() -> Response:
         model=model.name,
         input=recorded_input,
         input_ids=ids,
-        params=body.params.with_seed().model_dump(),
+        params=params.with_seed().model_dump(),
         webhook=body.webhook.model_dump() if body.webhook else None,
         idempotency_key=key,
         request_hash=digest if key else None,
@@ -90,6 +90,20 @@ def submit_job() -> Response:
     response = _job_response(session, job, 202)
     response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
     return response
+
+
+def job_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[str, Any], GenerationParams]:
+    """Prompt ids, the input as recorded, and the parameters (constrained kinds set max_new_tokens)."""
+    check_fields(body)
+    if body.kind == "generate":
+        ids, recorded = prompt_ids(body, model)
+        check_length(ids, body.params.max_new_tokens, model, body.given_inputs()[0])
+        return ids, recorded, body.params
+    plan = infill_plan if body.kind == "infill" else sudoku_plan
+    ids, recorded, length = plan(body, model)
+    field = "grid" if body.kind == "sudoku" else ("template" if body.template is not None else "prefix")
+    check_length(ids, length, model, field)
+    return ids, recorded, body.params.model_copy(update={"max_new_tokens": length})
 
 
 def _publish_after_commit(session: Session, outbox_id: int) -> None:

@@ -17,14 +17,20 @@ class ChatMessage(BaseModel):
 
 
 class JobCreate(BaseModel):
-    """POST /v1/jobs. Exactly one of `prompt`, `input_ids`, `messages` (checked by the view)."""
+    """POST /v1/jobs. `generate`: exactly one of `prompt`, `input_ids`, `messages` (checked by the view);
+    `infill`: `template`, or `prefix`/`suffix` with `hole_tokens`; `sudoku`: `grid`."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["generate"] = "generate"
+    kind: Literal["generate", "infill", "sudoku"] = "generate"
     model: StrictStr = Field(min_length=1, max_length=200)
     prompt: StrictStr | None = None
     input_ids: list[StrictInt] | None = Field(None, min_length=1)
     messages: list[ChatMessage] | None = Field(None, min_length=1)
+    prefix: StrictStr | None = None
+    suffix: StrictStr | None = None
+    hole_tokens: StrictInt | None = Field(None, ge=1, le=4096)
+    template: StrictStr | None = None
+    grid: StrictStr | None = Field(None, max_length=400)
     params: GenerationParams = Field(default_factory=GenerationParams)
     webhook: WebhookTarget | None = None
 

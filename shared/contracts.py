@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
 
@@ -36,6 +37,7 @@ class GenerationParams(BaseModel):
     confidence_threshold: float = Field(0.005, gt=0.0, le=100.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[StrictStr] | None = Field(None, max_length=4)  # the output ends before the first one
+    order: Literal["entropy", "left_to_right"] = "entropy"  # left_to_right: one position per step (a baseline)
 
     @field_validator("stop")
     @classmethod

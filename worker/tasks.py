@@ -18,6 +18,7 @@ from shared.webhooks import record_canvas_event, wants_canvas_events
 from worker.engine import EngineResult, Request, SamplingParams
 from worker.events import EventPublisher
 from worker.host import LoadedModel, ModelHost
+from worker.job_kinds import constrain, shape_output
 from worker.job_watch import JobWatch
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ SAMPLING_FIELDS = (
     "stability_threshold",
     "confidence_threshold",
     "seed",
+    "order",
 )
 
 
@@ -42,6 +44,7 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
             return "skipped"
         job = get_job(session, job_id)
         model_name, input_ids, params = job.model, list(job.input_ids), dict(job.params)
+        kind, plan = job.kind, dict(job.input or {})
         record = session.get(ModelRecord, job.model)
         adapter = (record.name, record.adapter_path) if record is not None and record.adapter_path else None
         derived = (
@@ -68,6 +71,7 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     request = engine_request(
         job_id, input_ids, params, loaded, settings.draft_interval_seconds, adapter[0] if adapter else None
     )
+    request = constrain(kind, plan, request, loaded.tokenizer)
     watch = JobWatch(settings, job_id, attempt)
     watch.start()
     try:
@@ -84,11 +88,7 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
         watch.stop()
     if result.finish_reason == FinishReason.CANCELED.value:
         return _record_stop(settings, events, job_id, attempt, watch)
-    output = {
-        "text": loaded.decode(result.token_ids),
-        "token_ids": result.token_ids,
-        "finish_reason": result.finish_reason,
-    }
+    output = shape_output(kind, plan, result, loaded.decode)
     stats = _stats(result, queued_at, started_at, attempt)
     if _finish(settings, events, job_id, attempt, JobStatus.SUCCEEDED, output=output, stats=stats) != "lost":
         return "succeeded"
@@ -114,7 +114,8 @@ def engine_request(
     adapter: str | None = None,
 ) -> Request:
     stops = tuple(tuple(loaded.tokenizer.encode(s, add_special_tokens=False)) for s in params.get("stop") or ())
-    sampling = SamplingParams(**{k: params[k] for k in SAMPLING_FIELDS}, stop=tuple(s for s in stops if s))
+    fields = {k: params[k] for k in SAMPLING_FIELDS if k in params}  # jobs recorded before a field existed lack it
+    sampling = SamplingParams(**fields, stop=tuple(s for s in stops if s))
     return Request(job_id, tuple(input_ids), sampling, loaded.eos_ids, draft_interval=draft_interval, adapter=adapter)
 
 

@@ -66,8 +66,9 @@ def line_chart(series: list[Series], label: str, x_label: str, y_floor: float | 
         parts.append(f'<polyline class="series {s.css}" data-series="{escape(s.name)}" points="{coords}"/>')
         if s.dots:
             parts += [f'<circle class="dot {s.css}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3"/>' for x, y in s.points]
-    legend = [f'<text class="legend {s.css}" x="{PAD_LEFT + 8 + 120 * i}" y="{PAD_TOP + 10}">{escape(s.name)}</text>'
-              for i, s in enumerate(series)]  # fmt: skip
+    right = WIDTH - PAD_RIGHT  # the legend sits top right, where a falling curve leaves room
+    legend = [f'<text class="legend {s.css}" x="{right - 100 * (len(series) - 1 - i)}" y="{PAD_TOP + 10}" '
+              f'text-anchor="end">{escape(s.name)}</text>' for i, s in enumerate(series)]  # fmt: skip
     return _svg(parts + legend, label, "line")
 
 

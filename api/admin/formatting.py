@@ -14,7 +14,7 @@ DASH = "—"
 @bp.app_template_filter("duration")
 def duration(ms: float | None) -> str:
     """350 ms, 4.2 s, 3 min 04 s, 2 h 05 min."""
-    if ms is None:
+    if not isinstance(ms, int | float):  # None, or a value the row does not have
         return DASH
     if ms < 1000:
         return f"{ms:.0f} ms"
@@ -40,7 +40,7 @@ def iso(value: datetime | None) -> str:
 
 @bp.app_template_filter("number")
 def number(value: float | None, digits: int = 1) -> str:
-    return DASH if value is None else f"{value:,.{digits}f}"
+    return f"{value:,.{digits}f}" if isinstance(value, int | float) else DASH
 
 
 @bp.app_template_filter("pretty")

@@ -4,6 +4,7 @@ session's CSRF token."""
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from shared.db import session_scope
@@ -31,21 +32,9 @@ def seed_jobs(database_url: str, count: int, start: datetime = datetime(2026, 1,
     ids = []
     with session_scope(database_url) as session:
         for i in range(count):
-            values = {
-                "tenant_id": "ten_seed",
-                "kind": "generate",
-                "model": TINY,
-                "status": "succeeded",
-                **fields,
-            }
-            job = Job(
-                id=f"job_{fields.get('status', 'x')}_{i:05d}_{values['tenant_id']}",
-                input={"prompt": "p"},
-                input_ids=[1],
-                params={"seed": i},
-                created_at=start + timedelta(seconds=i),
-                **values,
-            )
+            values = {"tenant_id": "ten_seed", "kind": "generate", "model": TINY, "status": "succeeded"}
+            values |= {"input": {"prompt": "p"}, "input_ids": [1], "params": {"seed": i}, **fields}
+            job = Job(id=f"job_{i:05d}_{uuid.uuid4().hex[:8]}", created_at=start + timedelta(seconds=i), **values)
             session.add(job)
             session.flush()
             session.add(JobEvent(job_id=job.id, type="status", status="queued", created_at=job.created_at))

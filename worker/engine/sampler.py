@@ -95,6 +95,9 @@ def denoise_step(
     del probs
     argmax = torch.argmax(processed, dim=-1)  # (1, C)
     entropy = Categorical(logits=processed, validate_args=False).entropy()  # (1, C)
+    if getattr(params, "order", "entropy") == "left_to_right":
+        step = params.max_denoising_steps - remaining
+        return left_to_right_step(sampled, argmax, processed, canvas, step, constraint, generator), history
     accepted = accept_lowest_entropy(entropy, params.entropy_bound)
     accepted_canvas = torch.where(accepted, sampled, canvas)
     noise = torch.randint(0, vocab, canvas.shape, device=canvas.device, generator=generator)
@@ -103,3 +106,29 @@ def denoise_step(
     free_entropy = entropy if constraint is None or constraint.empty else entropy[:, constraint.free]
     confident = free_entropy.numel() == 0 or bool(free_entropy.mean(dim=-1) < params.confidence_threshold)
     return StepOutput(next_canvas, argmax, processed, stable and confident), history
+
+
+def left_to_right_step(
+    sampled: torch.Tensor,
+    argmax: torch.Tensor,
+    processed: torch.Tensor,
+    canvas: torch.Tensor,
+    step: int,
+    constraint: CanvasConstraint | None,
+    generator: torch.Generator,
+) -> StepOutput:
+    """What an autoregressive decoder does, on the same model: at step k the k leftmost free positions are
+    locked (they keep their tokens), the next one takes its sample, the rest is noise. Pinned positions
+    count as given. The committed canvas is the locked tokens (argmax only where the budget ran out)."""
+    C = canvas.shape[-1]
+    free = torch.ones(C, dtype=torch.bool, device=canvas.device) if constraint is None else constraint.free
+    rank = torch.cumsum(free.long(), dim=0) - 1  # index among the free positions
+    locked = ~free | (rank < step)
+    accepted = ~free | (rank <= step)
+    noise = torch.randint(0, processed.shape[-1], canvas.shape, device=canvas.device, generator=generator)
+    next_canvas = torch.where(locked[None], canvas, torch.where(accepted[None], sampled, noise))
+    if constraint is not None and constraint.pinned_index.numel():
+        next_canvas[0, constraint.pinned_index] = constraint.pinned_token
+    committed = torch.where(accepted[None], next_canvas, argmax)
+    done = bool(accepted.all())
+    return StepOutput(next_canvas, committed, processed, done)

@@ -54,29 +54,37 @@
     badge.dataset.status = status;
   }
 
-  // Events are handled one after another (a draft may wait for its token texts), in the order they came.
-  let chain = Promise.resolve();
-  function then(handler) {
-    return (e) => { chain = chain.then(() => handler(JSON.parse(e.data))); };
+  // Only the newest draft is drawn: when the page falls behind (a late subscriber replays the history,
+  // a slow machine) it skips frames instead of lagging further and further.
+  let latest = null;
+  let drawing = false;
+  async function draw() {
+    if (drawing) return;
+    drawing = true;
+    while (latest) {
+      const draft = latest;
+      latest = null;
+      await learnPieces(draft.token_ids);
+      showDraft(draft);
+    }
+    drawing = false;
   }
 
   const source = new EventSource(live.dataset.events);
-  source.addEventListener("draft", then(async (draft) => {
-    await learnPieces(draft.token_ids);
-    showDraft(draft);
-  }));
-  source.addEventListener("canvas", then((data) => {
-    committed.textContent += data.text;
+  source.addEventListener("draft", (e) => { latest = JSON.parse(e.data); draw(); });
+  source.addEventListener("canvas", (e) => {
+    committed.textContent += JSON.parse(e.data).text;
+    latest = null; // drafts of the committed canvas are stale now
     previous = [];
     stable = [];
-  }));
-  source.addEventListener("status", then((data) => setStatus(data.status)));
-  source.addEventListener("done", then((job) => {
+  });
+  source.addEventListener("status", (e) => setStatus(JSON.parse(e.data).status));
+  source.addEventListener("done", (e) => {
     source.close();
-    setStatus(job.status);
+    setStatus(JSON.parse(e.data).status);
     stateEl.textContent = "finished; loading the result…";
     window.setTimeout(() => window.location.reload(), 800);
-  }));
+  });
   source.addEventListener("error", () => {
     if (source.readyState === EventSource.CLOSED) stateEl.textContent = "the live stream closed; reload the page";
     else stateEl.textContent = "reconnecting to the live stream…";

@@ -1,0 +1,94 @@
+"""Infill and sudoku jobs at the API: what is accepted and recorded, and the 422s that name the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TINY, auth
+
+PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+
+def submit(client, key: str, **body):
+    return client.post("/v1/jobs", json={"model": TINY, **body}, headers=auth(key))
+
+
+def error(response) -> tuple[int, str, str]:
+    body = response.get_json()["error"]
+    return response.status_code, body.get("param") or "", body["message"]
+
+
+def test_a_sudoku_job_records_the_grid_and_generates_81_cells(client, keys) -> None:
+    response = submit(client, keys["a"], kind="sudoku", grid=PUZZLE.replace(".", "0"))
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["kind"] == "sudoku"
+    assert job["input"]["grid"] == PUZZLE  # blanks normalised to '.'
+    assert job["params"]["max_new_tokens"] == 81
+
+
+@pytest.mark.parametrize(
+    ("grid", "says"),
+    [
+        (PUZZLE[:-1], "81 cells; this one has 80"),
+        (PUZZLE[:-1] + "x", "cell 81 (row 9, column 9) is 'x'"),
+        ("55" + PUZZLE[2:], "digit 5 twice in row 1"),
+        ("5" + PUZZLE[1:9] + "5" + PUZZLE[10:], "digit 5 twice in column 1"),
+    ],
+)
+def test_bad_grids_are_refused_naming_the_problem(client, keys, grid: str, says: str) -> None:
+    status, field, message = error(submit(client, keys["a"], kind="sudoku", grid=grid))
+    assert (status, field) == (422, "grid")
+    assert says in message
+
+
+def test_an_infill_template_records_its_segments(client, keys) -> None:
+    response = submit(client, keys["a"], kind="infill", template="def add(a, b):\n    <|hole:6|>\n# end<|hole|>")
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["input"]["prefix"] == "def add(a, b):\n    "
+    segments = job["input"]["segments"]
+    assert [("hole" in s, s.get("hole") or s["text"]) for s in segments] == [
+        (True, 6),
+        (False, "\n# end"),
+        (True, 16),  # the default length of a hole
+    ]
+    assert job["params"]["max_new_tokens"] == 6 + len("\n# end") + 16  # byte-level tokens
+
+
+def test_prefix_suffix_infill_is_accepted(client, keys) -> None:
+    response = submit(client, keys["a"], kind="infill", prefix="the ", suffix=" says moo.", hole_tokens=3)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["params"]["max_new_tokens"] == 3 + len(" says moo.")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ({"template": "no holes here"}, "template", "has no hole"),
+        ({"template": "a <|hole:0|> b"}, "template", "1 to 4096 tokens"),
+        ({"template": "<|hole|>", "prefix": "x"}, "template", "not both"),
+        ({"prefix": "the "}, "hole_tokens", "'hole_tokens'"),
+        ({}, "prefix", "needs 'template'"),
+        ({"prefix": "a", "suffix": "b" * 40, "hole_tokens": 4}, "suffix", "canvas of 32"),
+        ({"template": "x<|hole:30|>abc"}, "template", "take 33 tokens"),
+        ({"template": "<|hole|>", "grid": PUZZLE}, "grid", "does not apply to infill jobs"),
+    ],
+)
+def test_bad_infill_requests_are_refused(client, keys, body: dict, field: str, says: str) -> None:
+    status, got_field, message = error(submit(client, keys["a"], kind="infill", **body))
+    assert (status, got_field) == (422, field), message
+    assert says in message
+
+
+def test_a_generate_job_refuses_fields_of_other_kinds(client, keys) -> None:
+    status, field, message = error(submit(client, keys["a"], prompt="hi", grid=PUZZLE))
+    assert (status, field) == (422, "grid")
+    assert "does not apply to generate jobs" in message
+
+
+def test_order_is_a_validated_parameter(client, keys) -> None:
+    ok = submit(client, keys["a"], kind="sudoku", grid=PUZZLE, params={"order": "left_to_right"})
+    assert ok.status_code == 202
+    status, _field, message = error(submit(client, keys["a"], prompt="hi", params={"order": "random"}))
+    assert status == 422 and "order" in message
