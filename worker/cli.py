@@ -138,6 +138,17 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def cmd_train_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import fields
+
+    from worker.demo_model.train import Recipe, train_demo
+
+    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None})
+    figures = train_demo(Path(args.out), recipe)
+    print(f"wrote {args.out}: {figures}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.demo import run_demo
     from worker.stack import embedded_stack, print_log_tails
@@ -210,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.set_defaults(fn=cmd_up)
     sub.add_parser("demo", help="run the embedded stack, submit demo jobs, stop").set_defaults(fn=cmd_demo)
+    training = sub.add_parser("train", help="train models of our own").add_subparsers(dest="action", required=True)
+    demo = training.add_parser("demo", help="train the demo model from scratch (Sudoku and text tasks)")
+    demo.add_argument("--out", default="models/canvas-demo")
+    for name, kind in (("hidden", int), ("layers", int), ("steps", int), ("batch_size", int), ("sudoku", int)):
+        demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    demo.add_argument("--text-each", dest="text_each", type=int)
+    demo.add_argument("--learning-rate", dest="learning_rate", type=float)
+    demo.set_defaults(fn=cmd_train_demo)
     return parser
 
 

@@ -50,13 +50,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_config(canvas_length: int = 32, max_positions: int = 1024, hidden: int = 64) -> DiffusionGemmaConfig:
-    """A config small enough for CPU tests: 2 layers (one sliding, one full), hidden 64, 4 experts."""
+def tiny_config(
+    canvas_length: int = 32, max_positions: int = 1024, hidden: int = 64, layers: int = 2
+) -> DiffusionGemmaConfig:
+    """A config small enough for CPU tests: 2 layers (sliding, full, ...), hidden 64, 4 experts."""
     text = DiffusionGemmaTextConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=hidden // 32,
         num_key_value_heads=1,
         head_dim=32,
@@ -66,9 +68,9 @@ def tiny_config(canvas_length: int = 32, max_positions: int = 1024, hidden: int 
         max_position_embeddings=max_positions,
         num_experts=4,
         top_k_experts=2,
-        moe_intermediate_size=32,
+        moe_intermediate_size=hidden // 2,
         final_logit_softcapping=30.0,
-        layer_types=["sliding_attention", "full_attention"],
+        layer_types=["sliding_attention", "full_attention"] * (layers // 2) + ["full_attention"] * (layers % 2),
         pad_token_id=PAD_ID,
         eos_token_id=EOS_ID,
         bos_token_id=BOS_ID,

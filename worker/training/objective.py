@@ -62,51 +62,76 @@ def decoder_masks(
     return out
 
 
+@dataclass
+class Corrupted:
+    """One example after the forward process: the clean sequence, the block to denoise and its noisy copy."""
+
+    full: torch.Tensor  # (S,) prompt + EOS-padded response
+    start: int  # offset of the chosen block in `full`
+    noisy: torch.Tensor  # (C,) the block with a fraction t of its tokens replaced by random ones
+
+
+def corrupt(example: Example, generator: torch.Generator, canvas: int, vocab: int, eos: int) -> Corrupted:
+    """Draw the block, the rate t, the corrupted positions and their noise (in that order, on the CPU)."""
+    response = pad_response(example.response, canvas, eos)
+    full = torch.tensor(example.prompt + response)
+    block = int(torch.randint(0, len(response) // canvas, (1,), generator=generator))
+    start = len(example.prompt) + block * canvas
+    clean = full[start : start + canvas]
+    t = EPS + (1 - EPS) * torch.rand((), generator=generator)
+    flipped = torch.rand(clean.shape, generator=generator) < t
+    noise = torch.randint(0, vocab, clean.shape, generator=generator)
+    return Corrupted(full, start, torch.where(flipped, noise, clean))
+
+
 def example_loss(
     model: Any, example: Example, generator: torch.Generator, self_conditioning: bool, eos: int
 ) -> LossParts:
     """The loss of one example (the caller sums over a batch and calls backward)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = base.config.get_text_config(decoder=True)
+    item = corrupt(example, generator, base.config.canvas_length, text.vocab_size, eos)
+    return group_loss(model, [item], [self_conditioning])
+
+
+def group_loss(model: Any, items: list[Corrupted], self_conditioning: list[bool]) -> LossParts:
+    """The summed per-example losses of examples that share their length and block offset, in one batch.
+    `diffusion` and `encoder` are sums over the group too (divide by the batch size for means)."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft injects in place
     config = model.config
     text = config.get_text_config(decoder=True)
-    canvas, vocab, device = config.canvas_length, text.vocab_size, model.device
-    response = pad_response(example.response, canvas, eos)
-    full = torch.tensor([example.prompt + response], device=device)  # (1, S)
-    total, prompt_len = full.shape[1], len(example.prompt)
-    block = int(torch.randint(0, len(response) // canvas, (1,), generator=generator))
-    start = prompt_len + block * canvas
-    clean = full[:, start : start + canvas]  # (1, C)
-    t = EPS + (1 - EPS) * torch.rand((), generator=generator)
-    corrupt = torch.rand(clean.shape, generator=generator) < t
-    noise = torch.randint(0, vocab, clean.shape, generator=generator)
-    noisy = torch.where(corrupt.to(device), noise.to(device), clean)
+    canvas, device = config.canvas_length, model.device
+    full = torch.stack([item.full for item in items]).to(device)  # (B, S)
+    noisy = torch.stack([item.noisy for item in items]).to(device)  # (B, C)
+    (batch, total), start = full.shape, items[0].start
+    clean = full[:, start : start + canvas]
 
     # Encoder: the whole clean sequence once, into a cache without sliding truncation (masks restrict it).
     cache = DynamicCache()
-    positions = torch.arange(total, device=device)[None]
+    positions = torch.arange(total, device=device)[None].expand(batch, -1)
     encoded = model.model.encoder(input_ids=full, past_key_values=cache, position_ids=positions)
     encoder_logits = softcap(model.lm_head(encoded.last_hidden_state), model.final_logit_softcapping)
-    encoder_loss = F.cross_entropy(encoder_logits[0, :-1].float(), full[0, 1:])
+    encoder_loss = F.cross_entropy(encoder_logits[:, :-1].transpose(1, 2), full[:, 1:], reduction="none").mean(1)
 
     masks = decoder_masks(
         start, total, canvas, getattr(text, "sliding_window", None), device, text._attn_implementation, model.dtype
     )
-    decoder_positions = torch.arange(start, start + canvas, device=device)[None]
     kwargs = dict(
         decoder_input_ids=noisy,
         past_key_values=cache,
         decoder_attention_mask=masks,
-        decoder_position_ids=decoder_positions,
+        decoder_position_ids=torch.arange(start, start + canvas, device=device)[None].expand(batch, -1),
     )
     sc_logits, sc_mask = None, None
-    if self_conditioning:
+    if any(self_conditioning):
         with torch.no_grad():
-            first = model(**kwargs).logits.detach()
-        sc_logits = first.to(model.dtype)
-        sc_mask = torch.ones(1, dtype=torch.bool, device=device)
+            sc_logits = model(**kwargs).logits.detach().to(model.dtype)
+        sc_mask = torch.tensor(self_conditioning, dtype=torch.bool, device=device)
     logits = model(**kwargs, self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask).logits
-    diffusion_loss = F.cross_entropy(logits[0].float(), clean[0])
-    return LossParts(diffusion_loss + encoder_loss, diffusion_loss.item(), encoder_loss.item(), total)
+    diffusion_loss = F.cross_entropy(logits.float().transpose(1, 2), clean, reduction="none").mean(1)
+    return LossParts(
+        (diffusion_loss + encoder_loss).sum(), diffusion_loss.sum().item(), encoder_loss.sum().item(), batch * total
+    )
 
 
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:

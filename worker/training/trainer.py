@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from worker.training.objective import Example, example_loss
+from worker.training.objective import Corrupted, Example, corrupt, example_loss, group_loss
 
 Metrics = dict[str, Any]
 
@@ -151,6 +151,20 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------------
 
+    def groups(self, picked: list[int]) -> list[tuple[list[Corrupted], list[bool]]]:
+        """Corrupt the step's examples (one draw after another, so the random streams do not depend on
+        batching), then group those that share length and block offset into one forward pass each."""
+        config = self.model.get_base_model().config if hasattr(self.model, "get_base_model") else self.model.config
+        vocab = config.get_text_config(decoder=True).vocab_size
+        grouped: dict[tuple[int, int], tuple[list[Corrupted], list[bool]]] = {}
+        for index in picked:
+            coin = self.coins.random() < 0.5
+            item = corrupt(self.examples[index], self.generator, config.canvas_length, vocab, self.plan.eos)
+            items, coins = grouped.setdefault((item.full.numel(), item.start), ([], []))
+            items.append(item)
+            coins.append(coin)
+        return list(grouped.values())
+
     def train_step(self) -> Metrics:
         started = time.perf_counter()
         self.model.train()
@@ -158,10 +172,8 @@ class Trainer:
         picked = batch_indices(self.step, len(self.examples), self.plan.batch_size, self.plan.seed)
         diffusion = encoder = 0.0
         tokens = 0
-        for index in picked:
-            parts = example_loss(
-                self.model, self.examples[index], self.generator, self.coins.random() < 0.5, self.plan.eos
-            )
+        for items, coins in self.groups(picked):
+            parts = group_loss(self.model, items, coins)
             (parts.total / len(picked)).backward()
             diffusion += parts.diffusion / len(picked)
             encoder += parts.encoder / len(picked)

@@ -227,3 +227,25 @@ def test_bad_requests_are_refused_naming_the_field(model) -> None:
     with pytest.raises(InvalidParams) as bad_token:
         engine.submit(Request("y", (2, 10_000)))
     assert bad_token.value.field == "prompt_ids"
+
+
+def test_left_to_right_order_accepts_one_free_position_per_step(model) -> None:
+    pinned = {0: 80, 5: 81, 20: 82}
+    drafts: list[list[int]] = []
+
+    def on_event(_request_id: str, kind: str, data: dict) -> None:
+        if kind == "draft":
+            drafts.append(data["token_ids"])
+
+    params = SamplingParams(max_new_tokens=32, max_denoising_steps=64, seed=4, order="left_to_right")
+    engine = Engine(model, max_rows=2)
+    handle = engine.submit(Request("l2r", (2, 70), params, frozenset(), pinned, draft_interval=0.0), on_event)
+    engine.run_until_idle()
+    result = handle.wait(0)
+    assert result.denoising_steps == 32 - len(pinned)  # one step per free position of the canvas
+    assert all(result.token_ids[o] == t for o, t in pinned.items())
+    # What a step accepted stays: each draft's accepted prefix is a prefix of the next and of the result.
+    free = [o for o in range(32) if o not in pinned]
+    for step, draft in enumerate(drafts):
+        accepted = free[: step + 1]
+        assert [draft[o] for o in accepted] == [result.token_ids[o] for o in accepted]

@@ -1,0 +1,1 @@
+"""The demo model: seeded task generators and the recipe that trains a small DiffusionGemma from scratch."""
