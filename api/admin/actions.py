@@ -25,7 +25,7 @@ def cancel(session: Session, job: Job) -> None:
     done = False
     if job.status == JobStatus.QUEUED.value:
         empty = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
-        output = empty if job.kind == "generate" else None
+        output = None if job.kind == "fine_tune" else empty
         done = transition(session, job.id, JobStatus.CANCELED, finished_at=utcnow(), output=output)
     done = done or transition(session, job.id, JobStatus.CANCELING)
     session.commit()

@@ -72,9 +72,9 @@ def line_chart(series: list[Series], label: str, x_label: str, y_floor: float | 
     return _svg(parts + legend, label, "line")
 
 
-def bar_chart(values: list[float], label: str, x_label: str, css: str = "bars") -> Markup:
-    """One bar per value (e.g. per minute, oldest first), scaled to the largest."""
-    top = max(values, default=0) or 1.0
+def bar_chart(values: list[float], label: str, x_label: str, css: str = "bars", floor_top: float = 1.0) -> Markup:
+    """One bar per value (e.g. per minute, oldest first), scaled to the largest (at least `floor_top`)."""
+    top = max([*values, floor_top])
     sy = _scale(0, top, HEIGHT - PAD_BOTTOM, PAD_TOP)
     step = (WIDTH - PAD_LEFT - PAD_RIGHT) / max(len(values), 1)
     parts = _frame(-len(values), 0, 0, top, x_label)

@@ -18,7 +18,7 @@ from shared.states import JobStatus
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 STATUSES = tuple(s.value for s in JobStatus)
-KINDS = ("generate", "fine_tune")
+KINDS = ("generate", "infill", "sudoku", "fine_tune")  # the kinds of api/schemas.py, and fine-tunes
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELING.value)
 LIST_COLUMNS = (
     Job.id,
@@ -133,7 +133,10 @@ def timeline(session: Session, job_id: str) -> tuple[list[JobEvent], int]:
     return list(session.scalars(events.limit(500))), session.scalar(metrics) or 0
 
 
-def finished_since(session: Session, minutes: int) -> list[tuple[datetime, str, str | None, dict[str, Any] | None]]:
+Finished = tuple[datetime, str, str | None, dict[str, Any] | None]  # finished_at, status, worker, stats
+
+
+def finished_since(session: Session, minutes: int) -> list[Finished]:
     """(finished_at, status, worker, stats) of the jobs that finished in the last `minutes`."""
     since = utcnow() - timedelta(minutes=minutes)
     stmt = select(Job.finished_at, Job.status, Job.worker, Job.stats).where(Job.finished_at >= since)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -15,8 +14,8 @@ from markupsafe import Markup
 from sqlalchemy import select
 
 from api.admin.blueprint import bp
-from api.admin.charts import Series, bar_chart, line_chart
-from api.admin.queries import finished_since
+from api.admin.charts import bar_chart
+from api.admin.queries import Finished, finished_since
 from api.state import db_session, events_client
 from shared.contracts import TRAIN_QUEUE, WEBHOOK_QUEUE, generation_queue
 from shared.models import ModelRecord, utcnow
@@ -44,7 +43,7 @@ def queue_depths(client: redis.Redis, names: list[str]) -> dict[str, int]:
     return {name: sum(lengths[i * n : (i + 1) * n]) for i, name in enumerate(names)}
 
 
-def tokens_per_second(finished: list[tuple[datetime, str, str | None, dict[str, Any] | None]]) -> dict[str, float]:
+def tokens_per_second(finished: list[Finished]) -> dict[str | None, float]:
     """Output tokens per second of each worker over the last few minutes (what it finished, per second)."""
     since = utcnow().timestamp() - THROUGHPUT_MINUTES * 60
     tokens: dict[str, float] = defaultdict(float)
@@ -54,7 +53,7 @@ def tokens_per_second(finished: list[tuple[datetime, str, str | None, dict[str, 
     return {w: n / (THROUGHPUT_MINUTES * 60) for w, n in tokens.items()}
 
 
-def hourly_charts(finished: list[tuple[datetime, str, str | None, dict[str, Any] | None]]) -> tuple[Markup, Markup]:
+def hourly_charts(finished: list[Finished]) -> tuple[Markup, Markup]:
     """Jobs finished per minute, and the share of them that failed, over the last hour (oldest first)."""
     now = utcnow().timestamp()
     done, failed = [0] * HOUR, [0] * HOUR
@@ -63,17 +62,17 @@ def hourly_charts(finished: list[tuple[datetime, str, str | None, dict[str, Any]
         if 0 <= minute < HOUR:
             done[minute] += 1
             failed[minute] += status == "failed"
-    rate = [(m - HOUR + 1, 100 * f / d) for m, (d, f) in enumerate(zip(done, failed, strict=True)) if d]
+    rate = [100 * f / d if d else 0.0 for d, f in zip(done, failed, strict=True)]
     return (
         bar_chart([float(d) for d in done], "jobs finished per minute", "minutes ago"),
-        line_chart([Series("failed %", rate, "failure", dots=True)], "failure rate per minute", "minutes ago", 0.0),
+        bar_chart(rate, "failure rate per minute (%)", "minutes ago", "failure-bars", floor_top=10.0),
     )
 
 
 def worker_rows(client: redis.Redis, throughput: dict[str, float]) -> list[dict[str, Any]]:
     now = time.time()
     rows = [
-        {**w, "age_s": now - w.get("beat_at", now), "tokens_per_s": throughput.get(w.get("worker_id", ""), 0.0)}
+        {**w, "age_s": max(0.0, now - w.get("beat_at", now)), "tokens_per_s": throughput.get(w.get("worker_id"), 0.0)}
         for w in live_workers(client)
     ]
     return sorted(rows, key=lambda w: (w.get("kind", ""), w.get("name", "")))

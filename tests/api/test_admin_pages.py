@@ -114,7 +114,8 @@ def test_workers_page_shows_heartbeats_queue_depths_and_the_last_hour(client, ke
     assert re.search(r"[0-9] s ago", cells[7])
     assert re.search(rf'<tr data-queue="gen.{name}">.*?<td class="num">3</td>', html, re.S)
     assert "4 jobs finished, 1 failed" in html
-    assert html.count('class="bar"') == 60
+    assert html.count('class="bar"') == 120  # a bar a minute: jobs finished, and the share that failed
+    assert "<title>100</title>" in html  # the minute in which the one failed job finished: 100% failed
 
 
 def test_workers_page_when_nothing_runs_and_when_redis_is_down(client, keys, settings, app) -> None:

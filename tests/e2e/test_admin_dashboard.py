@@ -229,5 +229,6 @@ def test_workers_queues_and_the_last_hour(page: Page, live_api, keys, settings, 
     expect(page.locator(f'.queues tr[data-queue="gen.{TINY}"] td.num')).to_have_text("0")
     expect(page.locator('.queues tr[data-queue="train"]')).to_be_visible()
     expect(page.locator("h2", has_text="Last hour")).to_contain_text("3 jobs finished, 0 failed")
-    expect(page.locator(".charts svg rect.bar")).to_have_count(60)
+    expect(page.locator(".charts svg.bars rect.bar")).to_have_count(60)  # one bar a minute
+    expect(page.locator(".charts svg.failure-bars rect.bar")).to_have_count(60)
     shots(page, "workers")
