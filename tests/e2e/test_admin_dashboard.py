@@ -107,10 +107,10 @@ def test_a_new_job_appears_and_changes_status_without_a_reload(page: Page, live_
     page.evaluate("window.notReloaded = true")
     client = Client(live_api.url, keys["a"])
     job = client.submit(model=TINY, prompt="appear", params=SECONDS)
-    expect(row(page, job["id"])).to_have_class("new")
+    expect(row(page, job["id"])).to_have_class(re.compile(r"\bnew\b"))
     expect(row(page, job["id"])).to_have_attribute("data-status", "running")
     expect(row(page, job["id"])).to_have_attribute("data-status", "succeeded")
-    expect(row(page, job["id"])).to_have_class("changed")  # marked: its status changed under our eyes
+    expect(row(page, job["id"])).to_have_class(re.compile(r"\bchanged\b"))  # marked: its status changed under our eyes
     for _ in range(3):
         client.submit(model=TINY, prompt="more", params={"max_new_tokens": 32, "max_denoising_steps": 8})
     expect(page.locator("#jobs tbody tr")).to_have_count(4)
