@@ -20,11 +20,10 @@ from api.webhook_schemas import WebhookTarget
 from api.webhooks import check_webhook_url
 from shared.contracts import Hyperparameters
 from shared.datasets import DatasetError, Record, parse_dataset
-from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.jobs import create_job, new_job_id, transition
-from shared.models import Checkpoint, Job, JobEvent, ModelRecord, utcnow
+from shared.errors import InvalidRequest, NotFound
+from shared.jobs import create_job, new_job_id, request_cancel
+from shared.models import Checkpoint, Job, JobEvent, ModelRecord
 from shared.queue import publish_pending
-from shared.states import JobStatus
 from shared.views import iso
 from shared.workers import live_workers
 
@@ -170,12 +169,7 @@ def list_fine_tunes() -> Response:
 def cancel_fine_tune(job_id: str) -> Response:
     session = db_session()
     job = _job(job_id)
-    done = transition(session, job.id, JobStatus.CANCELED, finished_at=utcnow()) if job.status == "queued" else False
-    done = done or transition(session, job.id, JobStatus.CANCELING)
-    session.commit()
-    session.refresh(job)
-    if not done and job.status != JobStatus.CANCELING.value:
-        raise Conflict(f"fine-tune {job.id} is {job.status}; only queued or running ones can be canceled", "id")
+    request_cancel(session, job)
     return jsonify(fine_tune_view(job))
 
 

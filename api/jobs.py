@@ -22,11 +22,11 @@ from api.schemas import JobCreate
 from api.state import db_session, producer, publish_status
 from api.webhooks import check_webhook_url
 from shared.contracts import GenerationParams
-from shared.errors import Conflict, InvalidRequest
-from shared.jobs import create_job, get_job, job_view, new_job_id, timeline, transition
-from shared.models import Job, ModelRecord, utcnow
+from shared.errors import InvalidRequest
+from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, timeline
+from shared.models import Job, ModelRecord
 from shared.queue import publish_pending
-from shared.states import FinishReason, JobStatus
+from shared.states import JobStatus
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -160,18 +160,6 @@ def cancel_job(job_id: str) -> Response:
     """A queued job is canceled at once; a running one becomes `canceling` until the worker stops it."""
     session = db_session()
     job = get_job(session, job_id, current_principal().tenant_id)
-    # Try both transitions in order: the job may start running between our read and our write.
-    output = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
-    done = (
-        transition(session, job.id, JobStatus.CANCELED, finished_at=utcnow(), output=output, attempt=None)
-        if job.status == JobStatus.QUEUED.value
-        else False
-    )
-    done = done or transition(session, job.id, JobStatus.CANCELING)
-    session.commit()
-    session.refresh(job)
-    if not done and job.status != JobStatus.CANCELING.value:
-        raise Conflict(f"job {job.id} is {job.status}; only queued or running jobs can be canceled", "id")
-    if done:
+    if request_cancel(session, job):
         publish_status(job.id, job.status)
     return _job_response(session, job)

@@ -14,9 +14,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.contracts import GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK, generation_queue
-from shared.errors import IllegalTransition, NotFound
+from shared.errors import Conflict, IllegalTransition, NotFound
 from shared.models import Job, JobEvent, ModelRecord, OutboxMessage, utcnow
-from shared.states import ALLOWED_FROM, JobStatus
+from shared.states import ALLOWED_FROM, FinishReason, JobStatus
 from shared.views import job_view  # noqa: F401  (re-exported: the API uses it from here)
 from shared.webhooks import record_status_event
 
@@ -130,3 +130,21 @@ def get_job(session: Session, job_id: str, tenant_id: str | None = None) -> Job:
 def timeline(session: Session, job_id: str) -> list[JobEvent]:
     stmt = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
     return list(session.scalars(stmt))
+
+
+def request_cancel(session: Session, job: Job) -> bool:
+    """Cancel a queued job at once, or mark a running one `canceling` (its worker stops it within a step).
+    Tries both transitions in order, since the job may start running between the read and the write.
+    Commits; returns whether the job is now `canceled`. Raises Conflict if it had already finished."""
+    done = False
+    if job.status == JobStatus.QUEUED.value:
+        empty = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
+        output = None if job.kind == "fine_tune" else empty
+        done = transition(session, job.id, JobStatus.CANCELED, finished_at=utcnow(), output=output, attempt=None)
+    canceling = not done and transition(session, job.id, JobStatus.CANCELING)
+    session.commit()
+    session.refresh(job)
+    if not done and not canceling and job.status != JobStatus.CANCELING.value:
+        noun = "fine-tune" if job.kind == "fine_tune" else "job"
+        raise Conflict(f"{noun} {job.id} is {job.status}; only queued or running ones can be canceled", "id")
+    return done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -9,14 +10,36 @@ import requests
 
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 
+PUZZLE = "..3.2.6..9..3.5..1..18.64....81.29..7.......8..67.82....26.95..8..2.3..9..5.1.3.."
+
 DEMO_JOBS: list[dict[str, Any]] = [
-    {"prompt": "The capital of France is", "params": {"max_new_tokens": 24, "seed": 1}},
-    {
-        "messages": [{"role": "user", "content": "Write a haiku about diffusion."}],
-        "params": {"max_new_tokens": 48, "max_denoising_steps": 16, "seed": 2},
-    },
-    {"input_ids": [2, 80, 81, 82, 83], "params": {"max_new_tokens": 40, "entropy_bound": 0.5, "seed": 3}},
+    {"kind": "sudoku", "grid": PUZZLE, "params": {"seed": 1, "max_denoising_steps": 64}},
+    {"kind": "infill", "template": "the <|hole:5|> says moo.", "params": {"seed": 2}},
+    {"kind": "generate", "prompt": "reverse: canvas\n", "params": {"max_new_tokens": 8, "seed": 3}},
+    {"kind": "generate", "prompt": "add: 476+389\n", "params": {"max_new_tokens": 8, "seed": 4}},
 ]
+EXPECTED = {"reverse: canvas\n": "savnac", "add: 476+389\n": "865"}
+
+
+def show_drafts(session: requests.Session, url: str, most: int = 4) -> None:
+    """Follow the job's event stream and print a few Sudoku drafts as they settle."""
+    shown = 0
+    with session.get(url + "/events", stream=True, timeout=300) as stream:
+        event = ""
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "draft" and shown < most:
+                grid = json.loads(line[6:]).get("text", "")[:81]
+                print(f"   draft at step {json.loads(line[6:])['step']}: {grid}")
+                shown += 1
+            elif event == "done":
+                return
+
+
+def describe(spec: dict[str, Any]) -> str:
+    given = next(k for k in ("grid", "template", "prompt") if k in spec)
+    return f"{spec['kind']} {given}={spec[given]!r}"
 
 
 def wait_for(session: requests.Session, url: str, timeout: float = 300.0) -> dict[str, Any]:
@@ -35,23 +58,29 @@ def run_demo(base_url: str, key: str, model: str) -> int:
     session.headers["Authorization"] = f"Bearer {key}"
     submitted = []
     for spec in DEMO_JOBS:
-        response = session.post(f"{base_url}/v1/jobs", json={"kind": "generate", "model": model, **spec}, timeout=10)
+        response = session.post(f"{base_url}/v1/jobs", json={"model": model, **spec}, timeout=10)
         if response.status_code != 202:
             print(f"submit failed ({response.status_code}): {response.text}")
             return 1
         submitted.append((spec, base_url + response.headers["Location"]))
-        print(f"submitted {response.json()['id']}")
+        print(f"submitted {response.json()['id']}: {describe(spec)}")
+        if spec["kind"] == "sudoku":
+            show_drafts(session, submitted[-1][1])
     failures = 0
     for spec, url in submitted:
         job = wait_for(session, url)
-        given = next(k for k in ("prompt", "messages", "input_ids") if k in spec)
-        print(f"\n== {job['id']}  [{job['status']}]  input: {given}={spec[given]!r}")
+        print(f"\n== {job['id']}  [{job['status']}]  {describe(spec)}")
         if job["status"] != "succeeded":
             print(f"   error: {job['error']}")
             failures += 1
             continue
         out, stats = job["output"], job["stats"]
         print(f"   output ({len(out['token_ids'])} tokens, finish_reason={out['finish_reason']}): {out['text']!r}")
+        if spec["kind"] == "sudoku":
+            print(f"   solved grid: {out['grid']}  valid solution: {out['valid']}")
+        elif spec.get("prompt") in EXPECTED:
+            expected = EXPECTED[spec["prompt"]]
+            print(f"   right answer: {expected!r} -> {'right' if out['text'] == expected else 'wrong'}")
         print(
             f"   queue {stats['queue_ms']:.0f} ms | run {stats['run_ms']:.0f} ms | "
             f"{stats['denoising_steps']} denoising steps | {stats['canvases']} canvas(es) | "

@@ -28,7 +28,9 @@ from shared.settings import Settings
 from worker.serve import worker_command, worker_env
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "canvas-tiny"
+TINY_MODEL = "canvas-tiny"
+DEMO_MODEL = "canvas-demo"
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / DEMO_MODEL  # trained by `canvas train demo`
 
 
 @dataclass
@@ -52,15 +54,18 @@ def print_log_tails(log_dir: Path, lines: int = 30) -> None:
         print(f"--- last lines of {path} ---", *tail, sep="\n", file=sys.stderr)
 
 
-def ensure_default_model(settings: Settings) -> Path:
-    """The demo model directory: var/models/canvas-tiny, made on first use."""
-    path = settings.var_dir / "models" / DEFAULT_MODEL
+def ensure_default_model(settings: Settings) -> tuple[str, Path]:
+    """The default model: the shipped demo model (models/canvas-demo) when the checkout has it, else a
+    tiny random one made on first use under var/models/canvas-tiny."""
+    if (SHIPPED / "config.json").exists():
+        return DEMO_MODEL, SHIPPED
+    path = settings.var_dir / "models" / TINY_MODEL
     if not (path / "config.json").exists():
         from worker.tiny import make_tiny  # torch: only needed the first time
 
         log.info("making the tiny default model in %s", path)
         make_tiny(path)
-    return path
+    return TINY_MODEL, path
 
 
 def wait_healthy(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
@@ -117,9 +122,9 @@ def embedded_stack(port: int | None = None) -> Iterator[Stack]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         upgrade(settings.database_url)
-        model_path = ensure_default_model(settings)
+        model, model_path = ensure_default_model(settings)
         with session_scope(settings.database_url) as session:
-            register_model(session, DEFAULT_MODEL, model_path)
+            register_model(session, model, model_path)
             _record, admin_key = create_key(session, "embedded admin", admin=True)
         port = port or free_port()
         logs = settings.var_dir / "logs"
@@ -127,8 +132,8 @@ def embedded_stack(port: int | None = None) -> Iterator[Stack]:
         api_cmd = [sys.executable, "-m", "api.serve", "--host", "127.0.0.1", "--port", str(port)]
         processes.append(_spawn(api_cmd, env, logs / "api.log"))
         gpu = _gpu_or_cpu()
-        worker_env_ = {**worker_env([DEFAULT_MODEL], gpu), **_only(env)}
-        processes.append(_spawn(worker_command([DEFAULT_MODEL], gpu), worker_env_, logs / "worker.log"))
+        worker_env_ = {**worker_env([model], gpu), **_only(env)}
+        processes.append(_spawn(worker_command([model], gpu), worker_env_, logs / "worker.log"))
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, processes)
@@ -136,7 +141,7 @@ def embedded_stack(port: int | None = None) -> Iterator[Stack]:
         except RuntimeError:
             print_log_tails(logs)
             raise
-        yield Stack(url=url, admin_key=admin_key, model=DEFAULT_MODEL, processes=processes, log_dir=logs)
+        yield Stack(url=url, admin_key=admin_key, model=model, processes=processes, log_dir=logs)
     finally:
         stop_all(processes)
         if local_redis is not None:

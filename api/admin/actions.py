@@ -12,27 +12,17 @@ from sqlalchemy.orm import Session
 
 from api.state import producer, publish_status
 from shared.errors import Conflict
-from shared.jobs import create_job, new_job_id, transition
+from shared.jobs import create_job, new_job_id, request_cancel
 from shared.models import Job, JobEvent, utcnow
 from shared.queue import publish_pending
-from shared.states import TERMINAL, FinishReason, JobStatus
+from shared.states import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 
 
 def cancel(session: Session, job: Job) -> None:
     """A queued job is canceled at once; a running one becomes `canceling` until its worker stops it."""
-    done = False
-    if job.status == JobStatus.QUEUED.value:
-        empty = {"text": "", "token_ids": [], "finish_reason": FinishReason.CANCELED.value}
-        output = None if job.kind == "fine_tune" else empty
-        done = transition(session, job.id, JobStatus.CANCELED, finished_at=utcnow(), output=output)
-    done = done or transition(session, job.id, JobStatus.CANCELING)
-    session.commit()
-    session.refresh(job)
-    if not done and job.status != JobStatus.CANCELING.value:
-        raise Conflict(f"job {job.id} is {job.status}; only queued or running jobs can be canceled", "id")
-    if done:
+    if request_cancel(session, job):
         publish_status(job.id, job.status)
 
 

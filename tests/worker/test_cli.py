@@ -69,7 +69,8 @@ def test_demo_runs_the_main_job_end_to_end_and_leaves_nothing_behind(tmp_path) -
     )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
-    assert "3/3 jobs succeeded" in output
+    assert "4/4 jobs succeeded" in output
+    assert "valid solution:" in output and "draft at step" in output
     assert "tokens/forward" in output
     assert (tmp_path / "var" / "canvas.db").exists()
     leftovers = [p for p in psutil.process_iter(["pid"]) if _sid(p.pid) == process.pid]

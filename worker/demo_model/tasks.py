@@ -108,8 +108,8 @@ TRAINING_SEED = 0
 class Mix:
     """How many examples of each kind the training set holds."""
 
-    sudoku: int = 6000
-    text_each: int = 2000
+    sudoku: int = 3000
+    text_each: int = 800
 
 
 def training_pairs(mix: Mix, seed: int) -> list[Pair]:
@@ -124,7 +124,7 @@ def training_pairs(mix: Mix, seed: int) -> list[Pair]:
     return pairs
 
 
-def held_out(task: str, count: int, seed: int = 10_000, level: str | None = None, mix_text: int = 2000) -> list[Pair]:
+def held_out(task: str, count: int, seed: int = 10_000, level: str | None = None, mix_text: int = 800) -> list[Pair]:
     """Pairs from a seed range training never uses (training uses its own seed; see `training_pairs`)."""
     rng = random.Random(f"held-out:{task}:{level}:{seed}")
     if task == "sudoku":
