@@ -127,6 +127,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nCanvas is up at {stack.url}  (model {stack.model})")
         print(f"admin key (shown once): {stack.admin_key}")
         print(f"try: curl -H 'Authorization: Bearer {stack.admin_key}' {stack.url}/v1/models")
+        print(f"dashboard: {stack.url}/admin (log in with the admin key)")
         print(f"logs: {stack.log_dir}/api.log, {stack.log_dir}/worker.log")
         print("Ctrl-C stops everything.\n", flush=True)
         try:
