@@ -71,7 +71,7 @@ def train_demo(out: Path, recipe: Recipe, log: Any = sys.stdout, save_every: int
     started = time.monotonic()
     data = examples(recipe, tokenizer)
     print(f"{len(data)} training examples built in {time.monotonic() - started:.0f} s", file=log, flush=True)
-    model = build_model(recipe)
+    model = build_model(recipe).to("cuda" if torch.cuda.is_available() else "cpu")
     plan = TrainPlan(
         recipe.learning_rate, recipe.batch_size, recipe.steps, recipe.warmup_steps, 10**9, recipe.seed, EOS_ID
     )
@@ -97,12 +97,18 @@ def train_demo(out: Path, recipe: Recipe, log: Any = sys.stdout, save_every: int
         "train_minutes": round((time.monotonic() - started) / 60, 1),
         "final_diffusion_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
     }
     card = {"name": out.name, "made_by": "canvas train demo", "recipe": asdict(recipe), "figures": figures}
     (out / "canvas_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "README.md").write_text(model_card(out.name, recipe, figures))
     return figures
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def model_card(name: str, recipe: Recipe, figures: dict[str, Any]) -> str:
