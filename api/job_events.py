@@ -41,7 +41,7 @@ def _finished_job(database_url: str, job_id: str) -> dict[str, Any] | None:
         return job_view(job) if job is not None and job.status in TERMINAL_VALUES else None
 
 
-def _stream(database_url: str, client: redis.Redis, job_id: str, after: str) -> Iterator[str]:
+def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str) -> Iterator[str]:
     last_keepalive = time.monotonic()
     while True:
         got_any = False
@@ -71,6 +71,6 @@ def _stream(database_url: str, client: redis.Redis, job_id: str, after: str) -> 
 def stream_job_events(job_id: str) -> Response:
     job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
     after = request.headers.get("Last-Event-ID") or "0-0"
-    body = _stream(settings().database_url, events_client(), job.id, after)
+    body = event_stream(settings().database_url, events_client(), job.id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)

@@ -20,7 +20,7 @@ from api.admin.queries import (
     timeline,
 )
 from api.admin.webhooks import deliveries
-from api.job_events import _stream as event_stream
+from api.job_events import event_stream
 from api.state import db_session, events_client, settings
 from api.tokenization import tokenizer_for
 from shared.errors import InvalidRequest, NotFound
