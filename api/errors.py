@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, make_response, request
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -80,6 +80,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 404 and request.path.startswith("/admin/"):  # a mistyped dashboard address: a page
+            from api.admin.errors import error_page
+
+            return make_response(*error_page(404, "Not found", "There is no such dashboard page. Go to Jobs."))
         messages = {
             404: "no such route",
             405: "method not allowed on this route",

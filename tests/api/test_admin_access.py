@@ -117,3 +117,13 @@ def test_pages_load_nothing_from_another_origin(client, keys) -> None:
         assert response.status_code == 200, path
         assert "default-src 'self'" in response.headers["Content-Security-Policy"]
         assert not re.search(r'(src|href)="(https?:)?//', response.text), path
+
+
+def test_an_unknown_dashboard_address_is_an_html_page_and_the_api_stays_json(client, keys) -> None:
+    admin_login(client, keys["admin"])
+    response = client.get("/admin/no-such-page")
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "no such dashboard page" in response.text and 'href="/admin/jobs"' in response.text
+    api = client.get("/v1/no-such-route")
+    assert api.status_code == 404 and api.get_json()["error"]["message"] == "no such route"

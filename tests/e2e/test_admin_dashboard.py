@@ -232,3 +232,9 @@ def test_workers_queues_and_the_last_hour(page: Page, live_api, keys, settings, 
     expect(page.locator(".charts svg.bars rect.bar")).to_have_count(60)  # one bar a minute
     expect(page.locator(".charts svg.failure-bars rect.bar")).to_have_count(60)
     shots(page, "workers")
+    # The page refreshes itself: two more jobs show up in the last hour without a reload.
+    page.evaluate("window.notReloaded = true")
+    for job in [client.submit(model=TINY, prompt="count me", params={"max_new_tokens": 8}) for _ in range(2)]:
+        client.wait(job["id"])
+    expect(page.locator("h2", has_text="Last hour")).to_contain_text("5 jobs finished, 0 failed", timeout=15_000)
+    assert page.evaluate("window.notReloaded") is True
