@@ -14,7 +14,7 @@ from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
 from api.files import get_file
 from api.models import visible_model
-from api.state import db_session, events_client, producer
+from api.state import db_session, events_client, publish_after_commit
 from api.tokenization import tokenizer_for
 from api.webhook_schemas import WebhookTarget
 from api.webhooks import check_webhook_url
@@ -23,7 +23,6 @@ from shared.datasets import DatasetError, Record, parse_dataset
 from shared.errors import InvalidRequest, NotFound
 from shared.jobs import create_job, new_job_id, request_cancel
 from shared.models import Checkpoint, Job, JobEvent, ModelRecord
-from shared.queue import publish_pending
 from shared.views import iso
 from shared.workers import live_workers
 
@@ -135,11 +134,7 @@ def create_fine_tune() -> Response:
     )
     outbox = create_job(session, job)
     session.commit()
-    try:
-        publish_pending(session, producer(), ids=[outbox.id])
-        session.commit()
-    except Exception:  # the sweeper publishes it
-        session.rollback()
+    publish_after_commit(session, outbox.id)
     response = jsonify(fine_tune_view(job))
     response.status_code = 202
     response.headers["Location"] = url_for("fine_tunes.get_fine_tune", job_id=job.id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -19,16 +18,14 @@ from api.job_kinds import check_fields, infill_plan, sudoku_plan
 from api.models import visible_model
 from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
-from api.state import db_session, producer, publish_status
+from api.state import db_session, publish_after_commit, publish_status
 from api.webhooks import check_webhook_url
 from shared.contracts import GenerationParams
 from shared.errors import InvalidRequest
 from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, timeline
 from shared.models import Job, ModelRecord
-from shared.queue import publish_pending
 from shared.states import JobStatus
 
-log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 bp.before_request(authenticate_request)
 
@@ -86,7 +83,7 @@ def submit_job() -> Response:
             raise
         return _job_response(session, existing, 200)
     publish_status(job.id, JobStatus.QUEUED.value)  # before the task exists, so it precedes "running"
-    _publish_after_commit(session, outbox.id)
+    publish_after_commit(session, outbox.id)
     response = _job_response(session, job, 202)
     response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
     return response
@@ -104,16 +101,6 @@ def job_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[str, 
     field = "grid" if body.kind == "sudoku" else ("template" if body.template is not None else "prefix")
     check_length(ids, length, model, field)
     return ids, recorded, body.params.model_copy(update={"max_new_tokens": length})
-
-
-def _publish_after_commit(session: Session, outbox_id: int) -> None:
-    """Publish now if the broker answers; if not, the job stays accepted and the sweeper publishes it."""
-    try:
-        publish_pending(session, producer(), ids=[outbox_id])
-        session.commit()
-    except Exception:  # the database hiccuped after the commit; the sweeper will publish
-        session.rollback()
-        log.exception("could not record the publish of outbox message %s", outbox_id)
 
 
 @bp.get("/<job_id>")

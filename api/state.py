@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from flask import current_app, g
 from redis import Redis
@@ -9,7 +11,10 @@ from sqlalchemy.orm import Session
 
 from shared.db import session_factory
 from shared.events import publish_event
+from shared.queue import publish_pending
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def settings() -> Settings:
@@ -41,3 +46,14 @@ def close_db_session(_exc: BaseException | None) -> None:
     session = g.pop("db", None)
     if session is not None:
         session.close()
+
+
+def publish_after_commit(session: Session, outbox_id: int) -> None:
+    """Publish a committed job's outbox message now if the broker answers; if not (or the database
+    hiccups), the job stays accepted and the sweeper publishes it."""
+    try:
+        publish_pending(session, producer(), ids=[outbox_id])
+        session.commit()
+    except Exception:
+        session.rollback()
+        log.exception("could not publish outbox message %s now; the sweeper will", outbox_id)

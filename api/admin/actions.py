@@ -6,18 +6,13 @@ on any tenant's job.
 
 from __future__ import annotations
 
-import logging
-
 from sqlalchemy.orm import Session
 
-from api.state import producer, publish_status
+from api.state import publish_after_commit, publish_status
 from shared.errors import Conflict
 from shared.jobs import create_job, new_job_id, request_cancel
 from shared.models import Job, JobEvent, utcnow
-from shared.queue import publish_pending
 from shared.states import TERMINAL, JobStatus
-
-log = logging.getLogger(__name__)
 
 
 def cancel(session: Session, job: Job) -> None:
@@ -46,10 +41,5 @@ def retry(session: Session, job: Job) -> Job:
     session.add(JobEvent(job_id=job.id, type="retried", data={"job_id": copy.id}, created_at=utcnow()))
     session.commit()
     publish_status(copy.id, JobStatus.QUEUED.value)
-    try:
-        publish_pending(session, producer(), ids=[outbox.id])
-        session.commit()
-    except Exception:  # the broker or the database hiccuped after the commit: the sweeper publishes it
-        session.rollback()
-        log.exception("could not publish retried job %s now", copy.id)
+    publish_after_commit(session, outbox.id)
     return copy
