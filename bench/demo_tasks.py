@@ -6,6 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository (run as a script)
 
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 

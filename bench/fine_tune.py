@@ -3,6 +3,10 @@ LoRA, on 30 word -> transform pairs; prints loss drop, steps/s, tokens/s and how
 result reproduces exactly through the engine. Numbers, not assertions.
 
   python bench/fine_tune.py [--steps 400] [--tasks copy,reverse] [--methods full,lora] [--canvas 16]
+                            [--base models/DIR] [--lora-lr 1e-2]
+
+--base fine-tunes an existing model directory (a trained base, e.g. the demo model) instead of a fresh
+tiny random one.
 """
 
 from __future__ import annotations
@@ -78,11 +82,14 @@ def main() -> None:
     parser.add_argument("--tasks", default="copy,reverse")
     parser.add_argument("--methods", default="full,lora")
     parser.add_argument("--canvas", type=int, default=16)
+    parser.add_argument("--base", default=None, help="a model directory to fine-tune (default: a tiny random one)")
+    parser.add_argument("--lora-lr", type=float, default=1e-2)
     args = parser.parse_args()
-    directory = make_tiny(Path(tempfile.mkdtemp()) / "tiny", seed=0, canvas_length=args.canvas)
+    scratch = Path(tempfile.mkdtemp()) / "tiny"
+    directory = Path(args.base) if args.base else make_tiny(scratch, seed=0, canvas_length=args.canvas)
     for task in args.tasks.split(","):
         for method in args.methods.split(","):
-            lr = 3e-3 if method == "full" else 1e-2
+            lr = 3e-3 if method == "full" else args.lora_lr
             print(json.dumps(run(directory, task, method, args.steps, lr)), flush=True)
 
 

@@ -11,7 +11,11 @@ unique solution (chance: about 11%), mean denoising steps, and blank cells fille
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository (run as a script)
 
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion

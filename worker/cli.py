@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="models/canvas-demo")
     for name, kind in (("hidden", int), ("layers", int), ("steps", int), ("batch_size", int), ("sudoku", int)):
         demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
-    demo.add_argument("--text-each", dest="text_each", type=int)
-    demo.add_argument("--learning-rate", dest="learning_rate", type=float)
+    for name in ("learning_rate", "sudoku_share", "minutes"):
+        demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float)
     demo.set_defaults(fn=cmd_train_demo)
     return parser
 

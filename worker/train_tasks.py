@@ -23,6 +23,7 @@ from shared.states import JobStatus
 from worker.job_watch import JobWatch
 from worker.training.data import to_example
 from worker.training.lora import add_lora, save_adapter
+from worker.training.quantize import quantization_config
 from worker.training.trainer import Trainer, TrainingCanceled, TrainPlan, freeze_router, plan_steps
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,7 @@ def load_for_training(path: str, method: str, hp: dict[str, Any], quantization: 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs: dict[str, Any] = {}
     if quantization != "none":  # the API refuses this unless a GPU training worker is online
-        from transformers import BitsAndBytesConfig
-
-        bits = {
-            "8bit": {"load_in_8bit": True},
-            "4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16},
-        }[quantization]
-        kwargs["quantization_config"] = BitsAndBytesConfig(**bits)
+        kwargs["quantization_config"] = quantization_config(quantization)
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(path, **kwargs)
     if quantization == "none":
         model = model.to(device)

@@ -38,3 +38,31 @@ def test_engine_benchmark_runs_on_a_small_config() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "engine, 2 rows, arriving together" in result.stdout
     assert '"outputs_equal_to_generate"' in result.stdout  # the exactness column is reported
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """A bench script as the GPU run starts it: `python3 bench/x.py` from the repository root."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_demo_model_evaluations_run_as_scripts(tmp_path) -> None:
+    from worker.tiny import make_tiny
+
+    model = str(make_tiny(tmp_path / "m", canvas_length=96))
+    sudoku = run_script("bench/sudoku.py", "--model", model, "--puzzles", "2", "--levels", "easy", "--budget", "4")
+    assert sudoku.returncode == 0, sudoku.stderr[-3000:]
+    assert "easy" in sudoku.stdout and "left_to_right" in sudoku.stdout
+    tasks = run_script("bench/demo_tasks.py", "--model", model, "--count", "2")
+    assert tasks.returncode == 0, tasks.stderr[-3000:]
+    assert tasks.stdout.count("exact") == 4  # reverse, sort, add, fill
+
+
+def test_qlora_script_runs_unquantized_on_the_cpu_and_refuses_4bit_without_a_gpu() -> None:
+    small = run_script("bench/qlora.py", "--small", "--quantization", "none", "--steps", "3")
+    assert small.returncode == 0, small.stderr[-3000:]
+    assert '"steps": 3' in small.stdout and "SUMMARY" in small.stdout
+    refused = run_script("bench/qlora.py", "--small")
+    if refused.returncode != 2:  # a CUDA machine with bitsandbytes runs it instead
+        assert refused.returncode == 0, refused.stderr[-3000:]
+    else:
+        assert "needs a CUDA GPU" in refused.stdout + refused.stderr

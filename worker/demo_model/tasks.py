@@ -4,14 +4,13 @@ Each task's prompt starts with its name, so a plain generation job asks for it b
 `sudoku: 53..7....` -> the 81-digit solution; `reverse: canvas` -> `savnac`; `sort: 5 3 9` -> `3 5 9`;
 `add: 123+989` -> `1112`; `fill: the ___ says moo.` -> `cow`; and `say: the c` -> the rest of a sentence (the
 sentences also teach what infill jobs ask for: text whose missing part depends on what follows).
-Held-out splits are drawn from seeds the training data never uses.
+Held-out splits are drawn from seeds the training data never uses; the training stream skips them too.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from shared.sudoku import make_puzzle, render
 
@@ -102,39 +101,19 @@ TEXT_TASKS: dict[str, Callable[[random.Random], Pair]] = {
 
 
 TRAINING_SEED = 0
+HELD_OUT_TEXT = 1000  # held-out pairs per text task that training never emits (`stream.DemoStream`)
 
 
-@dataclass(frozen=True)
-class Mix:
-    """How many examples of each kind the training set holds."""
-
-    sudoku: int = 3000
-    text_each: int = 800
-
-
-def training_pairs(mix: Mix, seed: int) -> list[Pair]:
-    """The training set: Sudoku puzzles at graded difficulty and the text tasks, deduplicated, shuffled."""
-    rng = random.Random(f"train:sudoku:{seed}")
-    pairs = [sudoku(rng) for _ in range(mix.sudoku)]
-    for name, task in TEXT_TASKS.items():
-        rng = random.Random(f"train:{name}:{seed}")  # each task its own stream: held_out can rebuild it
-        pairs += [task(rng) for _ in range(mix.text_each)]
-    pairs = sorted(set(pairs))
-    random.Random(seed).shuffle(pairs)
-    return pairs
-
-
-def held_out(task: str, count: int, seed: int = 10_000, level: str | None = None, mix_text: int = 800) -> list[Pair]:
-    """Pairs from a seed range training never uses (training uses its own seed; see `training_pairs`)."""
+def held_out(task: str, count: int, seed: int = 10_000, level: str | None = None) -> list[Pair]:
+    """The first `count` distinct pairs of a seed stream training never uses. For text tasks training
+    skips the first HELD_OUT_TEXT of them; held-out fill sentences also use subjects training never sees."""
     rng = random.Random(f"held-out:{task}:{level}:{seed}")
     if task == "sudoku":
         return [sudoku(rng, level) for _ in range(count)]
-    if task == "fill":
-        return [fill(rng, HELD_OUT_SUBJECTS) for _ in range(count)]
-    seen = set(training_pairs(Mix(sudoku=0, text_each=mix_text), TRAINING_SEED))
-    pairs: list[Pair] = []
-    while len(pairs) < count:
-        pair = TEXT_TASKS[task](rng)
-        if pair not in seen:
-            pairs.append(pair)
-    return pairs
+    draw = (lambda: fill(rng, HELD_OUT_SUBJECTS)) if task == "fill" else (lambda: TEXT_TASKS[task](rng))
+    pairs: dict[Pair, None] = {}
+    for _ in range(100 * count):
+        if len(pairs) == count:
+            break
+        pairs.setdefault(draw(), None)
+    return list(pairs)

@@ -5,6 +5,7 @@ tokenizer and a model card. Knows torch and transformers; not the service."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -15,9 +16,9 @@ from typing import Any
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from worker.demo_model.tasks import TRAINING_SEED, Mix, training_pairs
+from worker.demo_model.stream import DemoStream, sudoku_pool
+from worker.demo_model.tasks import TRAINING_SEED
 from worker.tiny import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, tiny_config
-from worker.training.objective import Example
 from worker.training.trainer import Trainer, TrainPlan
 
 
@@ -25,22 +26,27 @@ from worker.training.trainer import Trainer, TrainPlan
 class Recipe:
     """Everything that decides the shipped model (written into its card)."""
 
-    hidden: int = 96
-    layers: int = 4
+    hidden: int = 192
+    layers: int = 8
     canvas_length: int = 96
-    steps: int = 2000
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    warmup_steps: int = 50
+    steps: int = 8000  # at most; `minutes` can end the run sooner (the card records the steps taken)
+    batch_size: int = 256
+    learning_rate: float = 1.5e-3
+    warmup_steps: int = 100
     seed: int = TRAINING_SEED
-    sudoku: int = 3000
-    text_each: int = 800
+    sudoku: int = 20000  # generated puzzles in the pool (each drawn through a random symmetry)
+    sudoku_share: float = 0.6  # of the steps
+    minutes: float = 0.0  # a time budget for the training steps (0: run all `steps`)
+    init_from: str = ""  # continue from this model's weights (a fresh optimizer and warmup), or from scratch
 
 
 def build_model(recipe: Recipe) -> Any:
     torch.manual_seed(recipe.seed)
-    config = tiny_config(recipe.canvas_length, max_positions=512, hidden=recipe.hidden, layers=recipe.layers)
-    model = DiffusionGemmaForBlockDiffusion(config)
+    if recipe.init_from:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(recipe.init_from, dtype=torch.float32)
+    else:
+        config = tiny_config(recipe.canvas_length, max_positions=512, hidden=recipe.hidden, layers=recipe.layers)
+        model = DiffusionGemmaForBlockDiffusion(config)
     gen = model.generation_config
     gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = EOS_ID, PAD_ID, BOS_ID
     for name, param in model.named_parameters():  # the router stays as initialised, as in fine-tuning
@@ -48,42 +54,65 @@ def build_model(recipe: Recipe) -> Any:
     return model
 
 
-def examples(recipe: Recipe, tokenizer: Any) -> list[Example]:
-    pairs = training_pairs(Mix(recipe.sudoku, recipe.text_each), recipe.seed)
-    return [
-        Example(tokenizer(prompt).input_ids, tokenizer(completion, add_special_tokens=False).input_ids)
-        for prompt, completion in pairs
-    ]
+def stream(recipe: Recipe, tokenizer: Any) -> DemoStream:
+    workers = min(16, os.cpu_count() or 1)
+    pool = sudoku_pool(recipe.sudoku, recipe.seed, workers)
+    return DemoStream(
+        tokenizer,
+        pool,
+        canvas=recipe.canvas_length,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        sudoku_share=recipe.sudoku_share,
+    )
+
+
+class Budget:
+    """Caps the run's steps to fit `minutes`, from the measured step time (re-measured as it settles)."""
+
+    def __init__(self, recipe: Recipe, trainer: Trainer) -> None:
+        self.recipe, self.trainer, self.started = recipe, trainer, time.monotonic()
+
+    def check(self, step: int) -> None:
+        if not self.recipe.minutes or step not in (20, 200, 1000):
+            return
+        elapsed = time.monotonic() - self.started
+        fits = step + int((self.recipe.minutes * 60 - elapsed) / (elapsed / step))
+        self.trainer.retarget(max(step + 1, min(self.recipe.steps, fits)))
 
 
 def save(out: Path, model: Any, tokenizer: Any) -> None:
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.save_pretrained(out, max_shard_size="10MB")  # shards small enough to copy anywhere
     tokenizer.save_pretrained(out)
     model.train()
 
 
-def train_demo(out: Path, recipe: Recipe, log: Any = sys.stdout, save_every: int = 100) -> dict[str, Any]:
+def train_demo(out: Path, recipe: Recipe, log: Any = sys.stdout, save_every: int = 500) -> dict[str, Any]:
     """Train and save; returns the figures written into the card."""
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer()
     started = time.monotonic()
-    data = examples(recipe, tokenizer)
-    print(f"{len(data)} training examples built in {time.monotonic() - started:.0f} s", file=log, flush=True)
+    data = stream(recipe, tokenizer)
+    made = f"{data.pool[0].shape[0]} Sudoku puzzles generated in {time.monotonic() - started:.0f} s"
+    print(made, file=log, flush=True)
+    torch.set_float32_matmul_precision("high")  # TF32 on a GPU
     model = build_model(recipe).to("cuda" if torch.cuda.is_available() else "cpu")
     plan = TrainPlan(
         recipe.learning_rate, recipe.batch_size, recipe.steps, recipe.warmup_steps, 10**9, recipe.seed, EOS_ID
     )
-    trainer = Trainer(model, data, plan)
+    trainer = Trainer(model, [], plan, stream=data)
+    budget = Budget(recipe, trainer)
     losses: list[float] = []
 
     def report(metrics: dict[str, Any]) -> None:
         losses.append(metrics["diffusion_loss"])
-        if metrics["step"] % 25 == 0 or metrics["step"] == recipe.steps:
+        budget.check(metrics["step"])
+        if metrics["step"] % 25 == 0 or metrics["step"] == plan.total_steps:
             elapsed = time.monotonic() - started
             recent = sum(losses[-25:]) / len(losses[-25:])
-            print(f"step {metrics['step']}/{recipe.steps} loss {recent:.4f} {elapsed:.0f} s", file=log, flush=True)
+            print(f"step {metrics['step']}/{plan.total_steps} loss {recent:.4f} {elapsed:.0f} s", file=log, flush=True)
 
     def report_and_save(metrics: dict[str, Any]) -> None:
         report(metrics)
@@ -95,6 +124,7 @@ def train_demo(out: Path, recipe: Recipe, log: Any = sys.stdout, save_every: int
     model.eval()
     figures = {
         "train_minutes": round((time.monotonic() - started) / 60, 1),
+        "steps": trainer.step,
         "final_diffusion_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
         "parameters": sum(p.numel() for p in model.parameters()),
         "machine": machine(),
@@ -113,10 +143,11 @@ def machine() -> str:
 
 def model_card(name: str, recipe: Recipe, figures: dict[str, Any]) -> str:
     """The model card: what the model is, how it was made (the exact command), and its figures."""
+    exact = asdict(recipe) | {"steps": figures["steps"]}  # the steps taken, so no time budget is needed
     flags = " ".join(
         f"--{k.replace('_', '-')} {v}"
-        for k, v in asdict(recipe).items()
-        if k not in ("seed", "warmup_steps", "canvas_length")
+        for k, v in exact.items()
+        if k not in ("seed", "warmup_steps", "canvas_length", "minutes")
     )
     return f"""# {name}
 
@@ -124,7 +155,8 @@ A small DiffusionGemma ({figures["parameters"]:,} parameters: hidden {recipe.hid
 4 experts, a {recipe.canvas_length}-token canvas, byte-level tokenizer) trained from scratch by Canvas's own
 fine-tuning code (the block-diffusion objective of the released recipe, `worker/training/`) on seeded
 synthetic tasks (`worker/demo_model/tasks.py`): Sudoku puzzles with unique solutions (40-50, 30-39 and
-25-29 givens; the prompt states the puzzle as `sudoku: <81 chars>`), `reverse: WORD`, `sort: N N N`,
+25-29 givens; the prompt states the puzzle as `sudoku: <81 chars>`; a pool of generated puzzles, each
+drawn through a random symmetry of the grid), `reverse: WORD`, `sort: N N N`,
 `add: A+B`, `fill: SENTENCE WITH ___` and `say: TEXT` (sentences, for infill jobs).
 
 Made with:

@@ -94,16 +94,34 @@ def example_loss(
     return group_loss(model, [item], [self_conditioning])
 
 
+def corrupt_block(clean: torch.Tensor, generator: torch.Generator, vocab: int) -> torch.Tensor:
+    """A noisy copy of (B, C) blocks: per row a rate t ~ U(eps, 1), each token replaced by a uniformly
+    random one with probability t (the batched form of `corrupt`, for streams of same-shape batches)."""
+    t = EPS + (1 - EPS) * torch.rand((clean.shape[0], 1), generator=generator)
+    flipped = torch.rand(clean.shape, generator=generator) < t
+    noise = torch.randint(0, vocab, clean.shape, generator=generator)
+    return torch.where(flipped, noise, clean)
+
+
 def group_loss(model: Any, items: list[Corrupted], self_conditioning: list[bool]) -> LossParts:
     """The summed per-example losses of examples that share their length and block offset, in one batch.
     `diffusion` and `encoder` are sums over the group too (divide by the batch size for means)."""
+    full = torch.stack([item.full for item in items])
+    noisy = torch.stack([item.noisy for item in items])
+    return batch_loss(model, full, noisy, items[0].start, torch.tensor(self_conditioning, dtype=torch.bool))
+
+
+def batch_loss(
+    model: Any, full: torch.Tensor, noisy: torch.Tensor, start: int, self_conditioning: torch.Tensor
+) -> LossParts:
+    """`group_loss` on tensors: clean sequences (B, S), their noisy blocks (B, C) at `start`, and which rows
+    use self-conditioning (B,)."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft injects in place
     config = model.config
     text = config.get_text_config(decoder=True)
     canvas, device = config.canvas_length, model.device
-    full = torch.stack([item.full for item in items]).to(device)  # (B, S)
-    noisy = torch.stack([item.noisy for item in items]).to(device)  # (B, C)
-    (batch, total), start = full.shape, items[0].start
+    full, noisy = full.to(device, non_blocking=True), noisy.to(device, non_blocking=True)
+    batch, total = full.shape
     clean = full[:, start : start + canvas]
 
     # Encoder: the whole clean sequence once, into a cache without sliding truncation (masks restrict it).
@@ -123,10 +141,10 @@ def group_loss(model: Any, items: list[Corrupted], self_conditioning: list[bool]
         decoder_position_ids=torch.arange(start, start + canvas, device=device)[None].expand(batch, -1),
     )
     sc_logits, sc_mask = None, None
-    if any(self_conditioning):
+    if bool(self_conditioning.any()):
         with torch.no_grad():
             sc_logits = model(**kwargs).logits.detach().to(model.dtype)
-        sc_mask = torch.tensor(self_conditioning, dtype=torch.bool, device=device)
+        sc_mask = self_conditioning.to(device)
     logits = model(**kwargs, self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask).logits
     diffusion_loss = F.cross_entropy(logits.float().transpose(1, 2), clean, reduction="none").mean(1)
     return LossParts(

@@ -16,9 +16,19 @@ from typing import Any
 
 import torch
 
-from worker.training.objective import Corrupted, Example, corrupt, example_loss, group_loss
+from worker.training.objective import (
+    Corrupted,
+    Example,
+    LossParts,
+    batch_loss,
+    corrupt,
+    corrupt_block,
+    example_loss,
+    group_loss,
+)
 
 Metrics = dict[str, Any]
+Stream = Callable[[int], Any]  # step -> a batch with .full (B, S) and .start (e.g. worker.demo_model.stream.Batch)
 
 
 class TrainingCanceled(Exception):
@@ -108,8 +118,11 @@ class Trainer:
         *,
         eight_bit_optimizer: bool = False,
         validation: list[Example] | None = None,
+        stream: Stream | None = None,
     ) -> None:
+        """`examples` are drawn in a seeded order; or, with `stream`, each step trains on `stream(step)`."""
         self.model, self.examples, self.plan, self.validation = model, examples, plan, validation or []
+        self.stream = stream
         self.params = trainable_parameters(model)
         self.optimizer = make_optimizer(self.params, plan.learning_rate, eight_bit_optimizer)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -118,6 +131,11 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(plan.seed)  # corruption: rates, positions, noise
         self.coins = random.Random(plan.seed)  # self-conditioning coin per example
         self.step = 0
+
+    def retarget(self, total_steps: int) -> None:
+        """Change the run's length (a time-budgeted run learns its speed first); the schedule follows."""
+        self.plan.total_steps = total_steps
+        self.scheduler.lr_lambdas[0] = lr_lambda(self.plan.warmup_steps, total_steps)
 
     # ---- checkpoints -------------------------------------------------------------------------------
 
@@ -154,8 +172,7 @@ class Trainer:
     def groups(self, picked: list[int]) -> list[tuple[list[Corrupted], list[bool]]]:
         """Corrupt the step's examples (one draw after another, so the random streams do not depend on
         batching), then group those that share length and block offset into one forward pass each."""
-        config = self.model.get_base_model().config if hasattr(self.model, "get_base_model") else self.model.config
-        vocab = config.get_text_config(decoder=True).vocab_size
+        config, vocab = self.config(), self.vocab()
         grouped: dict[tuple[int, int], tuple[list[Corrupted], list[bool]]] = {}
         for index in picked:
             coin = self.coins.random() < 0.5
@@ -165,18 +182,36 @@ class Trainer:
             coins.append(coin)
         return list(grouped.values())
 
+    def config(self) -> Any:
+        return self.model.get_base_model().config if hasattr(self.model, "get_base_model") else self.model.config
+
+    def vocab(self) -> int:
+        return self.config().get_text_config(decoder=True).vocab_size
+
+    def stream_parts(self) -> list[tuple[LossParts, int]]:
+        """One same-shape batch from the stream, corrupted in one draw."""
+        batch = self.stream(self.step)
+        canvas = self.config().canvas_length
+        noisy = corrupt_block(batch.full[:, batch.start : batch.start + canvas], self.generator, self.vocab())
+        coins = torch.rand(batch.full.shape[0], generator=self.generator) < 0.5
+        return [(batch_loss(self.model, batch.full, noisy, batch.start, coins), batch.full.shape[0])]
+
     def train_step(self) -> Metrics:
         started = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        picked = batch_indices(self.step, len(self.examples), self.plan.batch_size, self.plan.seed)
         diffusion = encoder = 0.0
         tokens = 0
-        for items, coins in self.groups(picked):
-            parts = group_loss(self.model, items, coins)
-            (parts.total / len(picked)).backward()
-            diffusion += parts.diffusion / len(picked)
-            encoder += parts.encoder / len(picked)
+        if self.stream is not None:
+            parts_list = self.stream_parts()
+        else:
+            picked = batch_indices(self.step, len(self.examples), self.plan.batch_size, self.plan.seed)
+            groups = self.groups(picked)  # every draw first, then one forward and backward per group
+            parts_list = ((group_loss(self.model, items, coins), len(picked)) for items, coins in groups)
+        for parts, count in parts_list:
+            (parts.total / count).backward()
+            diffusion += parts.diffusion / count
+            encoder += parts.encoder / count
             tokens += parts.tokens
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         lr = self.optimizer.param_groups[0]["lr"]
