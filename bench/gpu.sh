@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one run, for the device tool (a bare machine with torch, peft and an
-# older transformers). Carry `.whl` holding transformers 5.23.0 and bitsandbytes (docs/benchmarks.md has the
-# download line). Sized to end within about 9.5 minutes on one H200; each phase has its own time cap, so one
-# that overruns or fails leaves the others' figures. Output lands in $OUT (or ./var/gpu by hand):
+# older transformers). Carry `.whl` holding transformers 5.23.0 (docs/benchmarks.md has the download line);
+# bitsandbytes (43 MB) no longer fits beside models/canvas-demo in the 64 MiB that travels, so phase 4
+# then reports that it needs it and the rest runs. Sized to end within about 9.5 minutes on one H200; each
+# phase has its own time cap, so one that overruns or fails leaves the others' figures. Output lands in $OUT (or ./var/gpu by hand):
 # gpu.log (everything printed) and canvas-demo.tgz.* (the trained demo model, split into 15 MB parts).
 #
 # CPU smoke test: ENGINE_ARCH=small DEMO_RECIPE='{"hidden": 32, "layers": 2, "batch_size": 8, "sudoku": 250,
@@ -27,21 +28,24 @@ phase "1. engine correctness (tiny model)"
 timeout 60 python3 bench/gpu_checks.py
 
 phase "2. engine vs generate(), released 26B-A4B architecture, bf16, 48 steps"
-timeout "${ENGINE_SECONDS:-110}" python3 bench/engine.py --arch "${ENGINE_ARCH:-26b}" --requests 8 \
-  --baseline-requests 2 --concurrency 1,8 --skip-static
+# (2026-11-27 measured 1 and 8 rows: one row equals generate(); the throughput target is at 32)
+timeout "${ENGINE_SECONDS:-170}" python3 bench/engine.py --arch "${ENGINE_ARCH:-26b}" --requests 32 \
+  --baseline-requests 2 --concurrency 8,32 --skip-static
 
-phase "3. demo model training (issue 7)"
-timeout "${DEMO_SECONDS:-320}" python3 -c "import json, sys; from pathlib import Path
+phase "3. demo model training (issue 7): continues the shipped model when there is one"
+CONTINUE='{"minutes": 4.0, "batch_size": 1024, "warmup_steps": 50, "init_from": "models/canvas-demo"}'
+[ -f models/canvas-demo/config.json ] || CONTINUE='{"minutes": 4.0}'
+timeout "${DEMO_SECONDS:-290}" python3 -c "import json, sys; from pathlib import Path
 from worker.demo_model.train import Recipe, train_demo
-print(train_demo(Path(sys.argv[1]), Recipe(**json.loads(sys.argv[2]))))" "$DEMO" "${DEMO_RECIPE:-{\"minutes\": 4.6\}}"
-tar czf "$OUT/canvas-demo.tgz" --exclude .checkpoints -C "$OUT" canvas-demo && rm -rf "$DEMO.keep" \
+print(train_demo(Path(sys.argv[1]), Recipe(**json.loads(sys.argv[2]))))" "$DEMO" "${DEMO_RECIPE:-$CONTINUE}"
+tar czf "$OUT/canvas-demo.tgz" --exclude .checkpoints -C "$OUT" canvas-demo \
   && split -b 15M "$OUT/canvas-demo.tgz" "$OUT/canvas-demo.tgz." && rm "$OUT/canvas-demo.tgz"
 
 phase "4. QLoRA (issue 5), beside the demo model's evaluation"
 timeout "${QLORA_SECONDS:-110}" python3 bench/qlora.py ${QLORA_ARGS:---quantize-shared --max-seconds 45} > "$OUT/qlora.tmp" 2>&1 &
 qlora=$!
 phase "5. demo model: held-out Sudoku and text tasks"
-timeout "${EVAL_SECONDS:-85}" python3 bench/sudoku.py --model "$DEMO" --puzzles "${PUZZLES:-1000}" --max-rows 512
+timeout "${EVAL_SECONDS:-75}" python3 bench/sudoku.py --model "$DEMO" --puzzles "${PUZZLES:-1000}" --max-rows 512
 timeout 30 python3 bench/demo_tasks.py --model "$DEMO" --count "${COUNT:-200}"
 wait $qlora
 echo "qlora exit $?"

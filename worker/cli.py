@@ -144,7 +144,8 @@ def cmd_train_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     from worker.demo_model.train import Recipe, train_demo
 
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None})
+    given = {f.name: getattr(args, f.name, None) for f in fields(Recipe)}
+    recipe = Recipe(**{name: value for name, value in given.items() if value is not None})
     figures = train_demo(Path(args.out), recipe)
     print(f"wrote {args.out}: {figures}")
     return 0
@@ -225,10 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     training = sub.add_parser("train", help="train models of our own").add_subparsers(dest="action", required=True)
     demo = training.add_parser("demo", help="train the demo model from scratch (Sudoku and text tasks)")
     demo.add_argument("--out", default="models/canvas-demo")
-    for name, kind in (("hidden", int), ("layers", int), ("steps", int), ("batch_size", int), ("sudoku", int)):
-        demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    for name in ("hidden", "layers", "steps", "batch_size", "warmup_steps", "sudoku"):
+        demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
     for name in ("learning_rate", "sudoku_share", "minutes"):
         demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float)
+    demo.add_argument("--init-from", dest="init_from", help="continue from this model's weights")
     demo.set_defaults(fn=cmd_train_demo)
     return parser
 

@@ -1,5 +1,6 @@
-"""Fine-tuning end to end on the tiny model (CPU): a real training worker, the API, and generation jobs
-on the result. Training runs take about a minute each, so these run on PostgreSQL only."""
+"""Fine-tuning end to end on the CPU (full on the tiny model, LoRA on the shipped demo model): a real
+training worker, the API, and generation jobs on the result. Training runs take one to five minutes
+each, so these run on PostgreSQL only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,10 @@ def dataset(task: str) -> bytes:
 
 
 BASE = "tiny16"  # a 16-token canvas: the tiny model learns these pairs in a few hundred CPU steps
+# LoRA needs a base that has learned something (docs/benchmarks.md: on the random tiny base the frozen
+# embeddings, tied to the lm_head, cap the logits): the shipped demo model, trained by our own pipeline.
+TRAINED = "canvas-demo"
+TRAINED_PATH = Path(__file__).resolve().parents[2] / "models" / TRAINED
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +44,10 @@ def train_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:
     directory = make_tiny(tmp_path_factory.mktemp("models") / BASE, seed=0, canvas_length=16)
     with session_scope(base_settings.database_url) as session:
         register_model(session, BASE, directory)
+        register_model(session, TRAINED, TRAINED_PATH)
     logs = tmp_path_factory.mktemp("logs")
     worker = Worker(base_settings, None, logs / "train.log", role="train").wait_ready()
-    serving = Worker(base_settings, BASE, logs / "serve16.log").wait_ready()
+    serving = Worker(base_settings, f"{BASE},{TRAINED}", logs / "serve.log").wait_ready()
     yield worker
     serving.stop()
     worker.stop()
@@ -54,7 +61,8 @@ def upload(client: Client, content: bytes) -> str:
 
 
 def fine_tune(client: Client, **body) -> dict:
-    response = client.http.post(f"{client.url}/v1/fine_tunes", json={"base_model": BASE, **body}, timeout=30)
+    body = {"base_model": BASE, **body}
+    response = client.http.post(f"{client.url}/v1/fine_tunes", json=body, timeout=30)
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -140,34 +148,27 @@ def adapter_outputs(settings, model_name: str, prompts: list[list[int]]) -> list
     return [h.wait(0).token_ids for h in handles]
 
 
-def test_two_lora_adapters_are_served_side_by_side(live_api, keys, train_worker, settings) -> None:
+def test_two_lora_adapters_learn_their_data_and_are_served_side_by_side(live_api, keys, train_worker, settings) -> None:
     client = Client(live_api.url, keys["a"])
     hp = {
-        "max_steps": 300,
-        "learning_rate": 1e-2,
+        "max_steps": 600,
+        "learning_rate": 2e-3,
         "batch_size": 8,
         "lora_rank": 16,
         "lora_alpha": 32,
         "warmup_steps": 20,
         "checkpoint_every": 1000,
     }
-    rev = fine_tune(
-        client,
-        training_file=upload(client, dataset("reverse")),
-        method="lora",
-        seed=2,
-        suffix="rev",
-        hyperparameters=hp,
-    )
-    copy = fine_tune(
-        client, training_file=upload(client, dataset("copy")), method="lora", seed=3, suffix="copy", hyperparameters=hp
-    )
-    rev, copy = (wait_fine_tune(client, f["id"], {"succeeded", "failed"}) for f in (rev, copy))
+    common = {"base_model": TRAINED, "method": "lora", "hyperparameters": hp}
+    rev = fine_tune(client, training_file=upload(client, dataset("reverse")), seed=2, suffix="rev", **common)
+    copy = fine_tune(client, training_file=upload(client, dataset("copy")), seed=3, suffix="copy", **common)
+    rev, copy = (wait_fine_tune(client, f["id"], {"succeeded", "failed"}, timeout=1500) for f in (rev, copy))
     assert (rev["status"], copy["status"]) == ("succeeded", "succeeded"), (rev, copy)
-    for ft in (rev, copy):
-        events = metrics(client, ft["id"])
-        assert loss_drop(events) > 0.05  # it learns; see docs/benchmarks.md for how far on this random base
-    assert get(client, f"/v1/models/{rev['result_model']}")["base_model"] == BASE
+    for ft, task in ((rev, "reverse"), (copy, "copy")):
+        assert loss_drop(metrics(client, ft["id"])) >= 0.8
+        expected = {w: w[::-1] if task == "reverse" else w for w in WORDS}
+        assert exact_answers(client, ft["result_model"], expected) >= 27  # 90% of the 30 completions
+    assert get(client, f"/v1/models/{rev['result_model']}")["base_model"] == TRAINED
     other = Client(live_api.url, keys["b"])
     assert other.http.get(f"{live_api.url}/v1/models/{rev['result_model']}", timeout=10).status_code == 404
 
@@ -186,8 +187,6 @@ def test_two_lora_adapters_are_served_side_by_side(live_api, keys, train_worker,
         mine = [j["id"] for m, j in jobs if m == model]
         alone = adapter_outputs(settings, model, [ids[i] for i in mine])
         assert [served[(model, i)] for i in mine] == alone
-    # (That two adapters with different weights answer differently is tests/worker/test_lora.py's check: these
-    # two, trained briefly from a random base, may both still answer with an immediate EOS.)
 
 
 def test_cancel_stops_training_within_a_step(live_api, keys, train_worker) -> None:

@@ -122,3 +122,14 @@ def test_a_short_training_run_writes_a_loadable_model_with_its_card(tmp_path) ->
     assert figures["steps"] == 21  # measured at step 20, then the budget (long spent) allows one more
     assert figures["parameters"] == sum(p.numel() for p in model.parameters())
     assert json.loads((tmp_path / "more" / "canvas_card.json").read_text())["recipe"]["init_from"].endswith("demo")
+
+
+def test_the_cards_command_continues_a_model_from_the_cli(tmp_path) -> None:
+    from worker.cli import main
+
+    base = ["train", "demo", "--hidden", "32", "--layers", "2", "--batch-size", "2", "--sudoku", "10"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--steps", "2", "--warmup-steps", "1"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--steps", "1", "--init-from", str(tmp_path / "a")]) == 0
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert f"--init-from {tmp_path / 'a'}" in card and "--warmup-steps" in card  # the exact command
+    assert json.loads((tmp_path / "b" / "canvas_card.json").read_text())["figures"]["steps"] == 1

@@ -147,7 +147,7 @@ def model_card(name: str, recipe: Recipe, figures: dict[str, Any]) -> str:
     flags = " ".join(
         f"--{k.replace('_', '-')} {v}"
         for k, v in exact.items()
-        if k not in ("seed", "warmup_steps", "canvas_length", "minutes")
+        if k not in ("seed", "canvas_length", "minutes") and v != ""
     )
     return f"""# {name}
 
