@@ -92,8 +92,7 @@ class DemoStream:
         self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.ids = [tokenizer(chr(c), add_special_tokens=False).input_ids[0] for c in range(128)]
         self.pool = pool
-        cells = torch.tensor([self.ids[ord(c)] for c in ".123456789"])
-        self.cells = cells
+        self.cells = torch.tensor([self.ids[ord(c)] for c in ".123456789"])  # blank, then digits 1-9
         prefix, suffix = sudoku_prompt("|").split("|")
         self.sudoku_prefix = torch.tensor([self.bos, *self.encode(prefix)])
         self.sudoku_suffix = torch.tensor(self.encode(suffix))

@@ -77,11 +77,7 @@ def corrupt(example: Example, generator: torch.Generator, canvas: int, vocab: in
     full = torch.tensor(example.prompt + response)
     block = int(torch.randint(0, len(response) // canvas, (1,), generator=generator))
     start = len(example.prompt) + block * canvas
-    clean = full[start : start + canvas]
-    t = EPS + (1 - EPS) * torch.rand((), generator=generator)
-    flipped = torch.rand(clean.shape, generator=generator) < t
-    noise = torch.randint(0, vocab, clean.shape, generator=generator)
-    return Corrupted(full, start, torch.where(flipped, noise, clean))
+    return Corrupted(full, start, corrupt_block(full[None, start : start + canvas], generator, vocab)[0])
 
 
 def example_loss(
