@@ -228,9 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="models/canvas-demo")
     for name in ("hidden", "layers", "steps", "batch_size", "warmup_steps", "sudoku"):
         demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
-    for name in ("learning_rate", "sudoku_share", "minutes"):
+    for name in ("learning_rate", "sudoku_share", "minutes", "encoder_loss_weight"):
         demo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float)
     demo.add_argument("--init-from", dest="init_from", help="continue from this model's weights")
+    demo.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on a GPU (default on)")
     demo.set_defaults(fn=cmd_train_demo)
     return parser
 

@@ -129,7 +129,9 @@ def test_the_cards_command_continues_a_model_from_the_cli(tmp_path) -> None:
 
     base = ["train", "demo", "--hidden", "32", "--layers", "2", "--batch-size", "2", "--sudoku", "10"]
     assert main([*base, "--out", str(tmp_path / "a"), "--steps", "2", "--warmup-steps", "1"]) == 0
-    assert main([*base, "--out", str(tmp_path / "b"), "--steps", "1", "--init-from", str(tmp_path / "a")]) == 0
+    more = ["--steps", "1", "--init-from", str(tmp_path / "a"), "--encoder-loss-weight", "0.25", "--no-bf16"]
+    assert main([*base, "--out", str(tmp_path / "b"), *more]) == 0
     card = (tmp_path / "b" / "README.md").read_text()
     assert f"--init-from {tmp_path / 'a'}" in card and "--warmup-steps" in card  # the exact command
+    assert "--encoder-loss-weight 0.25" in card and "--no-bf16" in card
     assert json.loads((tmp_path / "b" / "canvas_card.json").read_text())["figures"]["steps"] == 1

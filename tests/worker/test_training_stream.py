@@ -49,3 +49,27 @@ def test_retarget_changes_the_schedule_length() -> None:
     assert trainer.plan.total_steps == 4
     # warmup ends at step 2; halfway through a 4-step schedule's decay, not 1% into a 100-step one
     assert rates[:2] == [3e-3, 3e-3] and abs(rates[2] - 0.55 * 3e-3) < 1e-9
+
+
+def test_the_encoder_loss_weight_scales_only_the_encoder_terms_gradient() -> None:
+    from worker.training.objective import batch_loss, corrupt_block
+
+    stream = DemoStream(build_tokenizer(), sudoku_pool(250, seed=0), canvas=96, batch_size=4, seed=0)
+    batch = stream.build(0)
+    noisy = corrupt_block(batch.full[:, batch.start : batch.start + 96], torch.Generator().manual_seed(1), 262)
+    model = make(stream).model
+    coins = torch.tensor([True, False, True, False])
+
+    def gradient(weight: float) -> tuple[torch.Tensor, float, float]:
+        model.zero_grad()
+        torch.manual_seed(0)
+        parts = batch_loss(model, batch.full, noisy, batch.start, coins, weight)
+        parts.total.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        assert abs(parts.total.item() - (parts.diffusion + weight * parts.encoder)) < 1e-3
+        return grad, parts.diffusion, parts.encoder
+
+    (g0, d0, e0), (g1, d1, e1), (half, dh, eh) = gradient(0.0), gradient(1.0), gradient(0.5)
+    assert (d0, e0) == (d1, e1) == (dh, eh)  # the reported terms are unweighted
+    assert torch.allclose(half, (g0 + g1) / 2, atol=1e-6)  # the total is linear in the weight
+    assert not torch.allclose(g0, g1)  # and the encoder term moves the weights

@@ -38,6 +38,8 @@ class Recipe:
     sudoku_share: float = 0.6  # of the steps
     minutes: float = 0.0  # a time budget for the training steps (0: run all `steps`)
     init_from: str = ""  # continue from this model's weights (a fresh optimizer and warmup), or from scratch
+    encoder_loss_weight: float = 1.0  # the released recipe's 1.0; a Sudoku prompt's next token is noise
+    bf16: bool = True  # bf16 autocast on a GPU (fp32 weights; the recipe's precision); no effect on the CPU
 
 
 def build_model(recipe: Recipe) -> Any:
@@ -100,7 +102,15 @@ def train_demo(out: Path, recipe: Recipe, log: Any = sys.stdout, save_every: int
     torch.set_float32_matmul_precision("high")  # TF32 on a GPU
     model = build_model(recipe).to("cuda" if torch.cuda.is_available() else "cpu")
     plan = TrainPlan(
-        recipe.learning_rate, recipe.batch_size, recipe.steps, recipe.warmup_steps, 10**9, recipe.seed, EOS_ID
+        recipe.learning_rate,
+        recipe.batch_size,
+        recipe.steps,
+        recipe.warmup_steps,
+        10**9,
+        recipe.seed,
+        EOS_ID,
+        encoder_loss_weight=recipe.encoder_loss_weight,
+        bf16_autocast=recipe.bf16,
     )
     trainer = Trainer(model, [], plan, stream=data)
     budget = Budget(recipe, trainer)
@@ -145,7 +155,7 @@ def model_card(name: str, recipe: Recipe, figures: dict[str, Any]) -> str:
     """The model card: what the model is, how it was made (the exact command), and its figures."""
     exact = asdict(recipe) | {"steps": figures["steps"]}  # the steps taken, so no time budget is needed
     flags = " ".join(
-        f"--{k.replace('_', '-')} {v}"
+        (f"--{'' if v else 'no-'}{k}" if isinstance(v, bool) else f"--{k.replace('_', '-')} {v}")
         for k, v in exact.items()
         if k not in ("seed", "canvas_length", "minutes") and v != ""
     )

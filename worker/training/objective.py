@@ -99,19 +99,28 @@ def corrupt_block(clean: torch.Tensor, generator: torch.Generator, vocab: int) -
     return torch.where(flipped, noise, clean)
 
 
-def group_loss(model: Any, items: list[Corrupted], self_conditioning: list[bool]) -> LossParts:
+def group_loss(
+    model: Any, items: list[Corrupted], self_conditioning: list[bool], encoder_weight: float = 1.0
+) -> LossParts:
     """The summed per-example losses of examples that share their length and block offset, in one batch.
     `diffusion` and `encoder` are sums over the group too (divide by the batch size for means)."""
     full = torch.stack([item.full for item in items])
     noisy = torch.stack([item.noisy for item in items])
-    return batch_loss(model, full, noisy, items[0].start, torch.tensor(self_conditioning, dtype=torch.bool))
+    coins = torch.tensor(self_conditioning, dtype=torch.bool)
+    return batch_loss(model, full, noisy, items[0].start, coins, encoder_weight)
 
 
 def batch_loss(
-    model: Any, full: torch.Tensor, noisy: torch.Tensor, start: int, self_conditioning: torch.Tensor
+    model: Any,
+    full: torch.Tensor,
+    noisy: torch.Tensor,
+    start: int,
+    self_conditioning: torch.Tensor,
+    encoder_weight: float = 1.0,
 ) -> LossParts:
     """`group_loss` on tensors: clean sequences (B, S), their noisy blocks (B, C) at `start`, and which rows
-    use self-conditioning (B,)."""
+    use self-conditioning (B,). `total` weighs the encoder term by `encoder_weight` (the recipe's
+    `encoder_loss_weight`, 1.0); `diffusion` and `encoder` are reported unweighted."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft injects in place
     config = model.config
     text = config.get_text_config(decoder=True)
@@ -143,9 +152,8 @@ def batch_loss(
         sc_mask = self_conditioning.to(device)
     logits = model(**kwargs, self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask).logits
     diffusion_loss = F.cross_entropy(logits.float().transpose(1, 2), clean, reduction="none").mean(1)
-    return LossParts(
-        (diffusion_loss + encoder_loss).sum(), diffusion_loss.sum().item(), encoder_loss.sum().item(), batch * total
-    )
+    total_loss = (diffusion_loss + encoder_weight * encoder_loss).sum()
+    return LossParts(total_loss, diffusion_loss.sum().item(), encoder_loss.sum().item(), batch * total)
 
 
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:

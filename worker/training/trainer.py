@@ -44,6 +44,8 @@ class TrainPlan:
     checkpoint_every: int
     seed: int
     eos: int
+    encoder_loss_weight: float = 1.0  # the recipe's weight of the encoder's next-token term
+    bf16_autocast: bool = False  # fp32 master weights, bf16 matmuls (the recipe's precision; CUDA only)
 
 
 @dataclass
@@ -75,7 +77,8 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, eight_bit: bool)
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.95, 0.99), weight_decay=1e-4)
-    return torch.optim.AdamW(params, lr=lr, betas=(0.95, 0.99), weight_decay=1e-4)
+    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel per step instead of one per tensor
+    return torch.optim.AdamW(params, lr=lr, betas=(0.95, 0.99), weight_decay=1e-4, fused=fused or None)
 
 
 def lr_lambda(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
@@ -194,7 +197,20 @@ class Trainer:
         canvas = self.config().canvas_length
         noisy = corrupt_block(batch.full[:, batch.start : batch.start + canvas], self.generator, self.vocab())
         coins = torch.rand(batch.full.shape[0], generator=self.generator) < 0.5
-        return [(batch_loss(self.model, batch.full, noisy, batch.start, coins), batch.full.shape[0])]
+        with self.autocast():
+            parts = batch_loss(self.model, batch.full, noisy, batch.start, coins, self.plan.encoder_loss_weight)
+        return [(parts, batch.full.shape[0])]
+
+    def group_parts(self, items: list[Corrupted], coins: list[bool]) -> LossParts:
+        with self.autocast():
+            return group_loss(self.model, items, coins, self.plan.encoder_loss_weight)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast around the forward passes when the plan asks for it and the model is on a GPU
+        (backward runs outside, as PyTorch recommends)."""
+        device = next(iter(self.params)).device if self.params else torch.device("cpu")
+        enabled = self.plan.bf16_autocast and device.type == "cuda"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def train_step(self) -> Metrics:
         started = time.perf_counter()
@@ -207,7 +223,7 @@ class Trainer:
         else:
             picked = batch_indices(self.step, len(self.examples), self.plan.batch_size, self.plan.seed)
             groups = self.groups(picked)  # every draw first, then one forward and backward per group
-            parts_list = ((group_loss(self.model, items, coins), len(picked)) for items, coins in groups)
+            parts_list = ((self.group_parts(items, coins), len(picked)) for items, coins in groups)
         for parts, count in parts_list:
             (parts.total / count).backward()
             diffusion += parts.diffusion / count
