@@ -20,7 +20,7 @@ from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
 from api.state import db_session, publish_after_commit, publish_status
 from api.webhooks import check_webhook_url
-from shared.contracts import GenerationParams
+from shared.contracts import GenerationParams, sudoku_params
 from shared.errors import InvalidRequest
 from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, timeline
 from shared.models import Job, ModelRecord
@@ -100,7 +100,8 @@ def job_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[str, 
     ids, recorded, length = plan(body, model)
     field = "grid" if body.kind == "sudoku" else ("template" if body.template is not None else "prefix")
     check_length(ids, length, model, field)
-    return ids, recorded, body.params.model_copy(update={"max_new_tokens": length})
+    params = sudoku_params(body.params) if body.kind == "sudoku" else body.params
+    return ids, recorded, params.model_copy(update={"max_new_tokens": length})
 
 
 @bp.get("/<job_id>")

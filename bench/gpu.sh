@@ -43,8 +43,8 @@ fi
 phase "3. demo model training (issue 7): continues the shipped model when there is one"
 MINUTES=${TRAIN_MINUTES:-4.0}
 CONTINUE="{\"minutes\": $MINUTES, \"batch_size\": ${TRAIN_BATCH:-1024}, \"warmup_steps\": 50,
-  \"encoder_loss_weight\": 0.1, \"init_from\": \"models/canvas-demo\"}"
-[ -f models/canvas-demo/config.json ] || CONTINUE="{\"minutes\": $MINUTES, \"encoder_loss_weight\": 0.1}"
+  \"init_from\": \"models/canvas-demo\"}"
+[ -f models/canvas-demo/config.json ] || CONTINUE="{\"minutes\": $MINUTES}"
 RECIPE=${DEMO_RECIPE:-$CONTINUE}
 train() {  # $1: seconds allowed, $2: the recipe as JSON
   timeout "$1" python3 -c "import json, sys; from pathlib import Path

@@ -4,6 +4,9 @@ model with the same step budget, on held-out puzzles per difficulty.
 
     .venv/bin/python bench/sudoku.py --model models/canvas-demo --puzzles 1000
 
+Both orders run with Sudoku jobs' sampling defaults (`shared.contracts.SUDOKU_PARAMS`, chosen on a tuning
+set: `--seed 20000`), or with `--sampler released` the released model's.
+
 Prints, per difficulty and order: solved (valid grids that keep every given), blank cells equal to the
 unique solution (chance: about 11%), mean denoising steps, and blank cells filled per decoder forward.
 """
@@ -20,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
+from shared.contracts import SUDOKU_PARAMS
 from shared.sudoku import is_solution, render
 from worker.demo_model.tasks import SUDOKU_LEVELS, held_out, sudoku_prompt
 from worker.engine import Engine, Request, SamplingParams
@@ -27,14 +31,20 @@ from worker.job_kinds import constrain
 
 
 def run(
-    model, tokenizer, puzzles: list[list[int]], solutions: list[list[int]], order: str, budget: int, max_rows: int
+    model,
+    tokenizer,
+    puzzles: list[list[int]],
+    solutions: list[list[int]],
+    order: str,
+    sampler: dict,
+    max_rows: int,
 ) -> dict:
     digits = [tokenizer(d, add_special_tokens=False).input_ids[0] for d in "123456789"]
     engine = Engine(model, max_rows=max_rows)
     handles = []
     for i, cells in enumerate(puzzles):
         grid = render(cells)
-        params = SamplingParams(max_new_tokens=81, max_denoising_steps=budget, seed=i, order=order)
+        params = SamplingParams(max_new_tokens=81, seed=i, order=order, **sampler)
         request = Request(f"s{i}", tuple(tokenizer(sudoku_prompt(grid)).input_ids), params)
         handles.append(engine.submit(constrain("sudoku", {"grid": grid, "digit_ids": digits}, request, tokenizer)))
     started = time.perf_counter()
@@ -65,24 +75,31 @@ def main() -> None:
     parser.add_argument("--model", default="models/canvas-demo")
     parser.add_argument("--puzzles", type=int, default=1000, help="held-out puzzles per difficulty")
     parser.add_argument("--budget", type=int, default=64, help="denoising steps allowed (both orders)")
+    parser.add_argument(
+        "--sampler", choices=("sudoku", "released"), default="sudoku", help="Sudoku jobs' defaults or the model's"
+    )
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--levels", default=",".join(SUDOKU_LEVELS))
+    parser.add_argument("--orders", default="entropy,left_to_right", help="which orders to run")
+    parser.add_argument("--seed", type=int, default=10_000, help="held-out seed (another one: a tuning set)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    print(f"model {args.model}, {args.puzzles} held-out puzzles per level, budget {args.budget} steps")
+    tuned = {k: v for k, v in SUDOKU_PARAMS.items() if k != "max_denoising_steps"}
+    sampler = {"max_denoising_steps": args.budget, **(tuned if args.sampler == "sudoku" else {})}
+    print(f"model {args.model}, {args.puzzles} held-out puzzles per level (seed {args.seed}), sampler {sampler}")
     print(
         f"{'level':8} {'givens':7} {'order':14} {'solved':>7} {'blanks right':>12} "
         f"{'steps':>6} {'cells/fwd':>9} {'s':>6}"
     )
     for level in args.levels.split(","):
         low, high = SUDOKU_LEVELS[level]
-        pairs = held_out("sudoku", args.puzzles, level=level)
+        pairs = held_out("sudoku", args.puzzles, seed=args.seed, level=level)
         puzzles = [[0 if c == "." else int(c) for c in p.removeprefix("sudoku: ").strip()] for p, _ in pairs]
         solutions = [[int(c) for c in s] for _, s in pairs]
-        for order in ("entropy", "left_to_right"):
-            r = run(model, tokenizer, puzzles, solutions, order, args.budget, args.max_rows)
+        for order in args.orders.split(","):
+            r = run(model, tokenizer, puzzles, solutions, order, sampler, args.max_rows)
             print(
                 f"{level:8} {low}-{high:<4} {order:14} {r['solved']:7.1%} {r['cells_right']:12.1%} "
                 f"{r['mean_steps']:6.1f} {r['cells_per_forward']:9.2f} {r['seconds']:6.0f}",

@@ -13,7 +13,7 @@ TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 PUZZLE = "..3.2.6..9..3.5..1..18.64....81.29..7.......8..67.82....26.95..8..2.3..9..5.1.3.."
 
 DEMO_JOBS: list[dict[str, Any]] = [
-    {"kind": "sudoku", "grid": PUZZLE, "params": {"seed": 1, "max_denoising_steps": 64}},
+    {"kind": "sudoku", "grid": PUZZLE, "params": {"seed": 1}},  # the Sudoku sampling defaults
     {"kind": "infill", "template": "the <|hole:5|> says moo.", "params": {"seed": 2}},
     {"kind": "generate", "prompt": "reverse: canvas\n", "params": {"max_new_tokens": 8, "seed": 3}},
     {"kind": "generate", "prompt": "add: 476+389\n", "params": {"max_new_tokens": 8, "seed": 4}},

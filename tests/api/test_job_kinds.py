@@ -25,6 +25,24 @@ def test_a_sudoku_job_records_the_grid_and_generates_81_cells(client, keys) -> N
     assert job["kind"] == "sudoku"
     assert job["input"]["grid"] == PUZZLE  # blanks normalised to '.'
     assert job["params"]["max_new_tokens"] == 81
+    # the Sudoku sampling defaults, recorded with the job (SUDOKU_PARAMS)
+    params = job["params"]
+    assert (params["max_denoising_steps"], params["entropy_bound"], params["t_min"], params["t_max"]) == (
+        64,
+        0.02,
+        0.8,
+        1.2,
+    )
+
+
+def test_a_sudoku_jobs_own_parameters_win_over_the_sudoku_defaults(client, keys) -> None:
+    response = submit(client, keys["a"], kind="sudoku", grid=PUZZLE, params={"t_min": 0.5, "entropy_bound": 0.3})
+    params = response.get_json()["params"]
+    assert (params["t_min"], params["t_max"]) == (0.5, 0.8)  # a temperature given: neither Sudoku default
+    assert (params["entropy_bound"], params["max_denoising_steps"]) == (0.3, 64)
+    status, _, message = error(submit(client, keys["a"], kind="sudoku", grid=PUZZLE, params={"t_min": 1.5}))
+    assert status == 422 and "t_max (0.8) must be greater than t_min (1.5)" in message
+    assert submit(client, keys["a"], kind="generate", prompt="hi").get_json()["params"]["t_max"] == 0.8
 
 
 @pytest.mark.parametrize(
