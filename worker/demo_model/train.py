@@ -157,14 +157,18 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def flag(field: str, value: Any) -> str:
+    """The CLI flag that sets a Recipe field: `--batch-size 256`, `--bf16` / `--no-bf16`."""
+    name = field.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
+
+
 def model_card(name: str, recipe: Recipe, figures: dict[str, Any]) -> str:
     """The model card: what the model is, how it was made (the exact command), and its figures."""
     exact = asdict(recipe) | {"steps": figures["steps"]}  # the steps taken, so no time budget is needed
-    flags = " ".join(
-        (f"--{'' if v else 'no-'}{k}" if isinstance(v, bool) else f"--{k.replace('_', '-')} {v}")
-        for k, v in exact.items()
-        if k not in ("seed", "canvas_length", "minutes") and v != ""
-    )
+    flags = " ".join(flag(k, v) for k, v in exact.items() if k not in ("seed", "canvas_length", "minutes") and v != "")
     return f"""# {name}
 
 A small DiffusionGemma ({figures["parameters"]:,} parameters: hidden {recipe.hidden}, {recipe.layers} layers,

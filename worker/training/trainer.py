@@ -134,6 +134,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(plan.seed)  # corruption: rates, positions, noise
         self.coins = random.Random(plan.seed)  # self-conditioning coin per example
         self.step = 0
+        self.device_type = self.params[0].device.type if self.params else "cpu"
+        self.bf16 = plan.bf16_autocast and self.device_type == "cuda"
 
     def retarget(self, total_steps: int) -> None:
         """Change the run's length (a time-budgeted run learns its speed first); the schedule follows."""
@@ -208,9 +210,7 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         """bf16 autocast around the forward passes when the plan asks for it and the model is on a GPU
         (backward runs outside, as PyTorch recommends)."""
-        device = next(iter(self.params)).device if self.params else torch.device("cpu")
-        enabled = self.plan.bf16_autocast and device.type == "cuda"
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def train_step(self) -> Metrics:
         started = time.perf_counter()
