@@ -88,13 +88,14 @@ def sudoku_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[st
     if any(len(ids) != 1 for ids in digits):
         raise InvalidRequest(f"model {model.name!r} has no single-token digits, so it cannot run sudoku jobs", "model")
     grid = render(cells)
-    return tokenizer.encode(f"sudoku: {grid}\n"), {"grid": grid, "digit_ids": [ids[0] for ids in digits]}, 81
+    plan = {"grid": grid, "digit_ids": [ids[0] for ids in digits], "tries": body.tries or 1}
+    return tokenizer.encode(f"sudoku: {grid}\n"), plan, 81
 
 
 KIND_FIELDS = {
     "generate": {"prompt", "input_ids", "messages"},
     "infill": {"prefix", "suffix", "hole_tokens", "template"},
-    "sudoku": {"grid"},
+    "sudoku": {"grid", "tries"},
 }
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from api.webhook_schemas import WebhookTarget
-from shared.contracts import GenerationParams
+from shared.contracts import MAX_TRIES, GenerationParams
 
 
 class ChatMessage(BaseModel):
@@ -18,7 +18,8 @@ class ChatMessage(BaseModel):
 
 class JobCreate(BaseModel):
     """POST /v1/jobs. `generate`: exactly one of `prompt`, `input_ids`, `messages` (checked by the view);
-    `infill`: `template`, or `prefix`/`suffix` with `hole_tokens`; `sudoku`: `grid`."""
+    `infill`: `template`, or `prefix`/`suffix` with `hole_tokens`; `sudoku`: `grid`, and `tries` (seeds denoised
+    side by side; the first valid grid answers)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["generate", "infill", "sudoku"] = "generate"
@@ -31,6 +32,12 @@ class JobCreate(BaseModel):
     hole_tokens: StrictInt | None = Field(None, ge=1, le=4096)
     template: StrictStr | None = None
     grid: StrictStr | None = Field(None, max_length=400)
+    tries: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_TRIES,
+        description="sudoku: seeds denoised side by side (try i: seed + i); the first valid grid answers",
+    )
     params: GenerationParams = Field(default_factory=GenerationParams)
     webhook: WebhookTarget | None = None
 

@@ -8,7 +8,8 @@
 #
 # Phases can be left out (a session's device time is short): CHECKS=0, ENGINE=0, QLORA=0, EVAL=0 (the evaluation
 # is then run on the CPU: bench/sudoku.py and bench/demo_tasks.py on the fetched model). TRAIN_MINUTES sets
-# the training budget (default 4), TRAIN_BATCH its batch (default 1024).
+# the training budget (default 4), TRAIN_BATCH its batch (default 1024), SUDOKU_SHARE the share of Sudoku steps
+# when continuing the shipped model (default 0.35: each text task had an eighth of the steps Sudoku had).
 #
 # CPU smoke test: ENGINE_ARCH=small DEMO_RECIPE='{"hidden": 32, "layers": 2, "batch_size": 8, "sudoku": 250,
 #   "minutes": 0.2}' PUZZLES=5 COUNT=3 QLORA_ARGS="--small --quantization none" bash bench/gpu.sh
@@ -43,7 +44,7 @@ fi
 phase "3. demo model training (issue 7): continues the shipped model when there is one"
 MINUTES=${TRAIN_MINUTES:-4.0}
 CONTINUE="{\"minutes\": $MINUTES, \"batch_size\": ${TRAIN_BATCH:-1024}, \"warmup_steps\": 50,
-  \"init_from\": \"models/canvas-demo\"}"
+  \"sudoku_share\": ${SUDOKU_SHARE:-0.35}, \"init_from\": \"models/canvas-demo\"}"
 [ -f models/canvas-demo/config.json ] || CONTINUE="{\"minutes\": $MINUTES}"
 RECIPE=${DEMO_RECIPE:-$CONTINUE}
 train() {  # $1: seconds allowed, $2: the recipe as JSON

@@ -78,6 +78,9 @@ class GenerationParams(BaseModel):
 SUDOKU_PARAMS: dict[str, float | int] = {"max_denoising_steps": 64, "entropy_bound": 0.02, "t_min": 0.8, "t_max": 1.2}
 
 
+MAX_TRIES = 16  # a Sudoku job's `tries`: seeds denoised side by side, the first valid grid answering
+
+
 def sudoku_params(params: GenerationParams) -> GenerationParams:
     """`params` with the Sudoku defaults for what the client left unset (t_min and t_max as a pair)."""
     unset = {k: v for k, v in SUDOKU_PARAMS.items() if k not in params.model_fields_set}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from shared.sudoku import is_solution, parse
+from shared.sudoku import conflicts, is_solution, parse
 from worker.engine import EngineResult, Request
 
 
@@ -60,3 +60,29 @@ def shape_output(kind: str, plan: dict[str, Any], result: EngineResult, decode: 
         output["fills"] = fills
         output["text"] = plan["prefix"] + output["text"]
     return output
+
+
+def try_seeds(seed: int, tries: int) -> list[int]:
+    """The seeds of a job's tries: its recorded seed, then the next ones (try i uses seed + i)."""
+    return [(seed + i) % 2**63 for i in range(tries)]
+
+
+def pick_try(outputs: list[dict[str, Any] | None]) -> int | None:
+    """Which of a Sudoku job's tries answers it, or None while that is undecided (None: a try still running).
+
+    The first valid grid in try order wins as soon as every earlier try is done and invalid, so later tries
+    can be canceled; the choice never depends on which row finished first. When every try is done and none
+    is valid, the grid with the fewest repeated digits wins (the earliest on a tie)."""
+    for index, output in enumerate(outputs):
+        if output is None:
+            return None
+        if output["valid"]:
+            return index
+    return min(range(len(outputs)), key=lambda i: (repeats(outputs[i]["grid"]), i)) if outputs else None
+
+
+def repeats(grid: str) -> int:
+    """Rule violations of a shaped grid: repeated digits in rows, columns and boxes (81 if not all digits)."""
+    if len(grid) != 81 or not grid.isdigit():
+        return 81
+    return len(conflicts([int(c) for c in grid]))

@@ -7,6 +7,8 @@ JobWatch renews the lease and watches for a cancel. Thin over shared/ and the en
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from shared.db import session_scope
@@ -18,7 +20,7 @@ from shared.webhooks import record_canvas_event, wants_canvas_events
 from worker.engine import EngineResult, Request, SamplingParams
 from worker.events import EventPublisher
 from worker.host import LoadedModel, ModelHost
-from worker.job_kinds import constrain, shape_output
+from worker.job_kinds import constrain, pick_try, shape_output, try_seeds
 from worker.job_watch import JobWatch
 
 log = logging.getLogger(__name__)
@@ -71,13 +73,14 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     request = engine_request(
         job_id, input_ids, params, loaded, settings.draft_interval_seconds, adapter[0] if adapter else None
     )
-    request = constrain(kind, plan, request, loaded.tokenizer)
+    requests = tries(constrain(kind, plan, request, loaded.tokenizer), plan.get("tries", 1))
+    decide = _decider(kind, plan, loaded)
     watch = JobWatch(settings, job_id, attempt)
     watch.start()
     try:
         sink = _canvas_webhook_sink(settings, job_id) if canvas_webhooks else None
         on_event = events.engine_callback(job_id, loaded.decode, sink) if events else None
-        result = _wait(loaded, request, watch, on_event)
+        chosen, result = _wait(loaded, requests, watch, on_event, decide)
         if events is not None:
             events.flush()  # canvas events (and their webhooks) before the final status
     except Exception as exc:
@@ -89,6 +92,8 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     if result.finish_reason == FinishReason.CANCELED.value:
         return _record_stop(settings, events, job_id, attempt, watch)
     output = shape_output(kind, plan, result, loaded.decode)
+    if kind == "sudoku":
+        output.update({"tries": len(requests), "try": chosen, "seed": requests[chosen].params.seed})
     stats = _stats(result, queued_at, started_at, attempt)
     if _finish(settings, events, job_id, attempt, JobStatus.SUCCEEDED, output=output, stats=stats) != "lost":
         return "succeeded"
@@ -119,16 +124,51 @@ def engine_request(
     return Request(job_id, tuple(input_ids), sampling, loaded.eos_ids, draft_interval=draft_interval, adapter=adapter)
 
 
-def _wait(loaded: LoadedModel, request: Request, watch: JobWatch, on_event: Any) -> EngineResult:
-    """Submit and wait, asking the engine to cancel the row when the job must stop."""
-    handle = loaded.engine.submit(request, on_event=on_event)
+def tries(request: Request, count: int) -> list[Request]:
+    """The job's request, and for a Sudoku job with `tries` > 1 copies with the next seeds (try i: seed + i).
+    Only the first try's drafts are streamed."""
+    seeds = try_seeds(request.params.seed, count)
+    return [request] + [
+        replace(request, request_id=f"{request.request_id}/try{i}", params=replace(request.params, seed=seed))
+        for i, seed in enumerate(seeds[1:], start=1)
+    ]
+
+
+Decide = Callable[[list[EngineResult | None]], int | None]
+
+
+def _decider(kind: str, plan: dict[str, Any], loaded: LoadedModel) -> Decide:
+    """Which try's result answers the job, once that is known (None while undecided)."""
+    if kind != "sudoku":
+        return lambda results: 0 if results[0] is not None else None
+
+    def decide(results: list[EngineResult | None]) -> int | None:
+        return pick_try([shape_output(kind, plan, r, loaded.decode) if r else None for r in results])
+
+    return decide
+
+
+def _wait(
+    loaded: LoadedModel, requests: list[Request], watch: JobWatch, on_event: Any, decide: Decide
+) -> tuple[int, EngineResult]:
+    """Submit every try and wait until `decide` picks one, canceling the tries still running then; cancel
+    them all when the job must stop (the picked result then says `canceled`)."""
+    handles = [loaded.engine.submit(r, on_event=on_event if i == 0 else None) for i, r in enumerate(requests)]
     asked = False
-    while not handle.done:
+    while True:
         if not asked and watch.should_stop():
-            loaded.engine.cancel(request.request_id)
+            for request in requests:
+                loaded.engine.cancel(request.request_id)
             asked = True
-        handle.wait_done(0.05)
-    return handle.wait(0)
+        results = [h.wait(0) if h.done else None for h in handles]
+        chosen = decide(results)
+        if chosen is not None:
+            break
+        next(h for h in handles if not h.done).wait_done(0.05)
+    for request, handle in zip(requests, handles, strict=True):
+        if not handle.done:
+            loaded.engine.cancel(request.request_id)
+    return chosen, results[chosen]
 
 
 def _record_stop(settings: Settings, events: EventPublisher | None, job_id: str, attempt: int, watch: JobWatch) -> str:

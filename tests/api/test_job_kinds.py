@@ -110,3 +110,23 @@ def test_order_is_a_validated_parameter(client, keys) -> None:
     assert ok.status_code == 202
     status, _field, message = error(submit(client, keys["a"], prompt="hi", params={"order": "random"}))
     assert status == 422 and "order" in message
+
+
+def test_a_sudoku_job_records_its_tries(client, keys) -> None:
+    assert submit(client, keys["a"], kind="sudoku", grid=PUZZLE).get_json()["input"]["tries"] == 1
+    assert submit(client, keys["a"], kind="sudoku", grid=PUZZLE, tries=4).get_json()["input"]["tries"] == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"kind": "sudoku", "grid": PUZZLE, "tries": 0}, "greater than or equal to 1"),
+        ({"kind": "sudoku", "grid": PUZZLE, "tries": 17}, "less than or equal to 16"),
+        ({"kind": "sudoku", "grid": PUZZLE, "tries": "4"}, "integer"),
+        ({"prompt": "hi", "tries": 2}, "does not apply to generate jobs"),
+    ],
+)
+def test_bad_tries_are_refused_naming_the_field(client, keys, body: dict, says: str) -> None:
+    status, field, message = error(submit(client, keys["a"], **body))
+    assert status == 422 and "tries" in field + message
+    assert says in message

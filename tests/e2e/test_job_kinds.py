@@ -62,3 +62,15 @@ def test_sudoku_keeps_the_givens_and_writes_only_digits(live_api, keys) -> None:
         assert all(p == "." or p == g for p, g in zip(PUZZLE, out["grid"], strict=True))
         assert out["valid"] == valid_sudoku(out["grid"], PUZZLE)
         assert out["steps"] >= 1
+
+
+def test_a_sudoku_job_with_tries_reports_the_try_it_answers_with(live_api, keys) -> None:
+    """On the random tiny model no try is valid: every try runs to the end and one grid answers."""
+    client = Client(live_api.url, keys["a"])
+    job = client.submit(kind="sudoku", model=TINY, grid=PUZZLE, tries=3, params={"seed": 5})
+    done = client.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    out = done["output"]
+    assert out["tries"] == 3 and out["try"] in (0, 1, 2) and out["seed"] == 5 + out["try"]
+    assert all(p == "." or p == g for p, g in zip(PUZZLE, out["grid"], strict=True))
+    assert out["valid"] == valid_sudoku(out["grid"], PUZZLE)

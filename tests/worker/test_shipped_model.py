@@ -4,6 +4,7 @@ a validator written here (not the service's), against left-to-right order on the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,19 @@ MODEL = Path(__file__).resolve().parents[2] / "models" / "canvas-demo"
 pytestmark = pytest.mark.skipif(not (MODEL / "config.json").exists(), reason="no shipped demo model")
 
 
-def solve_all(puzzles: list[list[int]], order: str) -> tuple[list[list[int]], float]:
-    """Each puzzle as a Sudoku job: its grids and the mean denoising steps."""
+def solve_all(
+    puzzles: list[list[int]], order: str, seeds: Iterable[int] | None = None
+) -> tuple[list[list[int]], float]:
+    """Each puzzle as a Sudoku job (puzzle i with seed i, or the i-th of `seeds`), each alone in its row:
+    its grids and the mean denoising steps."""
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(MODEL).eval()
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     digits = [tokenizer(d, add_special_tokens=False).input_ids[0] for d in "123456789"]
     engine = Engine(model, max_rows=50)
     handles = []
-    for i, cells in enumerate(puzzles):
+    for i, (cells, seed) in enumerate(zip(puzzles, seeds or range(len(puzzles)), strict=True)):
         grid = render(cells)
-        params = SamplingParams(max_new_tokens=81, seed=i, order=order, **SUDOKU_PARAMS)  # as Sudoku jobs run
+        params = SamplingParams(max_new_tokens=81, seed=seed, order=order, **SUDOKU_PARAMS)  # as Sudoku jobs run
         request = Request(f"s{i}", tuple(tokenizer(sudoku_prompt(grid)).input_ids), params)
         handles.append(engine.submit(constrain("sudoku", {"grid": grid, "digit_ids": digits}, request, tokenizer)))
     engine.run_until_idle()
