@@ -19,6 +19,7 @@ from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcno
 from shared.settings import Settings
 from shared.ssrf import UnsafeURL, check_url, parse_allow_list
 from shared.webhooks import signature_header, tenant_secret
+from worker.pinned_http import post_pinned
 
 log = logging.getLogger(__name__)
 EXCERPT_CHARS = 500
@@ -73,9 +74,15 @@ def deliver(settings: Settings, message_id: str) -> str:
     started = time.monotonic()
     status, error, excerpt, retry_after = None, None, None, None
     try:
-        check_url(url, parse_allow_list(settings.webhook_allow))  # again at delivery: DNS may have changed
-        response = requests.post(
-            url, data=body.encode(), headers=headers, timeout=settings.webhook_timeout_seconds, allow_redirects=False
+        # Again at delivery (DNS may have changed), and the POST goes to the address just checked.
+        address = check_url(url, parse_allow_list(settings.webhook_allow))[0]
+        response = post_pinned(
+            url,
+            str(address),
+            data=body.encode(),
+            headers=headers,
+            timeout=settings.webhook_timeout_seconds,
+            allow_redirects=False,
         )
         status, excerpt = response.status_code, response.text[:EXCERPT_CHARS]
         retry_after = _retry_after(response.headers.get("Retry-After"))

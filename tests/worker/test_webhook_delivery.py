@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from shared.db import session_scope
 from shared.models import Job, WebhookEndpoint, WebhookMessage
 from shared.webhooks import new_secret, record_event
@@ -46,5 +48,30 @@ def test_the_ssrf_guard_is_checked_again_at_delivery(settings) -> None:
         assert receiver.at("/inside") == []
         with session_scope(settings.database_url) as session:
             assert session.get(WebhookMessage, message_id).status == "pending"
+    finally:
+        receiver.close()
+
+
+def test_a_delivery_goes_to_the_address_the_guard_checked_whatever_dns_says_next(settings, monkeypatch) -> None:
+    """DNS rebinding: the name answers 127.0.0.1 (allowed) to the guard, then an inside address that is
+    not allowed (127.0.0.2, where nothing listens). DNS is outside our control, so `getaddrinfo` is faked
+    for that one name; the socket, HTTP and the receiver are real."""
+    receiver = Receiver()
+    real = socket.getaddrinfo
+    answers = iter(["127.0.0.1"])
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "hooks.example":
+            return real(host, port, *args, **kwargs)
+        return real(next(answers, "127.0.0.2"), port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    try:
+        url = receiver.script("/pinned").replace("127.0.0.1", "hooks.example")
+        message_id, _ = message_for(settings, url)
+        assert deliver(settings.with_(webhook_allow="127.0.0.1/32"), message_id) == "delivered"
+        [received] = receiver.at("/pinned")
+        assert received.headers["host"] == url.split("/")[2]  # the URL's name, not the address
+        assert next(answers, None) is None  # the guard did resolve the name (and got the allowed answer)
     finally:
         receiver.close()
