@@ -41,30 +41,41 @@ def _finished_job(database_url: str, job_id: str) -> dict[str, Any] | None:
         return job_view(job) if job is not None and job.status in TERMINAL_VALUES else None
 
 
-def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str) -> Iterator[str]:
+def follow_job(
+    database_url: str, client: redis.Redis, job_id: str, after: str, keepalive: float = KEEPALIVE_SECONDS
+) -> Iterator[tuple[str, Any, Any]]:
+    """A job's events after `after`, live, as (kind, event id, data): each event; then ("done", None, the
+    finished job's view) and the end. ("keepalive", None, None) every `keepalive` seconds of quiet, and
+    ("error", None, {"message"}) while Redis does not answer (the database still decides the end)."""
     last_keepalive = time.monotonic()
     while True:
         got_any = False
         try:
             for event_id, kind, data in read_events(client, job_id, after, block_ms=1000):
                 after, got_any = event_id, True
-                yield sse(kind, data, event_id)
+                yield kind, event_id, data
                 if kind == "status" and data.get("status") in TERMINAL_VALUES:
-                    yield sse("done", _finished_job(database_url, job_id) or {"status": data["status"]})
+                    yield "done", None, _finished_job(database_url, job_id) or {"status": data["status"]}
                     return
         except redis.RedisError as exc:
-            yield sse("error", {"message": f"live events are unavailable: {exc}"})
+            yield "error", None, {"message": f"live events are unavailable: {exc}"}
             time.sleep(1.0)
         if not got_any:
             # Nothing new: the database decides whether the job is over (its last event may be lost).
             finished = _finished_job(database_url, job_id)
             if finished is not None:
-                yield sse("status", {"status": finished["status"]})
-                yield sse("done", finished)
+                yield "status", None, {"status": finished["status"]}
+                yield "done", None, finished
                 return
-            if time.monotonic() - last_keepalive > KEEPALIVE_SECONDS:
+            if time.monotonic() - last_keepalive > keepalive:
                 last_keepalive = time.monotonic()
-                yield ": keep-alive\n\n"
+                yield "keepalive", None, None
+
+
+def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str) -> Iterator[str]:
+    """`follow_job` as server-sent events."""
+    for kind, event_id, data in follow_job(database_url, client, job_id, after):
+        yield ": keep-alive\n\n" if kind == "keepalive" else sse(kind, data, event_id)
 
 
 @bp.get("/<job_id>/events")

@@ -50,14 +50,23 @@ def _replay_idempotent(session: Session, tenant_id: str, key: str, digest: str) 
 @bp.post("")
 def submit_job() -> Response:
     raw = read_json_object()
-    body = JobCreate.model_validate(raw)
+    job, created = accept_job(JobCreate.model_validate(raw), raw)
+    response = _job_response(db_session(), job, 202 if created else 200)
+    if created:
+        response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
+    return response
+
+
+def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
+    """Record and enqueue a validated job for the request's tenant, or find the one its Idempotency-Key
+    made (same body). Returns (job, created). Raises InvalidRequest naming the field that is wrong."""
     principal = current_principal()
     session = db_session()
     model = visible_model(session, body.model)
     key = request.headers.get("Idempotency-Key")
     digest = _request_hash(raw)
     if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):
-        return _job_response(session, existing, 200)
+        return existing, False
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")
     ids, recorded_input, params = job_plan(body, model)
@@ -81,12 +90,10 @@ def submit_job() -> Response:
         existing = _replay_idempotent(session, principal.tenant_id, key or "", digest)
         if existing is None:
             raise
-        return _job_response(session, existing, 200)
+        return existing, False
     publish_status(job.id, JobStatus.QUEUED.value)  # before the task exists, so it precedes "running"
     publish_after_commit(session, outbox.id)
-    response = _job_response(session, job, 202)
-    response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
-    return response
+    return job, True
 
 
 def job_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[str, Any], GenerationParams]:

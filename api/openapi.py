@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from api.completion_schemas import ChatCompletionCreate, CompletionCreate
 from api.schemas import JobCreate
 
 bp = Blueprint("openapi", __name__)
@@ -51,10 +52,23 @@ def _op(summary: str, ok: str, ok_schema: dict[str, Any], **extra: Any) -> dict[
     return {"summary": summary, "responses": responses, **extra}
 
 
+def _openai_op(summary: str, schema: str) -> dict[str, Any]:
+    """OpenAI's response shapes (JSON, or chunks as server-sent events with `stream`)."""
+    body = {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(model=schema)}}}}
+    op = _op(summary, "200", {"type": "object"}, requestBody=body)
+    op["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    op["responses"].update({"500": ERROR, "504": ERROR})
+    return op
+
+
 @lru_cache(maxsize=1)
 def build_document() -> dict[str, Any]:
     schema = JobCreate.model_json_schema(ref_template=REF)
     defs = schema.pop("$defs", {})
+    openai = {}
+    for model in (CompletionCreate, ChatCompletionCreate):
+        openai[model.__name__] = model.model_json_schema(ref_template=REF)
+        defs.update(openai[model.__name__].pop("$defs", {}))
     job = {"$ref": "#/components/schemas/Job"}
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     body = {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(model="JobCreate")}}}}
@@ -83,6 +97,12 @@ def build_document() -> dict[str, Any]:
             "/v1/jobs/{job_id}": {"get": _op("Get a job", "200", job, parameters=job_id)},
             "/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "200", job, parameters=job_id)},
             "/v1/models": {"get": _op("List models", "200", {"type": "object"})},
+            "/v1/completions": {
+                "post": _openai_op("A text completion (OpenAI-compatible; a generate job)", "CompletionCreate")
+            },
+            "/v1/chat/completions": {
+                "post": _openai_op("A chat completion (OpenAI-compatible; a generate job)", "ChatCompletionCreate")
+            },
             "/healthz": {
                 "get": {
                     "summary": "Database and Redis health",
@@ -93,7 +113,7 @@ def build_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**defs, "JobCreate": schema, "Job": JOB_SCHEMA},
+            "schemas": {**defs, "JobCreate": schema, "Job": JOB_SCHEMA, **openai},
             "responses": {
                 "Error": {
                     "description": "An error",

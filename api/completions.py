@@ -1,0 +1,157 @@
+"""OpenAI-compatible POST /v1/completions and /v1/chat/completions, on top of the job machinery.
+
+Each request becomes a `generate` job, recorded, queued, retried, listed and webhooked like any other
+(Idempotency-Key included), so OpenAI clients work unchanged. Without `stream` the request waits for the job
+and answers in OpenAI's shape; a wait longer than `CANVAS_SYNC_WAIT_SECONDS` gets a 504 naming the job,
+which goes on (GET /v1/jobs/{id}). With `stream` the job's committed canvases are relayed as OpenAI chunks
+(server-sent events ending with `data: [DONE]`), holding back as many characters as the longest stop
+string so that nothing after a stop is ever sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, stream_with_context
+
+from api.auth import authenticate_request
+from api.bodies import read_json_object
+from api.completion_schemas import ChatCompletionCreate, CompletionCreate
+from api.errors import error_response
+from api.job_events import KEEPALIVE_SECONDS, follow_job
+from api.jobs import accept_job
+from api.state import events_client, settings
+
+bp = Blueprint("completions", __name__, url_prefix="/v1")
+bp.before_request(authenticate_request)
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How one request's answer is written: a text completion or a chat completion."""
+
+    chat: bool
+    job_id: str
+    model: str
+    created: int
+
+    def envelope(self, chunk: bool) -> dict[str, Any]:
+        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
+        prefix = "chatcmpl-" if self.chat else "cmpl-"
+        return {"id": prefix + self.job_id, "object": kind, "created": self.created, "model": self.model}
+
+    def choice(self, text: str | None, finish: str | None, chunk: bool) -> dict[str, Any]:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        if chunk:
+            delta = {"content": text} if text else {}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        message = {"role": "assistant", "content": text or ""}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+
+
+def usage(job: dict[str, Any]) -> dict[str, int]:
+    stats = job.get("stats") or {}
+    prompt, completion = stats.get("prompt_tokens", 0), stats.get("output_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@bp.post("/completions")
+def create_completion() -> Response:
+    return _serve(CompletionCreate, chat=False)
+
+
+@bp.post("/chat/completions")
+def create_chat_completion() -> Response:
+    return _serve(ChatCompletionCreate, chat=True)
+
+
+def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bool) -> Response:
+    raw = read_json_object()
+    body = schema.model_validate(raw)
+    job, _created = accept_job(body.job(), raw)
+    shape = Shape(chat, job.id, job.model, int(job.created_at.timestamp()))
+    quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second
+    events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
+    if body.stream:
+        holdback = max((len(s) for s in job.params.get("stop") or []), default=0)
+        with_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = _chunks(events, shape, holdback, with_usage)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
+    finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
+    if finished is None:
+        message = f"job {job.id} is still running; it goes on: GET /v1/jobs/{job.id}"
+        return error_response(504, "timeout", message)
+    if finished["status"] != "succeeded":
+        return _job_error(finished)
+    output = finished["output"]
+    answer = {
+        **shape.envelope(chunk=False),
+        "choices": [shape.choice(output["text"], FINISH.get(output["finish_reason"], "stop"), chunk=False)],
+        "usage": usage(finished),
+    }
+    return jsonify(answer)
+
+
+def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, Any] | None:
+    """The finished job's view, or None once `deadline` passes (checked at every event and keep-alive)."""
+    for kind, _event_id, data in events:
+        if kind == "done":
+            return data
+        if time.monotonic() > deadline:
+            return None
+    return None
+
+
+def _job_error(job: dict[str, Any]) -> Response:
+    """A job that did not succeed, as an error naming it: canceled 409, expired 504, failed 500."""
+    status = {"canceled": 409, "expired": 504}.get(job["status"], 500)
+    error = job.get("error") or {}
+    detail = f": {error.get('message')}" if error.get("message") else ""
+    return error_response(
+        status, error.get("type") or f"job_{job['status']}", f"job {job['id']} {job['status']}{detail}"
+    )
+
+
+def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, holdback: int, with_usage: bool) -> Iterator[str]:
+    """OpenAI chunks from the job's canvas events; the final text decides what the last chunk adds."""
+    sent, pending = "", ""
+    if shape.chat:
+        yield _data({**shape.envelope(chunk=True), "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    for kind, _event_id, data in events:
+        if kind == "keepalive":
+            yield ": keep-alive\n\n"
+        elif kind == "canvas":
+            pending += data.get("text", "")
+            ready = pending[: len(pending) - holdback] if holdback else pending
+            if ready:
+                sent, pending = sent + ready, pending[len(ready) :]
+                yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(ready, None, chunk=True)]})
+        elif kind == "done":
+            yield from _last_chunks(data, shape, sent, with_usage)
+            break
+    yield "data: [DONE]\n\n"
+
+
+def _last_chunks(job: dict[str, Any], shape: Shape, sent: str, with_usage: bool) -> Iterator[str]:
+    if job.get("status") != "succeeded":
+        error = job.get("error") or {}
+        message = f"job {job.get('id')} {job.get('status')}: {error.get('message', '')}".rstrip(": ")
+        yield _data({"error": {"type": error.get("type") or "job_failed", "message": message, "param": None}})
+        return
+    output = job["output"]
+    rest = output["text"][len(sent) :] if output["text"].startswith(sent) else ""
+    finish = FINISH.get(output["finish_reason"], "stop")
+    yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(rest, finish, chunk=True)]})
+    if with_usage:
+        yield _data({**shape.envelope(chunk=True), "choices": [], "usage": usage(job)})
+
+
+def _data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
