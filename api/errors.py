@@ -18,6 +18,7 @@ from shared.errors import (
     IllegalTransition,
     InvalidRequest,
     NotFound,
+    RateLimited,
     Unauthorized,
 )
 
@@ -28,6 +29,7 @@ STATUS_BY_ERROR: dict[type[CanvasError], int] = {
     InvalidRequest: 422,
     NotFound: 404,
     Conflict: 409,
+    RateLimited: 429,
     IllegalTransition: 409,
     Unauthorized: 401,
     Forbidden: 403,
@@ -64,7 +66,10 @@ def validation_error(exc: ValidationError, prefix: str = "") -> Response:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CanvasError)
     def _canvas_error(exc: CanvasError) -> Response:
-        return error_response(STATUS_BY_ERROR.get(type(exc), 400), exc.type, exc.message, exc.param)
+        response = error_response(STATUS_BY_ERROR.get(type(exc), 400), exc.type, exc.message, exc.param)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Response:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
 from api.files import get_file
+from api.limits import check_submission
 from api.models import visible_model
 from api.state import db_session, events_client, publish_after_commit
 from api.tokenization import tokenizer_for
@@ -111,6 +112,7 @@ def create_fine_tune() -> Response:
     principal = current_principal()
     session = db_session()
     base = visible_model(session, body.base_model, "base_model")
+    check_submission(session, principal.tenant_id)
     if base.adapter_path:
         raise InvalidRequest(f"{base.name!r} is an adapter; fine-tune its base model {base.base_model!r}", "base_model")
     records = _check_dataset(body.training_file, "training_file", base)

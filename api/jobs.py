@@ -15,6 +15,7 @@ from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
 from api.job_inputs import check_length, prompt_ids
 from api.job_kinds import check_fields, infill_plan, sudoku_plan
+from api.limits import check_submission
 from api.models import visible_model
 from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
@@ -59,7 +60,8 @@ def submit_job() -> Response:
 
 def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
     """Record and enqueue a validated job for the request's tenant, or find the one its Idempotency-Key
-    made (same body). Returns (job, created). Raises InvalidRequest naming the field that is wrong."""
+    made (same body). Returns (job, created). Raises InvalidRequest naming the field that is wrong, and
+    RateLimited past the tenant's limits (a replay is never limited)."""
     principal = current_principal()
     session = db_session()
     model = visible_model(session, body.model)
@@ -67,6 +69,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
     digest = _request_hash(raw)
     if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):
         return existing, False
+    check_submission(session, principal.tenant_id)
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")
     ids, recorded_input, params = job_plan(body, model)

@@ -48,7 +48,7 @@ JOB_SCHEMA: dict[str, Any] = {
 
 def _op(summary: str, ok: str, ok_schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
     responses = {ok: {"description": summary, "content": {"application/json": {"schema": ok_schema}}}}
-    responses.update({code: ERROR for code in ("400", "401", "404", "409", "413", "422")})
+    responses.update({code: ERROR for code in ("400", "401", "404", "409", "413", "422", "429")})
     return {"summary": summary, "responses": responses, **extra}
 
 

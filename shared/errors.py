@@ -36,3 +36,13 @@ class Forbidden(CanvasError):
 
 class IllegalTransition(CanvasError):
     type = "conflict_error"
+
+
+class RateLimited(CanvasError):
+    """Too much, too fast: the client should retry after `retry_after` seconds (429 with Retry-After)."""
+
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

@@ -38,6 +38,10 @@ class Settings:
     engine_max_rows: int = 16  # rows the engine denoises together; the worker takes as many jobs at once
     engine_memory_bytes: int = 0  # KV and row-state budget of the engine; 0: rows are limited by count only
     draft_interval_seconds: float = 0.25  # at most this often a running job publishes its draft canvas
+    # Per tenant (0: no limit): job submissions per minute (jobs, completions, fine-tunes), and jobs queued
+    # or running at once. Past either, a submission gets 429 with Retry-After; nothing is recorded.
+    rate_limit_per_minute: int = 600
+    max_active_jobs: int = 10_000
     sync_wait_seconds: float = 600.0  # how long an OpenAI-style request waits for its job before a 504
     # Webhooks: retry delays in seconds (one per retry), per-attempt timeout, operator allow-list of
     # CIDRs that the SSRF guard lets through (e.g. "127.0.0.1/32" for tests and internal receivers).
@@ -71,6 +75,8 @@ class Settings:
             engine_memory_bytes=_int("CANVAS_ENGINE_MEMORY_BYTES", d.engine_memory_bytes),
             draft_interval_seconds=_float("CANVAS_DRAFT_INTERVAL_SECONDS", d.draft_interval_seconds),
             sync_wait_seconds=_float("CANVAS_SYNC_WAIT_SECONDS", d.sync_wait_seconds),
+            rate_limit_per_minute=_int("CANVAS_RATE_LIMIT_PER_MINUTE", d.rate_limit_per_minute),
+            max_active_jobs=_int("CANVAS_MAX_ACTIVE_JOBS", d.max_active_jobs),
             webhook_schedule=_floats("CANVAS_WEBHOOK_SCHEDULE", d.webhook_schedule),
             webhook_timeout_seconds=_float("CANVAS_WEBHOOK_TIMEOUT_SECONDS", d.webhook_timeout_seconds),
             webhook_allow=os.environ.get("CANVAS_WEBHOOK_ALLOW", d.webhook_allow),

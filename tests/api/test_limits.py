@@ -1,0 +1,60 @@
+"""Per-tenant submission limits at the API: 429 with Retry-After past the rate or the active-jobs cap,
+nothing recorded for a refused request, other tenants and idempotent replays unaffected, and the rate
+failing open when Redis does not answer."""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import TINY, auth
+
+
+def app_with(settings, **limits):
+    from api.app import create_app
+
+    return create_app(settings.with_(**limits)).test_client()
+
+
+def submit(client, key: str, headers: dict | None = None, **body):
+    return client.post(
+        "/v1/jobs", json={"model": TINY, "prompt": "hi", **body}, headers={**auth(key), **(headers or {})}
+    )
+
+
+def job_count(client, key: str) -> int:
+    return len(client.get("/v1/jobs?limit=100", headers=auth(key)).get_json()["data"])
+
+
+def test_past_the_rate_a_submission_gets_429_with_retry_after(settings, keys) -> None:
+    client = app_with(settings, rate_limit_per_minute=3, max_active_jobs=0)
+    if time.time() % 60 > 55:  # keep the four submissions inside one one-minute window
+        time.sleep(61 - time.time() % 60)
+    first = submit(client, keys["a"], headers={"Idempotency-Key": "k1"})
+    assert [submit(client, keys["a"]).status_code for _ in range(2)] == [202, 202]
+    refused = submit(client, keys["a"])
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    error = refused.get_json()["error"]
+    assert error["type"] == "rate_limit_error" and "more than 3 submissions this minute" in error["message"]
+    assert job_count(client, keys["a"]) == 3  # the refused request recorded nothing
+    replay = submit(client, keys["a"], headers={"Idempotency-Key": "k1"})
+    assert replay.status_code == 200 and replay.get_json()["id"] == first.get_json()["id"]
+    assert submit(client, keys["b"]).status_code == 202  # another tenant has its own budget
+    chat = {"model": TINY, "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/v1/chat/completions", json=chat, headers=auth(keys["a"])).status_code == 429
+
+
+def test_past_the_active_jobs_cap_a_submission_waits_for_one_to_finish(settings, keys) -> None:
+    client = app_with(settings, rate_limit_per_minute=0, max_active_jobs=2)
+    jobs = [submit(client, keys["a"]).get_json()["id"] for _ in range(2)]
+    refused = submit(client, keys["a"])
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+    assert "2 jobs are queued or running for this tenant" in refused.get_json()["error"]["message"]
+    assert client.post(f"/v1/jobs/{jobs[0]}/cancel", headers=auth(keys["a"])).status_code == 200
+    assert submit(client, keys["a"]).status_code == 202  # a queued job canceled: room for one more
+
+
+def test_the_rate_fails_open_when_redis_does_not_answer(settings, keys) -> None:
+    client = app_with(settings, rate_limit_per_minute=1, redis_url="redis://127.0.0.1:1/0")
+    assert [submit(client, keys["a"]).status_code for _ in range(2)] == [202, 202]
+    assert job_count(client, keys["a"]) == 2
