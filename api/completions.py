@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, stream_with_context
@@ -75,7 +76,8 @@ def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bo
     raw = read_json_object()
     body = schema.model_validate(raw)
     job, _created = accept_job(body.job(), raw)
-    shape = Shape(chat, job.id, job.model, int(job.created_at.timestamp()))
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)  # SQLite: naive UTC
+    shape = Shape(chat, job.id, job.model, int(created.timestamp()))
     quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
     if body.stream:

@@ -3,6 +3,8 @@ not control) against the real API, Redis and a worker: the answers are the jobs'
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from openai import OpenAI, OpenAIError
 
@@ -23,6 +25,7 @@ def test_a_completion_answers_with_its_jobs_output(live_api, keys) -> None:
     job = Client(live_api.url, keys["a"]).get(answer.id.removeprefix("cmpl-"))
     assert job["status"] == "succeeded" and job["params"]["seed"] == 4
     assert answer.object == "text_completion" and answer.model == TINY
+    assert abs(answer.created - time.time()) < 300  # Unix seconds of the job's creation, in UTC
     assert answer.choices[0].text == job["output"]["text"]
     assert answer.choices[0].finish_reason == {"eos": "stop", "length": "length"}[job["output"]["finish_reason"]]
     assert answer.usage.completion_tokens == len(job["output"]["token_ids"]) <= 20
