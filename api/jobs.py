@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -24,7 +25,7 @@ from api.webhooks import check_webhook_url
 from shared.contracts import GenerationParams, sudoku_params
 from shared.errors import InvalidRequest
 from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, timeline
-from shared.models import Job, ModelRecord
+from shared.models import Job, ModelRecord, utcnow
 from shared.states import JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -84,6 +85,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
         webhook=body.webhook.model_dump() if body.webhook else None,
         idempotency_key=key,
         request_hash=digest if key else None,
+        deadline_at=utcnow() + timedelta(seconds=body.deadline_seconds) if body.deadline_seconds else None,
     )
     outbox = create_job(session, job)
     try:

@@ -41,6 +41,7 @@ JOB_SCHEMA: dict[str, Any] = {
         "created_at": {"type": "string", "format": "date-time"},
         "started_at": {"type": ["string", "null"], "format": "date-time"},
         "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "deadline_at": {"type": ["string", "null"], "format": "date-time"},
         "timeline": {"type": "array", "items": {"type": "object"}},
     },
 }

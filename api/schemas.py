@@ -40,6 +40,9 @@ class JobCreate(BaseModel):
     )
     params: GenerationParams = Field(default_factory=GenerationParams)
     webhook: WebhookTarget | None = None
+    deadline_seconds: StrictInt | None = Field(
+        None, ge=1, le=7 * 24 * 3600, description="not started within this many seconds: the job expires"
+    )
 
     def given_inputs(self) -> list[str]:
         return [name for name in ("prompt", "input_ids", "messages") if getattr(self, name) is not None]

@@ -10,14 +10,14 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.contracts import GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK, generation_queue
 from shared.errors import Conflict, IllegalTransition, NotFound
 from shared.models import Job, JobEvent, ModelRecord, OutboxMessage, utcnow
 from shared.states import ALLOWED_FROM, FinishReason, JobStatus
-from shared.views import job_view  # noqa: F401  (re-exported: the API uses it from here)
+from shared.views import iso, job_view  # noqa: F401  (job_view re-exported: the API uses it from here)
 from shared.webhooks import record_status_event
 
 
@@ -56,11 +56,11 @@ def transition(
     *,
     attempt: int | None = None,
     event_data: dict[str, Any] | None = None,
+    condition: Any = None,
     **values: Any,
 ) -> bool:
-    """Move a job to `to` if its current status allows it (and, if given, it is still on `attempt`).
-
-    Returns whether the row changed. Appends a timeline event when it did.
+    """Move a job to `to` if its current status allows it (and, if given, it is still on `attempt` and
+    matches the SQL `condition`). Returns whether the row changed. Appends a timeline event when it did.
     """
     now = utcnow()
     stmt = (
@@ -71,6 +71,8 @@ def transition(
     )
     if attempt is not None:
         stmt = stmt.where(Job.attempts == attempt)
+    if condition is not None:
+        stmt = stmt.where(condition)
     if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
         return False
     session.add(JobEvent(job_id=job_id, type="status", status=to.value, data=event_data, created_at=now))
@@ -90,6 +92,7 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
     """queued -> running for this worker. Returns the attempt number, or None if not claimable.
 
     The conditional UPDATE is the lock: of two deliveries of one job, exactly one matches `queued`.
+    A job past its deadline is never started: it becomes `expired` instead (None too).
     """
     now = utcnow()
     ok = transition(
@@ -97,12 +100,31 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
         job_id,
         JobStatus.RUNNING,
         event_data={"worker": worker},
+        condition=or_(Job.deadline_at.is_(None), Job.deadline_at > now),
         attempts=Job.attempts + 1,
         worker=worker,
         started_at=now,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
     )
-    return session.scalar(select(Job.attempts).where(Job.id == job_id)) if ok else None
+    if not ok:
+        expire_overdue(session, [job_id])
+        return None
+    return session.scalar(select(Job.attempts).where(Job.id == job_id))
+
+
+def expire_overdue(session: Session, job_ids: list[str] | None = None) -> int:
+    """queued -> expired for the (given) queued jobs whose deadline has passed. Returns how many."""
+    now = utcnow()
+    overdue = select(Job.id, Job.deadline_at).where(Job.status == JobStatus.QUEUED.value, Job.deadline_at <= now)
+    if job_ids is not None:
+        overdue = overdue.where(Job.id.in_(job_ids))
+    expired = 0
+    for job_id, deadline in session.execute(overdue).all():
+        error = {"type": "expired", "message": f"the job was not started by its deadline, {iso(deadline)}"}
+        expired += transition(
+            session, job_id, JobStatus.EXPIRED, condition=Job.deadline_at <= now, error=error, finished_at=now
+        )
+    return expired
 
 
 def renew_lease(session: Session, job_id: str, attempt: int, lease_seconds: float) -> bool:

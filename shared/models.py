@@ -108,6 +108,7 @@ class Job(Base):
         Index("ix_jobs_model_created", "model", "created_at", "id"),
         Index("ix_jobs_kind_created", "kind", "created_at", "id"),
         Index("ix_jobs_finished", "finished_at"),
+        Index("ix_jobs_status_deadline", "status", "deadline_at"),  # the sweeper expires overdue queued jobs (0005)
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -130,6 +131,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per-job target: {"url", "events"}
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # not started by then: expired
 
 
 class JobEvent(Base):

@@ -13,7 +13,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from shared.db import session_scope
-from shared.jobs import task_route, transition
+from shared.jobs import expire_overdue, task_route, transition
 from shared.models import Job, OutboxMessage, utcnow
 from shared.queue import publish_pending
 from shared.settings import Settings
@@ -75,6 +75,8 @@ def reap_expired_leases(settings: Settings) -> int:
 def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
     """One pass: (jobs reaped, outbox and webhook messages sent to the broker)."""
     reaped = reap_expired_leases(settings)
+    with session_scope(settings.database_url) as session:
+        expire_overdue(session)  # queued jobs past their deadline, even where no worker would claim them
     with session_scope(settings.database_url) as session:
         published = publish_pending(session, app)
     _recovered, dispatched = sweep_webhooks(settings, app)

@@ -29,6 +29,7 @@ def job_view(job: Job, events: list[JobEvent] | None = None) -> dict[str, Any]:
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "deadline_at": iso(job.deadline_at),
     }
     if events is not None:
         view["timeline"] = [

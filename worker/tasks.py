@@ -42,7 +42,7 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     with session_scope(settings.database_url) as session:
         attempt = claim(session, job_id, host.hostname, settings.lease_seconds)
         if attempt is None:
-            log.info("job %s is not queued (duplicate or canceled delivery): skipped", job_id)
+            log.info("job %s is not queued (a duplicate or canceled delivery, or past its deadline): skipped", job_id)
             return "skipped"
         job = get_job(session, job_id)
         model_name, input_ids, params = job.model, list(job.input_ids), dict(job.params)

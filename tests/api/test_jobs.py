@@ -170,3 +170,15 @@ def test_a_database_outage_is_503_with_retry_after(settings, keys, tmp_path) -> 
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert response.get_json()["error"]["type"] == "service_unavailable"
+
+
+def test_a_deadline_is_recorded_and_checked(client, keys) -> None:
+    from datetime import datetime
+
+    job = submit(client, keys["a"], prompt="hi", deadline_seconds=90).get_json()
+    created, deadline = (datetime.fromisoformat(job[k].replace("Z", "+00:00")) for k in ("created_at", "deadline_at"))
+    assert 89 <= (deadline - created).total_seconds() <= 91
+    assert submit(client, keys["a"], prompt="hi").get_json()["deadline_at"] is None
+    for bad in (0, 8 * 24 * 3600, "60"):
+        response = submit(client, keys["a"], prompt="hi", deadline_seconds=bad)
+        assert response.status_code == 422 and response.get_json()["error"]["param"] == "deadline_seconds"

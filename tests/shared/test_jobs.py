@@ -5,17 +5,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.errors import IllegalTransition
-from shared.jobs import claim, create_job, new_job_id, require_transition, timeline, transition
-from shared.models import Job, OutboxMessage, utcnow
+from shared.jobs import claim, create_job, expire_overdue, new_job_id, require_transition, timeline, transition
+from shared.models import Job, OutboxMessage, WebhookMessage, utcnow
 from shared.states import JobStatus
 from shared.sweeper import reap_expired_leases
 from tests.conftest import TINY
 
 
-def make_job(settings) -> str:
+def make_job(settings, deadline_in: float | None = None, webhook: dict | None = None) -> str:
     job = Job(
         id=new_job_id(),
         tenant_id="t",
@@ -24,6 +25,8 @@ def make_job(settings) -> str:
         input={"prompt": "x"},
         input_ids=[2, 3],
         params={"seed": 1},
+        deadline_at=None if deadline_in is None else utcnow() + timedelta(seconds=deadline_in),
+        webhook=webhook,
     )
     with session_scope(settings.database_url) as session:
         create_job(session, job)
@@ -92,3 +95,31 @@ def test_a_live_lease_is_not_reaped(settings) -> None:
     with session_scope(settings.database_url) as session:
         claim(session, job_id, "w1", 30)
     assert reap_expired_leases(settings) == 0
+
+
+def test_a_job_past_its_deadline_is_never_started_it_expires(settings) -> None:
+    hook = {"url": "https://hooks.example/expired", "events": ["job.expired"]}
+    late, on_time = make_job(settings, deadline_in=-1, webhook=hook), make_job(settings, deadline_in=3600)
+    with session_scope(settings.database_url) as session:
+        assert claim(session, late, "w1", 30) is None
+        assert claim(session, on_time, "w1", 30) == 1
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, late)
+        assert (job.status, job.attempts, job.started_at) == ("expired", 0, None)
+        assert job.error["type"] == "expired" and "deadline" in job.error["message"]
+        assert [e.status for e in timeline(session, late)] == ["queued", "expired"]
+        assert session.get(Job, on_time).status == "running"
+        messages = session.scalars(select(WebhookMessage).where(WebhookMessage.job_id == late)).all()
+        assert [(m.event_type, m.payload["data"]["status"]) for m in messages] == [("job.expired", "expired")]
+
+
+def test_the_sweeper_expires_overdue_queued_jobs_only(settings) -> None:
+    overdue, later, running = make_job(settings, -1), make_job(settings, 3600), make_job(settings, 3600)
+    with session_scope(settings.database_url) as session:
+        claim(session, running, "w1", 30)
+        session.get(Job, running).deadline_at = utcnow() - timedelta(seconds=1)  # started in time, then overdue
+    with session_scope(settings.database_url) as session:
+        assert expire_overdue(session) == 1
+    with session_scope(settings.database_url) as session:
+        statuses = [session.get(Job, j).status for j in (overdue, later, running)]
+    assert statuses == ["expired", "queued", "running"]
