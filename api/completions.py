@@ -5,7 +5,8 @@ Each request becomes a `generate` job, recorded, queued, retried, listed and web
 and answers in OpenAI's shape; a wait longer than `CANVAS_SYNC_WAIT_SECONDS` gets a 504 naming the job,
 which goes on (GET /v1/jobs/{id}). With `stream` the job's committed canvases are relayed as OpenAI chunks
 (server-sent events ending with `data: [DONE]`), holding back as many characters as the longest stop
-string so that nothing after a stop is ever sent.
+string, and the text is cut at the first stop string however it was tokenized. Errors about a job that
+exists carry `x-should-retry: false`: a retry would submit a second job.
 """
 
 from __future__ import annotations
@@ -80,25 +81,44 @@ def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bo
     shape = Shape(chat, job.id, job.model, int(created.timestamp()))
     quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
+    stops = list(job.params.get("stop") or [])
     if body.stream:
-        holdback = max((len(s) for s in job.params.get("stop") or []), default=0)
         with_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chunks(events, shape, holdback, with_usage)
+        chunks = _chunks(events, shape, stops, with_usage)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
     finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
     if finished is None:
         message = f"job {job.id} is still running; it goes on: GET /v1/jobs/{job.id}"
-        return error_response(504, "timeout", message)
+        return no_retry(error_response(504, "timeout", message))
     if finished["status"] != "succeeded":
-        return _job_error(finished)
-    output = finished["output"]
+        return no_retry(_job_error(finished))
+    text, finish = final_text(finished["output"], stops)
     answer = {
         **shape.envelope(chunk=False),
-        "choices": [shape.choice(output["text"], FINISH.get(output["finish_reason"], "stop"), chunk=False)],
+        "choices": [shape.choice(text, finish, chunk=False)],
         "usage": usage(finished),
     }
     return jsonify(answer)
+
+
+def no_retry(response: Response) -> Response:
+    """OpenAI's SDKs retry 409 and 5xx by resubmitting, which here would make a second job: they honour this."""
+    response.headers["x-should-retry"] = "false"
+    return response
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found. The worker matches stops on token
+    ids; the same characters can come as other tokens, so the text is checked too."""
+    cuts = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def final_text(output: dict[str, Any], stops: list[str]) -> tuple[str, str]:
+    """(text, OpenAI finish_reason) of a finished job's output."""
+    text, stopped = cut_at_stop(output["text"], stops)
+    return text, "stop" if stopped else FINISH.get(output["finish_reason"], "stop")
 
 
 def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, Any] | None:
@@ -121,36 +141,46 @@ def _job_error(job: dict[str, Any]) -> Response:
     )
 
 
-def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, holdback: int, with_usage: bool) -> Iterator[str]:
-    """OpenAI chunks from the job's canvas events; the final text decides what the last chunk adds."""
-    sent, pending = "", ""
+def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, stops: list[str], with_usage: bool) -> Iterator[str]:
+    """OpenAI chunks from the job's canvas events; the final text decides what the last chunk adds.
+
+    Characters that could be the start of a stop string are held back until the next canvas shows they
+    are not. If the job is retried (a lost worker), its new attempt's text is followed from its start,
+    and only what goes beyond the text already sent is relayed."""
+    holdback = max((len(stop) for stop in stops), default=0)
+    sent, current = "", ""  # text relayed; text of the current attempt so far
     if shape.chat:
         yield _data({**shape.envelope(chunk=True), "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
     for kind, _event_id, data in events:
         if kind == "keepalive":
             yield ": keep-alive\n\n"
+        elif kind == "status" and data.get("status") == "running":
+            current = ""  # a (new) attempt starts from the first canvas
         elif kind == "canvas":
-            pending += data.get("text", "")
-            ready = pending[: len(pending) - holdback] if holdback else pending
-            if ready:
-                sent, pending = sent + ready, pending[len(ready) :]
-                yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(ready, None, chunk=True)]})
+            current += data.get("text", "")
+            text, stopped = cut_at_stop(current, stops)
+            ready = text if stopped or not holdback else text[: max(0, len(text) - holdback)]
+            if len(ready) > len(sent) and ready.startswith(sent):
+                delta, sent = ready[len(sent) :], ready
+                yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(delta, None, chunk=True)]})
         elif kind == "done":
-            yield from _last_chunks(data, shape, sent, with_usage)
+            yield from _last_chunks(data, shape, sent, stops, with_usage)
             break
     yield "data: [DONE]\n\n"
 
 
-def _last_chunks(job: dict[str, Any], shape: Shape, sent: str, with_usage: bool) -> Iterator[str]:
+def _last_chunks(job: dict[str, Any], shape: Shape, sent: str, stops: list[str], with_usage: bool) -> Iterator[str]:
     if job.get("status") != "succeeded":
         error = job.get("error") or {}
         message = f"job {job.get('id')} {job.get('status')}: {error.get('message', '')}".rstrip(": ")
         yield _data({"error": {"type": error.get("type") or "job_failed", "message": message, "param": None}})
         return
-    output = job["output"]
-    rest = output["text"][len(sent) :] if output["text"].startswith(sent) else ""
-    finish = FINISH.get(output["finish_reason"], "stop")
-    yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(rest, finish, chunk=True)]})
+    text, finish = final_text(job["output"], stops)
+    if not text.startswith(sent):  # a retried attempt wrote other text than the one relayed: say so
+        message = f"job {job['id']} was retried and its text changed; GET /v1/jobs/{job['id']} has the output"
+        yield _data({"error": {"type": "output_changed", "message": message, "param": None}})
+        return
+    yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(text[len(sent) :], finish, chunk=True)]})
     if with_usage:
         yield _data({**shape.envelope(chunk=True), "choices": [], "usage": usage(job)})
 

@@ -112,7 +112,6 @@ def create_fine_tune() -> Response:
     principal = current_principal()
     session = db_session()
     base = visible_model(session, body.base_model, "base_model")
-    check_submission(session, principal.tenant_id)
     if base.adapter_path:
         raise InvalidRequest(f"{base.name!r} is an adapter; fine-tune its base model {base.base_model!r}", "base_model")
     records = _check_dataset(body.training_file, "training_file", base)
@@ -121,6 +120,7 @@ def create_fine_tune() -> Response:
     _require_gpu_trainer(body.quantization)
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")
+    check_submission(session, principal.tenant_id)
     params = body.model_dump(exclude={"webhook"})
     params["seed"] = body.seed if body.seed is not None else int.from_bytes(new_job_id()[-4:].encode(), "big") % 2**31
     params["examples"] = len(records)

@@ -70,10 +70,10 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
     digest = _request_hash(raw)
     if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):
         return existing, False
-    check_submission(session, principal.tenant_id)
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")
     ids, recorded_input, params = job_plan(body, model)
+    check_submission(session, principal.tenant_id)  # after validation: a 422 does not use up the budget
     job = Job(
         id=new_job_id(),
         tenant_id=principal.tenant_id,

@@ -71,6 +71,8 @@ fi
 if [ "${EVAL:-1}" != 0 ]; then
   phase "5. demo model: held-out Sudoku and text tasks"
   timeout "${EVAL_SECONDS:-75}" python3 bench/sudoku.py --model "$DEMO" --puzzles "${PUZZLES:-1000}" --max-rows 512
+  timeout "${TRIES_SECONDS:-60}" python3 bench/sudoku.py --model "$DEMO" --puzzles "${PUZZLES:-1000}" --max-rows 512 \
+    --levels medium --orders entropy --tries 4
   timeout 30 python3 bench/demo_tasks.py --model "$DEMO" --count "${COUNT:-200}"
 fi
 if [ "${QLORA:-1}" != 0 ]; then

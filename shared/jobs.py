@@ -92,7 +92,8 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
     """queued -> running for this worker. Returns the attempt number, or None if not claimable.
 
     The conditional UPDATE is the lock: of two deliveries of one job, exactly one matches `queued`.
-    A job past its deadline is never started: it becomes `expired` instead (None too).
+    A job past its deadline that never started becomes `expired` instead (None too); a job requeued after
+    a lost worker has started, so its deadline no longer applies.
     """
     now = utcnow()
     ok = transition(
@@ -100,7 +101,7 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
         job_id,
         JobStatus.RUNNING,
         event_data={"worker": worker},
-        condition=or_(Job.deadline_at.is_(None), Job.deadline_at > now),
+        condition=or_(Job.deadline_at.is_(None), Job.deadline_at > now, Job.attempts > 0),
         attempts=Job.attempts + 1,
         worker=worker,
         started_at=now,
@@ -113,17 +114,16 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
 
 
 def expire_overdue(session: Session, job_ids: list[str] | None = None) -> int:
-    """queued -> expired for the (given) queued jobs whose deadline has passed. Returns how many."""
+    """queued -> expired for the (given) never-started queued jobs whose deadline has passed. Returns how many."""
     now = utcnow()
-    overdue = select(Job.id, Job.deadline_at).where(Job.status == JobStatus.QUEUED.value, Job.deadline_at <= now)
+    never_started = (Job.deadline_at <= now) & (Job.attempts == 0)
+    overdue = select(Job.id, Job.deadline_at).where(Job.status == JobStatus.QUEUED.value, never_started)
     if job_ids is not None:
         overdue = overdue.where(Job.id.in_(job_ids))
     expired = 0
     for job_id, deadline in session.execute(overdue).all():
         error = {"type": "expired", "message": f"the job was not started by its deadline, {iso(deadline)}"}
-        expired += transition(
-            session, job_id, JobStatus.EXPIRED, condition=Job.deadline_at <= now, error=error, finished_at=now
-        )
+        expired += transition(session, job_id, JobStatus.EXPIRED, condition=never_started, error=error, finished_at=now)
     return expired
 
 

@@ -8,6 +8,7 @@ certificate check. Knows requests and urllib3, nothing of webhooks.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -44,10 +45,22 @@ class PinnedAdapter(HTTPAdapter):
 
 
 def post_pinned(url: str, address: str, **kwargs: Any) -> requests.Response:
-    """`requests.post(url, **kwargs)`, its socket connected to `address` (no proxies from the environment)."""
+    """`requests.post(url, **kwargs)`, its socket connected to `address`. Proxies from the environment are
+    not used (a proxy would resolve the name itself); its CA bundle (REQUESTS_CA_BUNDLE) still is."""
+    kwargs.setdefault("verify", os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True)
     with requests.Session() as session:
-        session.trust_env = False  # an environment proxy would resolve the name itself
+        session.trust_env = False
         adapter = PinnedAdapter(address)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session.post(url, **kwargs)
+
+
+def post_to_first(url: str, addresses: list[str], **kwargs: Any) -> requests.Response:
+    """`post_pinned` to each address in turn until one connects (an IPv6 address without a route, say)."""
+    for address in addresses[:-1]:
+        try:
+            return post_pinned(url, address, **kwargs)
+        except requests.ConnectionError:
+            continue
+    return post_pinned(url, addresses[-1], **kwargs)

@@ -134,16 +134,19 @@ def tries(request: Request, count: int) -> list[Request]:
     ]
 
 
-Decide = Callable[[list[EngineResult | None]], int | None]
+Decide = Callable[[list[EngineResult | None]], tuple[int, bool] | None]
 
 
 def _decider(kind: str, plan: dict[str, Any], loaded: LoadedModel) -> Decide:
-    """Which try's result answers the job, once that is known (None while undecided)."""
+    """(which try's result answers the job, whether it is a real answer) once that is known, else None.
+    A Sudoku answer is real when its grid is valid; a single try's result always is."""
     if kind != "sudoku":
-        return lambda results: 0 if results[0] is not None else None
+        return lambda results: (0, True) if results[0] is not None else None
 
-    def decide(results: list[EngineResult | None]) -> int | None:
-        return pick_try([shape_output(kind, plan, r, loaded.decode) if r else None for r in results])
+    def decide(results: list[EngineResult | None]) -> tuple[int, bool] | None:
+        outputs = [shape_output(kind, plan, r, loaded.decode) if r else None for r in results]
+        chosen = pick_try(outputs)
+        return None if chosen is None else (chosen, bool(outputs[chosen]["valid"]))  # type: ignore[index]
 
     return decide
 
@@ -151,24 +154,33 @@ def _decider(kind: str, plan: dict[str, Any], loaded: LoadedModel) -> Decide:
 def _wait(
     loaded: LoadedModel, requests: list[Request], watch: JobWatch, on_event: Any, decide: Decide
 ) -> tuple[int, EngineResult]:
-    """Submit every try and wait until `decide` picks one, canceling the tries still running then; cancel
-    them all when the job must stop (the picked result then says `canceled`)."""
+    """Submit every try and wait until `decide` picks one; the tries still running then are canceled
+    (also when a try fails: its error fails the job). When the job must stop, every try is canceled, and
+    unless a valid answer was already there, the result says `canceled` (so a timeout stays a timeout)."""
     handles = [loaded.engine.submit(r, on_event=on_event if i == 0 else None) for i, r in enumerate(requests)]
     asked = False
-    while True:
-        if not asked and watch.should_stop():
-            for request in requests:
+    try:
+        while True:
+            if not asked and watch.should_stop():
+                for request in requests:
+                    loaded.engine.cancel(request.request_id)
+                asked = True
+            results = [h.wait(0) if h.done else None for h in handles]
+            decided = decide(results)
+            if decided is not None:
+                break
+            running = next((h for h in handles if not h.done), None)
+            if running is not None:  # None: the last one finished since `results` was read
+                running.wait_done(0.05)
+    finally:
+        for request, handle in zip(requests, handles, strict=True):
+            if not handle.done:
                 loaded.engine.cancel(request.request_id)
-            asked = True
-        results = [h.wait(0) if h.done else None for h in handles]
-        chosen = decide(results)
-        if chosen is not None:
-            break
-        next(h for h in handles if not h.done).wait_done(0.05)
-    for request, handle in zip(requests, handles, strict=True):
-        if not handle.done:
-            loaded.engine.cancel(request.request_id)
-    return chosen, results[chosen]
+    chosen, real = decided
+    if asked and not real:
+        stopped = next((r for r in results if r is not None and r.finish_reason == FinishReason.CANCELED.value), None)
+        return chosen, stopped or results[chosen]  # type: ignore[return-value]
+    return chosen, results[chosen]  # type: ignore[return-value]
 
 
 def _record_stop(settings: Settings, events: EventPublisher | None, job_id: str, attempt: int, watch: JobWatch) -> str:

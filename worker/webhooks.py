@@ -19,7 +19,7 @@ from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcno
 from shared.settings import Settings
 from shared.ssrf import UnsafeURL, check_url, parse_allow_list
 from shared.webhooks import signature_header, tenant_secret
-from worker.pinned_http import post_pinned
+from worker.pinned_http import post_to_first
 
 log = logging.getLogger(__name__)
 EXCERPT_CHARS = 500
@@ -75,10 +75,10 @@ def deliver(settings: Settings, message_id: str) -> str:
     status, error, excerpt, retry_after = None, None, None, None
     try:
         # Again at delivery (DNS may have changed), and the POST goes to the address just checked.
-        address = check_url(url, parse_allow_list(settings.webhook_allow))[0]
-        response = post_pinned(
+        addresses = check_url(url, parse_allow_list(settings.webhook_allow))
+        response = post_to_first(
             url,
-            str(address),
+            [str(a) for a in addresses],
             data=body.encode(),
             headers=headers,
             timeout=settings.webhook_timeout_seconds,

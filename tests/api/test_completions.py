@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from api.completions import Shape, _chunks
+from api.completions import Shape, _chunks, final_text
 from tests.conftest import TINY, auth
 
 
@@ -26,6 +26,7 @@ def test_without_a_worker_the_wait_ends_in_504_naming_the_job_which_is_kept(quic
     client = quick_app.test_client()
     response = post(client, keys["a"], "completions", prompt="hi", max_tokens=8, temperature=0.5, seed=3, stop="\n")
     assert response.status_code == 504
+    assert response.headers["x-should-retry"] == "false"  # the SDK would otherwise submit a second job
     message = response.get_json()["error"]["message"]
     job_id = message.split()[1]
     job = client.get(f"/v1/jobs/{job_id}", headers=auth(keys["a"])).get_json()
@@ -77,16 +78,48 @@ def test_an_unknown_model_is_404_and_a_missing_key_401(client, keys) -> None:
     assert client.post("/v1/completions", json={"model": TINY, "prompt": "hi"}).status_code == 401
 
 
+def streamed(events: list, stops: list[str]) -> tuple[str, list[dict]]:
+    shape = Shape(chat=False, job_id="job_1", model="m", created=0)
+    chunks = list(_chunks(iter(events), shape, stops, with_usage=False))
+    assert chunks[-1] == "data: [DONE]\n\n"
+    payloads = [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
+    return "".join(p["choices"][0]["text"] for p in payloads if "choices" in p), payloads
+
+
+def done(text: str, finish: str = "eos") -> tuple:
+    return ("done", None, {"id": "job_1", "status": "succeeded", "output": {"text": text, "finish_reason": finish}})
+
+
 def test_the_stream_holds_back_what_a_stop_may_cut() -> None:
     """The worker commits whole canvases and cuts its output before a stop string, but a stop can begin in
     a canvas already relayed ("...ST" then "OP..."): those characters must not have been sent."""
-    shape = Shape(chat=False, job_id="job_1", model="m", created=0)
-    finished = {"status": "succeeded", "output": {"text": "hello world ", "finish_reason": "stop"}, "stats": {}}
-    events = [("canvas", "1", {"text": "hello world ST"}), ("canvas", "2", {"text": ""}), ("done", None, finished)]
-    chunks = list(_chunks(iter(events), shape, holdback=len("STOP"), with_usage=False))
-    assert chunks[-1] == "data: [DONE]\n\n"
-    texts = [json.loads(c.removeprefix("data: "))["choices"][0]["text"] for c in chunks[:-1]]
-    assert "".join(texts) == "hello world " and not any("S" in t for t in texts)
-    assert json.loads(chunks[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "stop"
-    unheld = list(_chunks(iter(events), shape, holdback=0, with_usage=False))  # what the hold-back prevents
-    assert "ST" in "".join(json.loads(c.removeprefix("data: "))["choices"][0]["text"] for c in unheld[:-1])
+    events = [("canvas", "1", {"text": "hello world ST"}), ("canvas", "2", {"text": ""}), done("hello world ", "stop")]
+    text, payloads = streamed(events, ["STOP"])
+    assert text == "hello world " and not any("S" in p["choices"][0]["text"] for p in payloads)
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+    unheld, _ = streamed([*events[:1], done("hello world ST")], [])  # what the hold-back prevents
+    assert unheld == "hello world ST"
+
+
+def test_a_stop_made_of_other_tokens_still_ends_the_text() -> None:
+    """The worker matched no stop (other token ids, same characters): the text is cut at it anyway."""
+    events = [("canvas", "1", {"text": "abc STOP def"}), done("abc STOP def")]
+    text, payloads = streamed(events, ["STOP"])
+    assert text == "abc " and payloads[-1]["choices"][0]["finish_reason"] == "stop"
+    assert final_text({"text": "abc STOP def", "finish_reason": "eos"}, ["STOP"]) == ("abc ", "stop")
+
+
+def test_a_retried_job_is_not_streamed_twice() -> None:
+    """A lost worker's job runs again from its first canvas (same seed): only new text is relayed."""
+    events = [
+        ("status", "1", {"status": "running", "attempt": 1}),
+        ("canvas", "2", {"text": "hello "}),
+        ("status", "3", {"status": "running", "attempt": 2}),
+        ("canvas", "4", {"text": "hello "}),
+        ("canvas", "5", {"text": "world"}),
+        done("hello world"),
+    ]
+    assert streamed(events, [])[0] == "hello world"
+    other = [*events[:3], ("canvas", "4", {"text": "howdy"}), done("howdy")]  # a retry that wrote otherwise
+    changed, payloads = streamed(other, [])
+    assert changed == "hello " and payloads[-1]["error"]["type"] == "output_changed"

@@ -123,3 +123,16 @@ def test_the_sweeper_expires_overdue_queued_jobs_only(settings) -> None:
     with session_scope(settings.database_url) as session:
         statuses = [session.get(Job, j).status for j in (overdue, later, running)]
     assert statuses == ["expired", "queued", "running"]
+
+
+def test_a_job_requeued_after_a_lost_worker_is_not_expired_by_its_deadline(settings) -> None:
+    job_id = make_job(settings, deadline_in=3600)
+    with session_scope(settings.database_url) as session:
+        assert claim(session, job_id, "w1", 30) == 1
+        job = session.get(Job, job_id)
+        job.lease_expires_at = utcnow() - timedelta(seconds=1)  # the worker died
+        job.deadline_at = utcnow() - timedelta(seconds=1)  # and the deadline passed meanwhile
+    assert reap_expired_leases(settings) == 1
+    with session_scope(settings.database_url) as session:
+        assert expire_overdue(session) == 0  # it started in time: the accepted work is finished
+        assert claim(session, job_id, "w2", 30) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from worker.pinned_http import post_pinned
+from worker.pinned_http import post_pinned, post_to_first
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -68,3 +68,17 @@ def test_a_certificate_for_another_name_is_refused(tls_server) -> None:
     port, cert, _ = tls_server
     with pytest.raises(requests.exceptions.SSLError):
         post_pinned(f"https://other.example:{port}/x", "127.0.0.1", data=b"hi", verify=str(cert), timeout=10)
+
+
+def test_the_next_checked_address_is_tried_when_one_does_not_connect() -> None:
+    from tests.e2e.receiver import Receiver
+
+    receiver = Receiver()
+    try:
+        url = receiver.script("/next").replace("127.0.0.1", "hooks.example")
+        response = post_to_first(url, ["127.0.0.2", "127.0.0.1"], data=b"x", timeout=10)  # nothing on .2
+        assert response.status_code == 200 and len(receiver.at("/next")) == 1
+        with pytest.raises(requests.ConnectionError):
+            post_to_first(url, ["127.0.0.2"], data=b"x", timeout=10)
+    finally:
+        receiver.close()

@@ -96,3 +96,16 @@ def test_stop_strings_become_token_sequences_for_the_engine(host) -> None:
         tuple(loaded.tokenizer.encode("END", add_special_tokens=False)),
     )
     assert len(request.params.stop[1]) == 3  # one byte token each for E, N, D
+
+
+def test_a_sudoku_job_with_tries_past_the_time_limit_fails_with_timeout(settings, host) -> None:
+    """Every try is canceled; no try's grid turns the timeout into a success."""
+    tokenizer = host.get(TINY).tokenizer
+    grid = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+    digits = [tokenizer(d, add_special_tokens=False).input_ids[0] for d in "123456789"]
+    job_id = queued_job(settings, max_new_tokens=81, max_denoising_steps=50)
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        job.kind, job.input = "sudoku", {"grid": grid, "digit_ids": digits, "tries": 3}
+    assert run_generation_job(settings.with_(max_job_seconds=0), host, job_id) == "timed out"
+    assert (load(settings, job_id).status, load(settings, job_id).error["type"]) == ("failed", "timeout")
