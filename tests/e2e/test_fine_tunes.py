@@ -104,21 +104,23 @@ def test_full_fine_tuning_learns_the_data_and_the_result_is_a_model(live_api, ke
         method="full",
         seed=1,
         suffix="copy",
+        # 400 steps sit on the edge of learning the copy (2026-11-27, this CPU: 0/30 exact, loss 0.64, while
+        # an earlier environment got 27+); 800 steps give 28/30 (loss 0.19), with room to spare.
         hyperparameters={
-            "max_steps": 400,
+            "max_steps": 800,
             "learning_rate": 3e-3,
             "batch_size": 8,
             "warmup_steps": 20,
-            "checkpoint_every": 100,
+            "checkpoint_every": 200,
         },
     )
     done = wait_fine_tune(client, ft["id"], {"succeeded", "failed", "canceled"})
     assert done["status"] == "succeeded", done
     assert done["result_model"] == f"{BASE}:copy:{ft['id']}"
     events = metrics(client, ft["id"])
-    assert [e["step"] for e in events] == list(range(1, 401))
+    assert [e["step"] for e in events] == list(range(1, 801))
     assert loss_drop(events) >= 0.8
-    assert [c["step"] for c in get(client, f"/v1/fine_tunes/{ft['id']}/checkpoints")["data"]] == [100, 200, 300]
+    assert [c["step"] for c in get(client, f"/v1/fine_tunes/{ft['id']}/checkpoints")["data"]] == [200, 400, 600]
     models = [m["id"] for m in get(client, "/v1/models")["data"]]
     assert done["result_model"] in models
     assert exact_answers(client, done["result_model"], {w: w for w in WORDS}) >= 27
