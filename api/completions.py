@@ -15,7 +15,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, stream_with_context
@@ -77,8 +76,7 @@ def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bo
     raw = read_json_object()
     body = schema.model_validate(raw)
     job, _created = accept_job(body.job(), raw)
-    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)  # SQLite: naive UTC
-    shape = Shape(chat, job.id, job.model, int(created.timestamp()))
+    shape = Shape(chat, job.id, job.model, int(job.created_at.timestamp()))  # UTCDateTime: always aware
     quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
     stops = list(job.params.get("stop") or [])
@@ -131,14 +129,16 @@ def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, 
     return None
 
 
-def _job_error(job: dict[str, Any]) -> Response:
-    """A job that did not succeed, as an error naming it: canceled 409, expired 504, failed 500."""
-    status = {"canceled": 409, "expired": 504}.get(job["status"], 500)
+def job_error(job: dict[str, Any]) -> tuple[str, str]:
+    """(type, message) naming a job that did not succeed, and why (the view may lack its id: see follow_job)."""
     error = job.get("error") or {}
-    detail = f": {error.get('message')}" if error.get("message") else ""
-    return error_response(
-        status, error.get("type") or f"job_{job['status']}", f"job {job['id']} {job['status']}{detail}"
-    )
+    name = " ".join(str(part) for part in ("job", job.get("id"), job["status"]) if part)
+    return error.get("type") or f"job_{job['status']}", name + (f": {error['message']}" if error.get("message") else "")
+
+
+def _job_error(job: dict[str, Any]) -> Response:
+    """A job that did not succeed, as an error response: canceled 409, expired 504, failed 500."""
+    return error_response({"canceled": 409, "expired": 504}.get(job["status"], 500), *job_error(job))
 
 
 def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, stops: list[str], with_usage: bool) -> Iterator[str]:
@@ -171,9 +171,8 @@ def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, stops: list[st
 
 def _last_chunks(job: dict[str, Any], shape: Shape, sent: str, stops: list[str], with_usage: bool) -> Iterator[str]:
     if job.get("status") != "succeeded":
-        error = job.get("error") or {}
-        message = f"job {job.get('id')} {job.get('status')}: {error.get('message', '')}".rstrip(": ")
-        yield _data({"error": {"type": error.get("type") or "job_failed", "message": message, "param": None}})
+        type_, message = job_error(job)
+        yield _data({"error": {"type": type_, "message": message, "param": None}})
         return
     text, finish = final_text(job["output"], stops)
     if not text.startswith(sent):  # a retried attempt wrote other text than the one relayed: say so

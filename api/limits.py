@@ -15,17 +15,17 @@ from sqlalchemy.orm import Session
 from api.state import events_client, settings
 from shared.errors import RateLimited
 from shared.models import Job
-from shared.states import JobStatus
+from shared.states import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
-ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELING.value)
+ACTIVE = [s.value for s in JobStatus if s not in TERMINAL]  # queued, running, canceling
 ACTIVE_RETRY_SECONDS = 5
 
 
-def check_submission(session: Session, tenant_id: str, jobs: bool = True) -> None:
-    """Raise RateLimited if this tenant may not submit now. `jobs`: also check the active-jobs cap."""
+def check_submission(session: Session, tenant_id: str) -> None:
+    """Raise RateLimited if this tenant may not submit now."""
     config = settings()
-    if jobs and config.max_active_jobs > 0:
+    if config.max_active_jobs > 0:
         active = session.scalar(select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE)))
         if active is not None and active >= config.max_active_jobs:
             raise RateLimited(
