@@ -26,6 +26,7 @@ from api.errors import error_response
 from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.jobs import accept_job
 from api.state import events_client, settings
+from shared.contracts import cut_at_stop
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
@@ -104,13 +105,6 @@ def no_retry(response: Response) -> Response:
     """OpenAI's SDKs retry 409 and 5xx by resubmitting, which here would make a second job: they honour this."""
     response.headers["x-should-retry"] = "false"
     return response
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The text before the first stop string, and whether one was found. The worker matches stops on token
-    ids; the same characters can come as other tokens, so the text is checked too."""
-    cuts = [i for i in (text.find(stop) for stop in stops) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def final_text(output: dict[str, Any], stops: list[str]) -> tuple[str, str]:

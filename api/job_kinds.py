@@ -76,7 +76,8 @@ def _plain_ids(tokenizer: ModelTokenizer, text: str) -> list[int]:
 
 def sudoku_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[str, Any], int]:
     """(prompt ids, recorded input, 81). The prompt states the puzzle ('sudoku: <grid>'), the canvas holds
-    the 81 cells: the givens pinned, the blanks restricted to the digits."""
+    the 81 cells: the givens pinned, the blanks restricted to the digits (and, with `rules`, to the digits
+    their rows, columns and boxes leave open)."""
     if body.grid is None:
         raise InvalidRequest("a sudoku job needs 'grid': 81 characters, digits with '.' or '0' for blanks", "grid")
     try:
@@ -88,14 +89,15 @@ def sudoku_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[st
     if any(len(ids) != 1 for ids in digits):
         raise InvalidRequest(f"model {model.name!r} has no single-token digits, so it cannot run sudoku jobs", "model")
     grid = render(cells)
-    plan = {"grid": grid, "digit_ids": [ids[0] for ids in digits], "tries": body.tries or 1}
+    rules = True if body.rules is None else body.rules
+    plan = {"grid": grid, "digit_ids": [ids[0] for ids in digits], "tries": body.tries or 1, "rules": rules}
     return tokenizer.encode(f"sudoku: {grid}\n"), plan, 81
 
 
 KIND_FIELDS = {
     "generate": {"prompt", "input_ids", "messages"},
     "infill": {"prefix", "suffix", "hole_tokens", "template"},
-    "sudoku": {"grid", "tries"},
+    "sudoku": {"grid", "tries", "rules"},
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from api.webhook_schemas import WebhookTarget
 from shared.contracts import MAX_TRIES, GenerationParams
@@ -18,8 +18,8 @@ class ChatMessage(BaseModel):
 
 class JobCreate(BaseModel):
     """POST /v1/jobs. `generate`: exactly one of `prompt`, `input_ids`, `messages` (checked by the view);
-    `infill`: `template`, or `prefix`/`suffix` with `hole_tokens`; `sudoku`: `grid`, and `tries` (seeds denoised
-    side by side; the first valid grid answers)."""
+    `infill`: `template`, or `prefix`/`suffix` with `hole_tokens`; `sudoku`: `grid`, `tries` (seeds denoised
+    side by side; the first valid grid answers) and `rules` (mask digits a row, column or box already holds)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["generate", "infill", "sudoku"] = "generate"
@@ -37,6 +37,11 @@ class JobCreate(BaseModel):
         ge=1,
         le=MAX_TRIES,
         description="sudoku: seeds denoised side by side (try i: seed + i); the first valid grid answers",
+    )
+    rules: StrictBool | None = Field(
+        None,
+        description="sudoku (default true): a blank may not take a digit that a given, or a cell the last step "
+        "kept, already holds in its row, column or box; false: the model alone, blanks restricted to digits",
     )
     params: GenerationParams = Field(default_factory=GenerationParams)
     webhook: WebhookTarget | None = None

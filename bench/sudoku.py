@@ -40,6 +40,7 @@ def run(
     sampler: dict,
     max_rows: int,
     tries: int = 1,
+    rules: bool = False,
 ) -> dict:
     """Solve every puzzle; with `tries` > 1, as Sudoku jobs do: that many seeds per puzzle, denoised as rows
     of the same batches, the answer picked by `pick_try` (every try runs to the end here: no early cancel)."""
@@ -48,7 +49,7 @@ def run(
     handles = []
     for i, cells in enumerate(puzzles):
         grid = render(cells)
-        plan = {"grid": grid, "digit_ids": digits}
+        plan = {"grid": grid, "digit_ids": digits, "rules": rules}
         for j, seed in enumerate(try_seeds(i, tries)):
             params = SamplingParams(max_new_tokens=81, seed=seed, order=order, **sampler)
             request = Request(f"s{i}.{j}", tuple(tokenizer(sudoku_prompt(grid)).input_ids), params)
@@ -94,6 +95,9 @@ def main() -> None:
     parser.add_argument("--orders", default="entropy,left_to_right", help="which orders to run")
     parser.add_argument("--seed", type=int, default=10_000, help="held-out seed (another one: a tuning set)")
     parser.add_argument("--tries", type=int, default=1, help="seeds per puzzle, picked as Sudoku jobs' `tries`")
+    parser.add_argument(
+        "--rules", action="store_true", help="Sudoku jobs' `rules` (their default): mask digits a peer holds"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.model).eval()
@@ -102,6 +106,7 @@ def main() -> None:
     sampler = {"max_denoising_steps": args.budget, **(tuned if args.sampler == "sudoku" else {})}
     print(f"model {args.model}, {args.puzzles} held-out puzzles per level (seed {args.seed}), sampler {sampler}")
     print(f"tries per puzzle: {args.tries} (steps: of the picked try; fwd/puzzle: of all tries together)")
+    print(f"rules mask: {'on' if args.rules else 'off (the model alone)'}")
     print(
         f"{'level':8} {'givens':7} {'order':14} {'solved':>7} {'blanks right':>12} "
         f"{'steps':>6} {'fwd/puzzle':>10} {'cells/fwd':>9} {'s':>6}"
@@ -112,7 +117,7 @@ def main() -> None:
         puzzles = [[0 if c == "." else int(c) for c in p.removeprefix("sudoku: ").strip()] for p, _ in pairs]
         solutions = [[int(c) for c in s] for _, s in pairs]
         for order in args.orders.split(","):
-            r = run(model, tokenizer, puzzles, solutions, order, sampler, args.max_rows, args.tries)
+            r = run(model, tokenizer, puzzles, solutions, order, sampler, args.max_rows, args.tries, args.rules)
             print(
                 f"{level:8} {low}-{high:<4} {order:14} {r['solved']:7.1%} {r['cells_right']:12.1%} "
                 f"{r['mean_steps']:6.1f} {r['forwards']:10.1f} {r['cells_per_forward']:9.2f} {r['seconds']:6.0f}",

@@ -78,6 +78,13 @@ class GenerationParams(BaseModel):
 SUDOKU_PARAMS: dict[str, float | int] = {"max_denoising_steps": 64, "entropy_bound": 0.02, "t_min": 0.8, "t_max": 1.2}
 
 
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found: a stop is matched on the text, so
+    it counts however the tokenizer split it (inside a token, or across tokens)."""
+    cuts = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 MAX_TRIES = 16  # a Sudoku job's `tries`: seeds denoised side by side, the first valid grid answering
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from shared.sudoku import conflicts, is_solution, parse
+from shared.sudoku import UNITS, conflicts, is_solution, parse
 from worker.engine import EngineResult, Request
 
 
@@ -16,7 +16,8 @@ def constrain(kind: str, plan: dict[str, Any], request: Request, tokenizer: Any)
         digits = tuple(plan["digit_ids"])
         pinned = {i: digits[int(c) - 1] for i, c in enumerate(plan["grid"]) if c != "."}
         allowed = {i: digits for i, c in enumerate(plan["grid"]) if c == "."}
-        return replace(request, pinned=pinned, allowed=allowed, eos_ids=frozenset())
+        distinct = tuple(tuple(unit) for _, _, unit in UNITS) if plan.get("rules") else ()
+        return replace(request, pinned=pinned, allowed=allowed, distinct=distinct, eos_ids=frozenset())
     if kind == "infill":
         ordinary = ordinary_tokens(tokenizer)
         pinned: dict[int, int] = {}

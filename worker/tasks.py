@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from shared.contracts import cut_at_stop
 from shared.db import session_scope
 from shared.jobs import claim, get_job, transition
 from shared.models import ModelRecord, utcnow
@@ -22,6 +23,7 @@ from worker.events import EventPublisher
 from worker.host import LoadedModel, ModelHost
 from worker.job_kinds import constrain, pick_try, shape_output, try_seeds
 from worker.job_watch import JobWatch
+from worker.stops import stop_within
 
 log = logging.getLogger(__name__)
 SAMPLING_FIELDS = (
@@ -92,8 +94,12 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     if result.finish_reason == FinishReason.CANCELED.value:
         return _record_stop(settings, events, job_id, attempt, watch)
     output = shape_output(kind, plan, result, loaded.decode)
+    if kind == "generate":
+        output["text"], stopped = cut_at_stop(output["text"], params.get("stop") or [])
+        output["finish_reason"] = FinishReason.STOP.value if stopped else output["finish_reason"]
     if kind == "sudoku":
-        output.update({"tries": len(requests), "try": chosen, "seed": requests[chosen].params.seed})
+        seed = requests[chosen].params.seed
+        output.update({"tries": len(requests), "try": chosen, "seed": seed, "rules": bool(plan.get("rules"))})
     stats = _stats(result, queued_at, started_at, attempt)
     if _finish(settings, events, job_id, attempt, JobStatus.SUCCEEDED, output=output, stats=stats) != "lost":
         return "succeeded"
@@ -118,10 +124,18 @@ def engine_request(
     draft_interval: float,
     adapter: str | None = None,
 ) -> Request:
-    stops = tuple(tuple(loaded.tokenizer.encode(s, add_special_tokens=False)) for s in params.get("stop") or ())
+    """The job's engine request. Stop strings are matched on the decoded text (`worker.stops`), so they count
+    however the tokenizer splits them; `shape_output` then cuts the text before the first one."""
     fields = {k: params[k] for k in SAMPLING_FIELDS if k in params}  # jobs recorded before a field existed lack it
-    sampling = SamplingParams(**fields, stop=tuple(s for s in stops if s))
-    return Request(job_id, tuple(input_ids), sampling, loaded.eos_ids, draft_interval=draft_interval, adapter=adapter)
+    return Request(
+        job_id,
+        tuple(input_ids),
+        SamplingParams(**fields),
+        loaded.eos_ids,
+        stop_within=stop_within(loaded.decode, params.get("stop") or ()),
+        draft_interval=draft_interval,
+        adapter=adapter,
+    )
 
 
 def tries(request: Request, count: int) -> list[Request]:

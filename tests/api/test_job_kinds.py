@@ -117,6 +117,24 @@ def test_a_sudoku_job_records_its_tries(client, keys) -> None:
     assert submit(client, keys["a"], kind="sudoku", grid=PUZZLE, tries=4).get_json()["input"]["tries"] == 4
 
 
+def test_a_sudoku_job_records_whether_the_rules_mask_applies(client, keys) -> None:
+    assert submit(client, keys["a"], kind="sudoku", grid=PUZZLE).get_json()["input"]["rules"] is True
+    assert submit(client, keys["a"], kind="sudoku", grid=PUZZLE, rules=False).get_json()["input"]["rules"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"kind": "sudoku", "grid": PUZZLE, "rules": "yes"}, "boolean"),
+        ({"prompt": "hi", "rules": True}, "does not apply to generate jobs"),
+    ],
+)
+def test_bad_rules_are_refused_naming_the_field(client, keys, body: dict, says: str) -> None:
+    status, field, message = error(submit(client, keys["a"], **body))
+    assert status == 422 and "rules" in field + message
+    assert says in message
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [

@@ -64,6 +64,33 @@ def test_sudoku_keeps_the_givens_and_writes_only_digits(live_api, keys) -> None:
         assert out["steps"] >= 1
 
 
+def given_conflicts(grid: str, puzzle: str) -> int:
+    """Blanks of `puzzle` that `grid` fills with a digit a given of the same row, column or box holds."""
+    units = [[r * 9 + c for c in range(9)] for r in range(9)] + [[r * 9 + c for r in range(9)] for c in range(9)]
+    units += [[(br + r) * 9 + bc + c for r in range(3) for c in range(3)] for br in (0, 3, 6) for bc in (0, 3, 6)]
+    return sum(
+        1
+        for unit in units
+        for i in unit
+        if puzzle[i] == "." and any(puzzle[j] == grid[i] for j in unit if j != i and puzzle[j] != ".")
+    )
+
+
+def test_the_rules_mask_keeps_even_an_untrained_model_off_the_givens_digits(live_api, keys) -> None:
+    """Sudoku jobs mask, in every blank, the digits a given of its row, column or box holds (the default);
+    with `rules: false` the random tiny model repeats givens' digits, so this check can fail."""
+    client = Client(live_api.url, keys["a"])
+    outputs = {}
+    for rules in (True, False):
+        job = client.submit(kind="sudoku", model=TINY, grid=PUZZLE, rules=rules, params={"seed": 3})
+        done = client.wait(job["id"])
+        assert done["status"] == "succeeded", done
+        outputs[rules] = done["output"]
+        assert done["output"]["rules"] is rules
+    assert given_conflicts(outputs[True]["grid"], PUZZLE) == 0
+    assert given_conflicts(outputs[False]["grid"], PUZZLE) > 0
+
+
 def test_a_sudoku_job_with_tries_reports_the_try_it_answers_with(live_api, keys) -> None:
     """On the random tiny model no try is valid: every try runs to the end and one grid answers."""
     client = Client(live_api.url, keys["a"])

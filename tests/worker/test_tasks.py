@@ -75,27 +75,32 @@ def test_a_model_not_loaded_here_fails_clearly(settings, host) -> None:
     assert "elsewhere" in job.error["message"]
 
 
-def test_stop_strings_become_token_sequences_for_the_engine(host) -> None:
+def test_a_stop_string_cuts_the_text_and_ends_generation_early(settings, host) -> None:
+    full_id = queued_job(settings, max_new_tokens=64)
+    assert run_generation_job(settings, host, full_id) == "succeeded"
+    full = load(settings, full_id).output
+    text = full["text"]
+    # A printable ASCII character's first appearance after the first canvas's start (one byte token).
+    at = next(i for i in range(8, len(text)) if text[i].isascii() and text[i].isprintable() and text[i] not in text[:i])
+    stop = text[at]
+
+    job_id = queued_job(settings, max_new_tokens=64, stop=["never", stop])
+    assert run_generation_job(settings, host, job_id) == "succeeded"
+    out = load(settings, job_id).output
+    assert out["text"] == text[:at] and out["finish_reason"] == "stop"
+    assert out["token_ids"] == full["token_ids"][: len(out["token_ids"])]
+    assert len(out["token_ids"]) < len(full["token_ids"])  # what follows the stop was cut (or never made)
+
+
+def test_stop_strings_are_matched_on_the_text(host) -> None:
     from worker.tasks import engine_request
 
-    params = {
-        "max_new_tokens": 8,
-        "max_denoising_steps": 4,
-        "entropy_bound": 0.1,
-        "t_min": 0.4,
-        "t_max": 0.8,
-        "stability_threshold": 1,
-        "confidence_threshold": 0.005,
-        "seed": 1,
-        "stop": ["\n\n", "END"],
-    }
     loaded = host.get(TINY)
-    request = engine_request("job_x", [2, 9], params, loaded, 0.25)
-    assert request.params.stop == (
-        tuple(loaded.tokenizer.encode("\n\n", add_special_tokens=False)),
-        tuple(loaded.tokenizer.encode("END", add_special_tokens=False)),
-    )
-    assert len(request.params.stop[1]) == 3  # one byte token each for E, N, D
+    request = engine_request("job_x", [2, 9], {"seed": 1, "stop": ["\n\n", "END"]}, loaded, 0.25)
+    ids = loaded.tokenizer.encode("ab\n\nc END", add_special_tokens=False)
+    assert request.stop_within(ids) == 3  # through the first "\n": "ab" and the token where the stop begins
+    assert request.stop_within(ids[:3]) is None
+    assert engine_request("job_y", [2, 9], {"seed": 1}, loaded, 0.25).stop_within is None
 
 
 def test_a_sudoku_job_with_tries_past_the_time_limit_fails_with_timeout(settings, host) -> None:

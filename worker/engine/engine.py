@@ -188,12 +188,13 @@ class Engine:
         """A fresh uniform-random canvas (drawn from the row's generator, as generate() draws it)."""
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
         row.canvas = torch.randint(0, V, (1, C), device=device, generator=row.generator)
-        row.constraint = canvas_constraint(row.request, row.canvases, C, device)
+        row.constraint = canvas_constraint(row.request, row.canvases, C, device, row.generated)
         if row.constraint is not None and row.constraint.pinned_index.numel():
             row.canvas[0, row.constraint.pinned_index] = row.constraint.pinned_token
         row.soft = self.runner.zero_soft()
         S = row.request.params.stability_threshold
         row.history = torch.full((S, 1, C), -1, dtype=torch.long, device=device)
+        row.held = None
         row.step = 0
         row.phase = Phase.DENOISE
 
@@ -226,7 +227,7 @@ class Engine:
         logits = self.runner.logits(hidden)  # (1, C, V): one row of full-vocabulary fp32 at a time
         remaining = params.max_denoising_steps - row.step
         out, row.history = denoise_step(
-            logits, row.canvas, remaining, params, row.generator, row.constraint, row.history
+            logits, row.canvas, remaining, params, row.generator, row.constraint, row.history, row.held
         )
         del logits
         row.step += 1
@@ -236,7 +237,7 @@ class Engine:
         if out.converged or row.step >= params.max_denoising_steps:
             self._commit(row)
         else:
-            row.canvas = out.canvas
+            row.canvas, row.held = out.canvas, out.accepted
             row.soft = self.runner.soft_embeddings(out.processed)
 
     def _maybe_draft(self, row: Row) -> None:
@@ -276,7 +277,7 @@ class Engine:
             with self._lock:
                 self.scheduler.release(row.cost)
         row.cache = None  # type: ignore[assignment]  # free the KV at once
-        row.soft = row.canvas = row.history = None
+        row.soft = row.canvas = row.history = row.held = None
         if error is not None:
             row.handle.finish(error=error)
             return
@@ -285,18 +286,60 @@ class Engine:
         row.handle.finish(result)
 
 
-def canvas_constraint(request: Request, index: int, C: int, device: torch.device) -> CanvasConstraint | None:
-    """The request's pinned and allowed positions that fall in canvas `index`, as canvas indices."""
+def canvas_constraint(
+    request: Request, index: int, C: int, device: torch.device, committed: list[int] | None = None
+) -> CanvasConstraint | None:
+    """The request's pinned, allowed and all-different positions that fall in canvas `index`, as canvas
+    indices. A `distinct` group's members outside this canvas ban their tokens from its members inside:
+    the `committed` tokens of earlier canvases and the pinned ones of later canvases."""
     lo, hi = index * C, (index + 1) * C
     pinned = {o - lo: t for o, t in request.pinned.items() if lo <= o < hi}
     allowed = {o - lo: torch.tensor(ts, device=device) for o, ts in request.allowed.items() if lo <= o < hi}
-    if not pinned and not allowed:
+    peers = distinct_peers(request.distinct, lo, C, device)
+    banned = outside_bans(request, lo, C, committed or [], device)
+    if not pinned and not allowed and peers is None and banned is None:
         return None
     free = torch.ones(C, dtype=torch.bool, device=device)
     index_t = torch.tensor(sorted(pinned), dtype=torch.long, device=device)
     free[index_t] = False
     tokens = torch.tensor([pinned[i] for i in sorted(pinned)], dtype=torch.long, device=device)
-    return CanvasConstraint(index_t, tokens, allowed, free)
+    return CanvasConstraint(index_t, tokens, allowed, free, peers, banned)
+
+
+def outside_bans(
+    request: Request, lo: int, C: int, committed: list[int], device: torch.device
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """For each free group member inside the canvas at `lo`, the tokens its peers outside hold for good, as
+    (positions, tokens): those of pinned peers, then those of peers committed in earlier canvases."""
+    pinned: set[tuple[int, int]] = set()
+    earlier: set[tuple[int, int]] = set()
+    for group in request.distinct:
+        inside = [o - lo for o in group if lo <= o < lo + C and o not in request.pinned]
+        for o in (o for o in group if not lo <= o < lo + C):
+            if o in request.pinned:
+                pinned |= {(i, request.pinned[o]) for i in inside}
+            elif o < lo:
+                earlier |= {(i, committed[o]) for i in inside}
+    if not pinned and not earlier:
+        return None
+    return _pairs(pinned, device), _pairs(earlier, device)
+
+
+def _pairs(pairs: set[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ordered = sorted(pairs)
+    positions = torch.tensor([p for p, _ in ordered], dtype=torch.long, device=device)
+    return positions, torch.tensor([t for _, t in ordered], dtype=torch.long, device=device)
+
+
+def distinct_peers(groups: tuple[tuple[int, ...], ...], lo: int, C: int, device: torch.device) -> torch.Tensor | None:
+    """(C, C) bool: which positions of the canvas starting at output offset `lo` share a group; None if none do."""
+    peers = torch.zeros(C, C, dtype=torch.bool)
+    for group in groups:
+        inside = torch.tensor([o - lo for o in group if lo <= o < lo + C], dtype=torch.long)
+        if inside.numel() > 1:
+            peers[inside[:, None], inside[None, :]] = True
+    peers.fill_diagonal_(False)
+    return peers.to(device) if bool(peers.any()) else None
 
 
 def memory_model(runner: ModelRunner) -> MemoryModel:

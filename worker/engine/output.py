@@ -1,4 +1,5 @@
-"""Deciding where a request's output ends after a committed canvas: EOS, stop sequences, max_new_tokens."""
+"""Deciding where a request's output ends after a committed canvas: EOS, stop sequences (token ids, or the
+request's own `stop_within` test on the text), max_new_tokens."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ def find_end(request: Request, generated: list[int], first_new: int) -> tuple[in
             if tuple(generated[i : i + len(stop)]) == stop:
                 ends.append((i, "stop"))
                 break
+    if request.stop_within is not None:
+        keep = request.stop_within(generated)
+        if keep is not None:
+            ends.append((keep, "stop"))
     limit = request.params.max_new_tokens
     ends = [(i, reason) for i, reason in ends if i < limit]
     if ends:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -51,7 +52,9 @@ class Request:
     """One generation request: ids in, ids out (tokenization happens outside the engine).
 
     `pinned` maps an output offset (0 = first generated token) to the token that must stand there;
-    `allowed` maps an output offset to the only tokens it may take (for example the digits).
+    `allowed` maps an output offset to the only tokens it may take (for example the digits);
+    each `distinct` group lists output offsets whose tokens must all differ (a Sudoku's rows, columns and
+    boxes): a free position may not take a token that a pinned peer, or a peer the last step kept, holds.
     """
 
     request_id: str
@@ -60,6 +63,10 @@ class Request:
     eos_ids: frozenset[int] = frozenset()
     pinned: dict[int, int] = field(default_factory=dict)
     allowed: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    distinct: tuple[tuple[int, ...], ...] = ()
+    # Stop strings the tokenizer may split: output ids so far -> how many to keep (through the token in
+    # which a stop string begins), or None. The caller cuts the text; the engine only stops early.
+    stop_within: Callable[[Sequence[int]], int | None] | None = None
     draft_interval: float | None = None  # seconds between draft events; None: no drafts
     adapter: str | None = None  # a LoRA adapter loaded next to the base weights (Engine.add_adapter)
 
@@ -76,4 +83,7 @@ class Request:
         for offset, token in self.pinned.items():
             if offset in self.allowed and token not in self.allowed[offset]:
                 raise InvalidParams("pinned", f"offset {offset} pins a token its constraint forbids")
+        for group in self.distinct:
+            if len(set(group)) != len(group) or min(group, default=0) < 0:
+                raise InvalidParams("distinct", "a group lists distinct offsets, none negative")
         return self

@@ -85,6 +85,7 @@ class Row:
     argmax: torch.Tensor | None = None  # (1, C) latest argmax canvas
     soft: torch.Tensor | None = None  # (1, C, H) self-conditioning embeddings
     history: torch.Tensor | None = None  # (S, 1, C) previous argmax canvases
+    held: torch.Tensor | None = None  # (1, C) bool: positions the last step kept (all-different masks)
     constraint: CanvasConstraint | None = None
     step: int = 0  # steps taken on the current canvas
     steps_total: int = 0

@@ -16,16 +16,20 @@ from torch.distributions import Categorical
 
 @dataclass
 class CanvasConstraint:
-    """Pinned tokens and allowed-token lists for the positions of one canvas (indices into the canvas)."""
+    """Pinned tokens, allowed-token lists and all-different peers for the positions of one canvas
+    (indices into the canvas)."""
 
     pinned_index: torch.Tensor  # (P,) long
     pinned_token: torch.Tensor  # (P,) long
     allowed: dict[int, torch.Tensor]  # canvas position -> (K,) allowed token ids
     free: torch.Tensor  # (C,) bool: positions that are not pinned
+    peers: torch.Tensor | None = None  # (C, C) bool: positions whose tokens must differ (a `distinct` group)
+    # Tokens that peers outside the canvas hold: (positions, tokens) of pinned peers, then of committed ones.
+    banned: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def empty(self) -> bool:
-        return self.pinned_index.numel() == 0 and not self.allowed
+        return self.pinned_index.numel() == 0 and not self.allowed and self.peers is None and self.banned is None
 
 
 @dataclass
@@ -34,6 +38,7 @@ class StepOutput:
     argmax: torch.Tensor  # (1, C) argmax of the processed logits: what a commit would write
     processed: torch.Tensor  # (1, C, V) temperature-scaled logits (source of the self-conditioning)
     converged: bool
+    accepted: torch.Tensor | None = None  # (1, C) bool: positions whose sample the next canvas keeps
 
 
 def temperature(remaining: int, total: int, t_min: float, t_max: float, device: torch.device) -> torch.Tensor:
@@ -57,6 +62,45 @@ def apply_constraint(logits: torch.Tensor, constraint: CanvasConstraint | None) 
         logits[0, constraint.pinned_index] = fill
         logits[0, constraint.pinned_index, constraint.pinned_token] = 0.0
     return logits
+
+
+def exclude_peer_tokens(
+    logits: torch.Tensor, canvas: torch.Tensor, held: torch.Tensor | None, constraint: CanvasConstraint | None
+) -> torch.Tensor:
+    """All-different groups: a free position may not take a token that a peer holds. Three tiers, each
+    applied where it leaves the position some token (else the position keeps the logits it had before it):
+    pinned peers (in the canvas or beyond it), peers committed in earlier canvases, and peers that kept
+    their sample in the previous step (`held`, (1, C) bool). So a wrong earlier choice can never push a
+    position onto a pinned token's repeat. (1, C, V) -> (1, C, V)."""
+    if constraint is None or (constraint.peers is None and constraint.banned is None):
+        return logits
+    pinned, committed = constraint.banned or ((_NONE, _NONE), (_NONE, _NONE))
+    pinned_pairs, kept = [pinned], []
+    if constraint.peers is not None:
+        avoid = constraint.peers & constraint.free[:, None]  # (C, C): position i avoids the token of peer j
+        position, peer = (avoid & ~constraint.free[None, :]).nonzero(as_tuple=True)
+        pinned_pairs.append((position, canvas[0, peer]))
+        if held is not None:
+            position, peer = (avoid & held[0][None, :] & constraint.free[None, :]).nonzero(as_tuple=True)
+            kept.append((position, canvas[0, peer]))
+    return _ban(_ban(_ban(logits, pinned_pairs), [committed]), kept)
+
+
+_NONE = torch.zeros(0, dtype=torch.long)
+
+
+def _ban(logits: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """`logits` with each (position, token) pair at the fill value, except at positions left with none."""
+    if not pairs or sum(p.numel() for p, _ in pairs) == 0:
+        return logits
+    position = torch.cat([p.to(logits.device) for p, _ in pairs])
+    token = torch.cat([t.to(logits.device) for _, t in pairs])
+    fill = torch.finfo(logits.dtype).min
+    masked = logits.clone()
+    masked[0, position, token] = fill
+    stuck = masked[0].max(dim=-1).values <= fill  # (C,)
+    masked[0, stuck] = logits[0, stuck]
+    return masked
 
 
 def accept_lowest_entropy(entropy: torch.Tensor, bound: float) -> torch.Tensor:
@@ -85,10 +129,12 @@ def denoise_step(
     generator: torch.Generator,
     constraint: CanvasConstraint | None,
     history: torch.Tensor,
+    held: torch.Tensor | None = None,
 ) -> tuple[StepOutput, torch.Tensor]:
-    """One step of one row. logits: (1, C, V) fp32 soft-capped; canvas: (1, C). Returns (output, history)."""
+    """One step of one row. logits: (1, C, V) fp32 soft-capped; canvas: (1, C); held: (1, C) bool, the
+    positions the previous step kept (None on a canvas's first step). Returns (output, history)."""
     t = temperature(remaining, params.max_denoising_steps, params.t_min, params.t_max, logits.device)
-    processed = apply_constraint(logits, constraint) / t  # (1, C, V)
+    processed = exclude_peer_tokens(apply_constraint(logits, constraint), canvas, held, constraint) / t
     vocab = processed.shape[-1]
     probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
     sampled = torch.multinomial(probs.view(-1, vocab), num_samples=1, generator=generator).view(canvas.shape)
@@ -105,7 +151,7 @@ def denoise_step(
     stable, history = is_stable(history, argmax)
     free_entropy = entropy if constraint is None or constraint.empty else entropy[:, constraint.free]
     confident = free_entropy.numel() == 0 or bool(free_entropy.mean(dim=-1) < params.confidence_threshold)
-    return StepOutput(next_canvas, argmax, processed, stable and confident), history
+    return StepOutput(next_canvas, argmax, processed, stable and confident, accepted), history
 
 
 def left_to_right_step(
@@ -131,4 +177,4 @@ def left_to_right_step(
         next_canvas[0, constraint.pinned_index] = constraint.pinned_token
     committed = torch.where(accepted[None], next_canvas, argmax)
     done = bool(accepted.all())
-    return StepOutput(next_canvas, committed, processed, done)
+    return StepOutput(next_canvas, committed, processed, done, accepted[None])

@@ -249,3 +249,43 @@ def test_left_to_right_order_accepts_one_free_position_per_step(model) -> None:
     for step, draft in enumerate(drafts):
         accepted = free[: step + 1]
         assert [draft[o] for o in accepted] == [result.token_ids[o] for o in accepted]
+
+
+def distinct_requests(groups: tuple[tuple[int, ...], ...], seeds: range) -> list[Request]:
+    """Four groups of four positions over tokens 54-57, each with three pinned: one blank per group."""
+    tokens = (54, 55, 56, 57)
+    pinned = {4 * g + k: tokens[(g + k) % 4] for g in range(4) for k in range(3)}
+    allowed = {4 * g + 3: tokens for g in range(4)}
+    params = lambda seed: SamplingParams(max_new_tokens=16, max_denoising_steps=8, seed=seed)  # noqa: E731
+    return [Request(f"d{s}", (2, 70), params(s), frozenset(), pinned, allowed, groups) for s in seeds]
+
+
+def test_distinct_groups_leave_a_blank_only_the_token_its_peers_do_not_hold(model) -> None:
+    groups = tuple(tuple(range(4 * g, 4 * g + 4)) for g in range(4))
+    missing = [[54, 55, 56, 57][(g + 3) % 4] for g in range(4)]  # the one token each group's pins leave
+    for result in run(model, distinct_requests(groups, range(6)), max_rows=6):
+        assert [result.token_ids[4 * g + 3] for g in range(4)] == missing
+    # Without the groups the untrained model picks among all four tokens, so the check above can fail.
+    alone = run(model, distinct_requests((), range(6)), max_rows=6)
+    assert any(r.token_ids[4 * g + 3] != missing[g] for r in alone for g in range(4))
+
+
+def test_a_blank_whose_peers_hold_every_allowed_token_keeps_the_models_choice(model) -> None:
+    tokens = (54, 55)
+    request = Request(
+        "stuck",
+        (2, 70),
+        SamplingParams(max_new_tokens=8, max_denoising_steps=8, seed=1),
+        frozenset(),
+        {0: 54, 1: 55},
+        {2: tokens},
+        ((0, 1, 2),),
+    )
+    (result,) = run(model, [request])
+    assert result.token_ids[2] in tokens  # no empty distribution: the allowed tokens still apply
+
+
+def test_a_distinct_group_must_list_each_offset_once(model) -> None:
+    with pytest.raises(InvalidParams) as bad:
+        Engine(model).submit(Request("g", (2,), SamplingParams(max_new_tokens=4), distinct=((1, 1),)))
+    assert bad.value.field == "distinct"

@@ -1,0 +1,45 @@
+"""Stop strings matched on the text: with a tokenizer that merges characters, a stop string can lie inside
+one token, where matching token ids cannot see it."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from worker.stops import stop_within, tokens_reaching
+
+
+def merging_tokenizer() -> Tokenizer:
+    """Byte-level BPE that merges "o" + "\\n" into one token (as real tokenizers merge "\\n\\n" and more)."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    newline = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str("\n")[0][0]
+    vocab["o" + newline] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[("o", newline)]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def test_a_stop_inside_a_merged_token_is_found() -> None:
+    tokenizer = merging_tokenizer()
+    decode = tokenizer.decode
+    ids = tokenizer.encode("hello\nworld").ids
+    newline = tokenizer.encode("\n").ids
+    assert len(ids) == 10 and all(i not in ids for i in newline)  # "o\n" is one token: no "\n" token appears
+    keep = stop_within(decode, ["\n"])
+    assert keep(ids) == 5  # h e l l (o\n): through the token in which the stop begins
+    assert keep(ids[:4]) is None
+
+
+def test_a_stop_across_tokens_and_the_earliest_of_several() -> None:
+    tokenizer = merging_tokenizer()
+    ids = tokenizer.encode("one two three").ids
+    assert stop_within(tokenizer.decode, ["three", "o t"])(ids) == 7  # "o t" begins at character 6: "two"'s o
+    assert stop_within(tokenizer.decode, [""]) is None and stop_within(tokenizer.decode, []) is None
+
+
+def test_tokens_reaching_counts_the_token_that_holds_the_next_character() -> None:
+    tokenizer = merging_tokenizer()
+    ids = tokenizer.encode("go\nx").ids  # g, (o\n), x
+    assert [tokens_reaching(tokenizer.decode, ids, n) for n in range(4)] == [1, 2, 2, 3]
+    assert tokens_reaching(tokenizer.decode, ids, 10) == 3
