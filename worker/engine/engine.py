@@ -290,13 +290,13 @@ def canvas_constraint(
     request: Request, index: int, C: int, device: torch.device, committed: list[int] | None = None
 ) -> CanvasConstraint | None:
     """The request's pinned, allowed and all-different positions that fall in canvas `index`, as canvas
-    indices. A `distinct` group's members outside this canvas ban their tokens from its members inside:
-    the `committed` tokens of earlier canvases and the pinned ones of later canvases."""
+    indices. A `distinct` group's pinned members, and those `committed` in earlier canvases, ban their tokens
+    from its free members inside this canvas."""
     lo, hi = index * C, (index + 1) * C
     pinned = {o - lo: t for o, t in request.pinned.items() if lo <= o < hi}
     allowed = {o - lo: torch.tensor(ts, device=device) for o, ts in request.allowed.items() if lo <= o < hi}
     peers = distinct_peers(request.distinct, lo, C, device)
-    banned = outside_bans(request, lo, C, committed or [], device)
+    banned = fixed_bans(request, lo, C, committed or [], device)
     if not pinned and not allowed and peers is None and banned is None:
         return None
     free = torch.ones(C, dtype=torch.bool, device=device)
@@ -306,20 +306,21 @@ def canvas_constraint(
     return CanvasConstraint(index_t, tokens, allowed, free, peers, banned)
 
 
-def outside_bans(
+def fixed_bans(
     request: Request, lo: int, C: int, committed: list[int], device: torch.device
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-    """For each free group member inside the canvas at `lo`, the tokens its peers outside hold for good, as
-    (positions, tokens): those of pinned peers, then those of peers committed in earlier canvases."""
+    """For each free group member inside the canvas at `lo`, the tokens its peers hold for the canvas's
+    whole life, as (positions, tokens): those of pinned peers (anywhere), then those of peers committed
+    in earlier canvases."""
     pinned: set[tuple[int, int]] = set()
     earlier: set[tuple[int, int]] = set()
     for group in request.distinct:
-        inside = [o - lo for o in group if lo <= o < lo + C and o not in request.pinned]
-        for o in (o for o in group if not lo <= o < lo + C):
-            if o in request.pinned:
-                pinned |= {(i, request.pinned[o]) for i in inside}
-            elif o < lo:
-                earlier |= {(i, committed[o]) for i in inside}
+        inside = [o for o in group if lo <= o < lo + C and o not in request.pinned]
+        for peer in group:
+            if peer in request.pinned:
+                pinned |= {(o - lo, request.pinned[peer]) for o in inside}
+            elif peer < lo:
+                earlier |= {(o - lo, committed[peer]) for o in inside}
     if not pinned and not earlier:
         return None
     return _pairs(pinned, device), _pairs(earlier, device)

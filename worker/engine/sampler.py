@@ -24,7 +24,7 @@ class CanvasConstraint:
     allowed: dict[int, torch.Tensor]  # canvas position -> (K,) allowed token ids
     free: torch.Tensor  # (C,) bool: positions that are not pinned
     peers: torch.Tensor | None = None  # (C, C) bool: positions whose tokens must differ (a `distinct` group)
-    # Tokens that peers outside the canvas hold: (positions, tokens) of pinned peers, then of committed ones.
+    # Tokens fixed for the canvas's life: (positions, tokens) banned by pinned peers, then by committed ones.
     banned: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
@@ -75,15 +75,12 @@ def exclude_peer_tokens(
     if constraint is None or (constraint.peers is None and constraint.banned is None):
         return logits
     pinned, committed = constraint.banned or ((_NONE, _NONE), (_NONE, _NONE))
-    pinned_pairs, kept = [pinned], []
-    if constraint.peers is not None:
-        avoid = constraint.peers & constraint.free[:, None]  # (C, C): position i avoids the token of peer j
-        position, peer = (avoid & ~constraint.free[None, :]).nonzero(as_tuple=True)
-        pinned_pairs.append((position, canvas[0, peer]))
-        if held is not None:
-            position, peer = (avoid & held[0][None, :] & constraint.free[None, :]).nonzero(as_tuple=True)
-            kept.append((position, canvas[0, peer]))
-    return _ban(_ban(_ban(logits, pinned_pairs), [committed]), kept)
+    kept = []
+    if constraint.peers is not None and held is not None:
+        holding = held[0] & constraint.free  # free peers that kept their sample
+        position, peer = (constraint.peers & constraint.free[:, None] & holding[None, :]).nonzero(as_tuple=True)
+        kept.append((position, canvas[0, peer]))
+    return _ban(_ban(_ban(logits, [pinned]), [committed]), kept)
 
 
 _NONE = torch.zeros(0, dtype=torch.long)
