@@ -4,8 +4,8 @@ Each request becomes a `generate` job, recorded, queued, retried, listed and web
 (Idempotency-Key included), so OpenAI clients work unchanged. Without `stream` the request waits for the job
 and answers in OpenAI's shape; a wait longer than `CANVAS_SYNC_WAIT_SECONDS` gets a 504 naming the job,
 which goes on (GET /v1/jobs/{id}). With `stream` the job's committed canvases are relayed as OpenAI chunks
-(server-sent events ending with `data: [DONE]`), holding back as many characters as the longest stop
-string, and the text is cut at the first stop string however it was tokenized. Errors about a job that
+(server-sent events ending with `data: [DONE]`), holding back a tail that could begin a stop string, and
+the text is cut at the first stop string however it was tokenized. Errors about a job that
 exists carry `x-should-retry: false`: a retry would submit a second job.
 """
 
@@ -26,7 +26,7 @@ from api.errors import error_response
 from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.jobs import accept_job
 from api.state import events_client, settings
-from shared.contracts import cut_at_stop
+from shared.contracts import cut_at_stop, streamable
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
@@ -141,7 +141,6 @@ def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, stops: list[st
     Characters that could be the start of a stop string are held back until the next canvas shows they
     are not. If the job is retried (a lost worker), its new attempt's text is followed from its start,
     and only what goes beyond the text already sent is relayed."""
-    holdback = max((len(stop) for stop in stops), default=0)
     sent, current = "", ""  # text relayed; text of the current attempt so far
     if shape.chat:
         yield _data({**shape.envelope(chunk=True), "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
@@ -152,8 +151,7 @@ def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, stops: list[st
             current = ""  # a (new) attempt starts from the first canvas
         elif kind == "canvas":
             current += data.get("text", "")
-            text, stopped = cut_at_stop(current, stops)
-            ready = text if stopped or not holdback else text[: max(0, len(text) - holdback)]
+            ready, _ = streamable(current, stops)
             if len(ready) > len(sent) and ready.startswith(sent):
                 delta, sent = ready[len(sent) :], ready
                 yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(delta, None, chunk=True)]})

@@ -85,6 +85,17 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+def streamable(text: str, stops: list[str]) -> tuple[str, bool]:
+    """What of a growing `text` may be streamed now: the text before the first stop string (True), or, when
+    none is there yet, the text less its longest tail that could still begin one (False). What it returns
+    never shrinks as the text grows, so deltas of it add up to `cut_at_stop`'s final text."""
+    cut, stopped = cut_at_stop(text, stops)
+    if stopped:
+        return cut, True
+    tail = max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+    return text[: len(text) - tail], False
+
+
 MAX_TRIES = 16  # a Sudoku job's `tries`: seeds denoised side by side, the first valid grid answering
 
 

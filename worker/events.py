@@ -11,11 +11,12 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
+from shared.contracts import cut_at_stop, streamable
 from shared.events import publish_event
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,13 @@ class EventPublisher(threading.Thread):
         return marker.wait(timeout)
 
     def engine_callback(
-        self, job_id: str, decode: Decode, canvas_sink: Sink | None = None
+        self, job_id: str, decode: Decode, canvas_sink: Sink | None = None, stops: Sequence[str] = ()
     ) -> Callable[[str, str, dict[str, Any]], None]:
         """The callback to hand to Engine.submit for one job. Canvas events carry text deltas that add up
-        to the job's output text (a character split across canvases waits for its last byte); drafts carry
-        the whole draft canvas decoded. The engine's 'finished' is not relayed: the task publishes the final
-        status once the database has it."""
+        to the job's output text: a character split across canvases waits for its last byte, a tail that
+        could begin one of `stops` waits for the next canvas, and nothing from the first stop string on is
+        sent. Drafts carry the whole draft canvas decoded. The engine's 'finished' is not relayed: the task
+        publishes the final status once the database has it."""
         committed: list[int] = []
         sent = [""]  # text already sent in canvas deltas
 
@@ -63,9 +65,12 @@ class EventPublisher(threading.Thread):
             elif kind == "canvas":
                 committed.extend(data["token_ids"])
                 text = decode(committed)
-                if not data.get("final") and text.endswith("\ufffd"):
-                    text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: send it with the next canvas
-                delta, sent[0] = text[len(sent[0]) :], text
+                if data.get("final"):
+                    ready = cut_at_stop(text, list(stops))[0]
+                else:
+                    ready = streamable(text.rstrip("\ufffd"), list(stops))[0]  # U+FFFD: an incomplete character
+                delta = ready[len(sent[0]) :] if ready.startswith(sent[0]) else ""
+                sent[0] += delta
                 self.publish(job_id, kind, {**data, "text": delta}, sink=canvas_sink)
 
         return on_event

@@ -5,23 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from shared.contracts import cut_at_stop
-
 Decode = Callable[[list[int]], str]
 
 
 def stop_within(decode: Decode, stops: Sequence[str]) -> Callable[[Sequence[int]], int | None] | None:
     """The engine's `stop_within` test for these stops: output ids -> how many ids to keep (through the
-    token in which the first stop string begins), or None while no stop string is in the text."""
+    token in which the first stop string ends, so the kept text still holds the whole stop and the caller's
+    `cut_at_stop` finds it), or None while no stop string is in the text. The first stop is the one that
+    begins first; of several beginning there, the shortest."""
     stops = [s for s in stops if s]
     if not stops:
         return None
 
     def keep(ids: Sequence[int]) -> int | None:
-        text, stopped = cut_at_stop(decode(list(ids)), list(stops))
-        if not stopped:
+        text = decode(list(ids))
+        found = [(at, len(stop)) for stop in stops if (at := text.find(stop)) >= 0]
+        if not found:
             return None
-        return tokens_reaching(decode, ids, len(text))
+        at, length = min(found)
+        return tokens_reaching(decode, ids, at + length - 1)
 
     return keep
 

@@ -81,7 +81,8 @@ def run_generation_job(settings: Settings, host: ModelHost, job_id: str, events:
     watch.start()
     try:
         sink = _canvas_webhook_sink(settings, job_id) if canvas_webhooks else None
-        on_event = events.engine_callback(job_id, loaded.decode, sink) if events else None
+        stops = (params.get("stop") or ()) if kind == "generate" else ()
+        on_event = events.engine_callback(job_id, loaded.decode, sink, stops) if events else None
         chosen, result = _wait(loaded, requests, watch, on_event, decide)
         if events is not None:
             events.flush()  # canvas events (and their webhooks) before the final status

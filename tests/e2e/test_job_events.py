@@ -66,3 +66,28 @@ def test_another_tenants_events_are_404(live_api, keys) -> None:
     mine = Client(live_api.url, keys["a"]).submit(model=TINY, prompt="private", params={"max_new_tokens": 4})
     theirs = Client(live_api.url, keys["b"])
     assert theirs.http.get(f"{live_api.url}/v1/jobs/{mine['id']}/events", timeout=10).status_code == 404
+
+
+def test_canvas_events_stop_at_a_stop_string_that_spans_two_canvases(live_api, keys) -> None:
+    client = Client(live_api.url, keys["a"])
+    params = {"max_new_tokens": 96, "max_denoising_steps": 6, "seed": 11}
+    first, second = canvas_texts(client, live_api.url, client.submit(model=TINY, prompt="hello", params=params))[:2]
+    assert first and second, "the tiny model's first canvases decode to some text"
+    # The last character of canvas 1 and the first of canvas 2: without holding back a tail that could begin
+    # the stop, canvas 1's event would already carry a character the final text does not have.
+    stop, text = first[-1] + second[0], first + second
+    assert text.index(stop) == len(first) - 1, "the stop first appears across the boundary"
+    job = client.submit(model=TINY, prompt="hello", params={**params, "stop": [stop]})
+    deltas = canvas_texts(client, live_api.url, job)
+    done = client.wait(job["id"])
+    assert done["output"]["text"] == text[: text.index(stop)]
+    assert done["output"]["finish_reason"] == "stop"
+    assert "".join(deltas) == done["output"]["text"]
+    assert deltas[0] == first[:-1]  # canvas 1 held its last character back, and never sent it
+
+
+def canvas_texts(client: Client, url: str, job: dict) -> list[str]:
+    """The text deltas of a job's canvas events, read after it finished."""
+    client.wait(job["id"])
+    with client.http.get(f"{url}/v1/jobs/{job['id']}/events", stream=True, timeout=30) as response:
+        return [d["text"] for k, d in read_sse(response) if k == "canvas"]

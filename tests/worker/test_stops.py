@@ -27,14 +27,16 @@ def test_a_stop_inside_a_merged_token_is_found() -> None:
     newline = tokenizer.encode("\n").ids
     assert len(ids) == 10 and all(i not in ids for i in newline)  # "o\n" is one token: no "\n" token appears
     keep = stop_within(decode, ["\n"])
-    assert keep(ids) == 5  # h e l l (o\n): through the token in which the stop begins
+    assert keep(ids) == 5  # h e l l (o\n): through the token in which the stop ends
     assert keep(ids[:4]) is None
 
 
 def test_a_stop_across_tokens_and_the_earliest_of_several() -> None:
     tokenizer = merging_tokenizer()
     ids = tokenizer.encode("one two three").ids
-    assert stop_within(tokenizer.decode, ["three", "o t"])(ids) == 7  # "o t" begins at character 6: "two"'s o
+    # "o t" begins first (character 6, "two"'s o) and ends in "three"'s t, the 9th token
+    assert stop_within(tokenizer.decode, ["three", "o t"])(ids) == 9
+    assert stop_within(tokenizer.decode, ["e", "thr"])(ids) == 3  # "one": "e" begins (and ends) first
     assert stop_within(tokenizer.decode, [""]) is None and stop_within(tokenizer.decode, []) is None
 
 

@@ -98,7 +98,7 @@ def test_stop_strings_are_matched_on_the_text(host) -> None:
     loaded = host.get(TINY)
     request = engine_request("job_x", [2, 9], {"seed": 1, "stop": ["\n\n", "END"]}, loaded, 0.25)
     ids = loaded.tokenizer.encode("ab\n\nc END", add_special_tokens=False)
-    assert request.stop_within(ids) == 3  # through the first "\n": "ab" and the token where the stop begins
+    assert request.stop_within(ids) == 4  # through the second "\n": "ab" and the stop's two tokens
     assert request.stop_within(ids[:3]) is None
     assert engine_request("job_y", [2, 9], {"seed": 1}, loaded, 0.25).stop_within is None
 

@@ -65,7 +65,7 @@ class Request:
     allowed: dict[int, tuple[int, ...]] = field(default_factory=dict)
     distinct: tuple[tuple[int, ...], ...] = ()
     # Stop strings the tokenizer may split: output ids so far -> how many to keep (through the token in
-    # which a stop string begins), or None. The caller cuts the text; the engine only stops early.
+    # which the first stop string ends), or None. The caller cuts the text; the engine only stops early.
     stop_within: Callable[[Sequence[int]], int | None] | None = None
     draft_interval: float | None = None  # seconds between draft events; None: no drafts
     adapter: str | None = None  # a LoRA adapter loaded next to the base weights (Engine.add_adapter)
