@@ -58,3 +58,24 @@ def test_the_rate_fails_open_when_redis_does_not_answer(settings, keys) -> None:
     client = app_with(settings, rate_limit_per_minute=1, redis_url="redis://127.0.0.1:1/0")
     assert [submit(client, keys["a"]).status_code for _ in range(2)] == [202, 202]
     assert job_count(client, keys["a"]) == 2
+
+
+def test_concurrent_submissions_never_exceed_the_active_jobs_cap(settings, keys) -> None:
+    """Twelve submissions at once against a cap of 3: exactly 3 accepted, the rest refused with 429."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from api.app import create_app
+
+    app = create_app(settings.with_(rate_limit_per_minute=0, max_active_jobs=3))
+    start = Barrier(12)
+
+    def one(_: int) -> int:
+        client = app.test_client()
+        start.wait()
+        return submit(client, keys["a"]).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(one, range(12)))
+    assert sorted(codes) == [202] * 3 + [429] * 9
+    assert job_count(app.test_client(), keys["a"]) == 3
