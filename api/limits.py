@@ -1,15 +1,19 @@
-"""Per-tenant submission limits: a rate (submissions per minute, counted in Redis) and a cap on jobs queued
-or running at once (counted in the database). Past either, RateLimited (429 with Retry-After) before
-anything is recorded. The cap is exact under concurrent submissions: the count and the caller's insert run
-under a per-tenant lock held until the session commits or rolls back (a PostgreSQL advisory lock; on
-SQLite, the database's write lock taken before counting). The rate fails open: when Redis does not answer, jobs are still accepted (the outbox
-holds them), because refusing work is worse than a burst."""
+"""Per-tenant submission limits: a rate (submissions in any sliding minute, counted in Redis) and a cap on
+jobs queued or running at once (counted in the database). Past either, RateLimited (429 with Retry-After)
+before anything is recorded.
+
+The cap is exact under concurrent submissions: the count and the caller's insert run under a per-tenant
+lock held until the session commits or rolls back (a PostgreSQL advisory lock; on SQLite, the database's
+write lock taken before counting). The rate fails open: when Redis does not answer, jobs are still
+accepted (the outbox holds them), because refusing work is worse than a burst.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
+import math
+import uuid
 
 import redis
 from sqlalchemy import func, select, text
@@ -54,21 +58,33 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
             connection.execute("BEGIN IMMEDIATE")  # waits (busy_timeout) for other writers, then excludes them
 
 
-def _check_rate(tenant_id: str, limit: int) -> None:
-    """A fixed one-minute window per tenant: INCR, expiring with the window."""
-    now = time.time()
-    window = int(now // 60)
-    key = f"canvas:rate:{tenant_id}:{window}"
+# A sliding-window log: the tenant's accepted submissions of the last WINDOW seconds, by Redis's clock (one
+# clock for every API process). A refused submission is not logged, so retrying does not push the wait back.
+RATE_SCRIPT = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('EXPIRE', KEYS[1], math.ceil(window) + 1)
+  return -1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tostring(math.max(tonumber(oldest[2]) + window - now, 0.001))
+"""
+WINDOW_SECONDS = 60
+
+
+def _check_rate(tenant_id: str, limit: int, window: float = WINDOW_SECONDS) -> None:
+    """At most `limit` accepted submissions in any `window` seconds; Retry-After: when the oldest leaves."""
     try:
-        pipe = events_client().pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count = int(pipe.execute()[0])
+        wait = events_client().eval(RATE_SCRIPT, 1, f"canvas:rate:{tenant_id}", window, limit, uuid.uuid4().hex)
     except redis.RedisError as exc:
         log.warning("rate limit not checked (Redis: %s); accepting", exc)
         return
-    if count > limit:
+    if float(wait) >= 0:  # -1: accepted; else seconds until the oldest submission leaves the window
         raise RateLimited(
-            f"more than {limit} submissions this minute for this tenant (CANVAS_RATE_LIMIT_PER_MINUTE)",
-            int((window + 1) * 60 - now) + 1,
+            f"more than {limit} submissions in a minute for this tenant (CANVAS_RATE_LIMIT_PER_MINUTE)",
+            max(1, math.ceil(float(wait))),
         )

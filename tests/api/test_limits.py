@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.conftest import TINY, auth
 
 
@@ -27,15 +29,13 @@ def job_count(client, key: str) -> int:
 
 def test_past_the_rate_a_submission_gets_429_with_retry_after(settings, keys) -> None:
     client = app_with(settings, rate_limit_per_minute=3, max_active_jobs=0)
-    if time.time() % 60 > 55:  # keep the four submissions inside one one-minute window
-        time.sleep(61 - time.time() % 60)
     first = submit(client, keys["a"], headers={"Idempotency-Key": "k1"})
     assert [submit(client, keys["a"]).status_code for _ in range(2)] == [202, 202]
     refused = submit(client, keys["a"])
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["Retry-After"]) <= 61
     error = refused.get_json()["error"]
-    assert error["type"] == "rate_limit_error" and "more than 3 submissions this minute" in error["message"]
+    assert error["type"] == "rate_limit_error" and "more than 3 submissions in a minute" in error["message"]
     assert job_count(client, keys["a"]) == 3  # the refused request recorded nothing
     replay = submit(client, keys["a"], headers={"Idempotency-Key": "k1"})
     assert replay.status_code == 200 and replay.get_json()["id"] == first.get_json()["id"]
@@ -79,3 +79,25 @@ def test_concurrent_submissions_never_exceed_the_active_jobs_cap(settings, keys)
         codes = list(pool.map(one, range(12)))
     assert sorted(codes) == [202] * 3 + [429] * 9
     assert job_count(app.test_client(), keys["a"]) == 3
+
+
+def test_the_rate_window_slides_and_a_refused_submission_does_not_extend_it(settings) -> None:
+    """Against real Redis, with a one-second window: the third call in it is refused until the first
+    call's second has passed, however often it is retried; then exactly one more fits."""
+    from api.app import create_app
+    from api.limits import _check_rate
+    from shared.errors import RateLimited
+
+    app, tenant = create_app(settings), f"tenant-{time.time_ns()}"
+    with app.app_context():
+        _check_rate(tenant, 2, window=1.0)
+        time.sleep(0.5)
+        _check_rate(tenant, 2, window=1.0)
+        for _ in range(3):  # retried while full: refused, with the wait until the first leaves
+            with pytest.raises(RateLimited) as refused:
+                _check_rate(tenant, 2, window=1.0)
+            assert refused.value.retry_after == 1
+        time.sleep(0.6)  # the first has left the window; the second has not
+        _check_rate(tenant, 2, window=1.0)
+        with pytest.raises(RateLimited):
+            _check_rate(tenant, 2, window=1.0)
