@@ -9,7 +9,19 @@ from datetime import timedelta
 from flask import Flask
 from redis import Redis
 
-from api import admin, completions, files, fine_tunes, health, job_events, jobs, models, openapi, webhooks
+from api import (
+    admin,
+    completions,
+    files,
+    fine_tunes,
+    health,
+    job_events,
+    jobs,
+    long_requests,
+    models,
+    openapi,
+    webhooks,
+)
 from api.errors import register_error_handlers
 from api.state import close_db_session
 from shared.queue import make_celery
@@ -29,6 +41,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     app.extensions["canvas.settings"] = settings
     app.extensions["canvas.celery"] = make_celery(settings, "canvas-api")
     app.extensions["canvas.redis"] = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+    long_requests.install(app, settings.max_long_requests)
     blueprints = (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp, webhooks.bp, files.bp, fine_tunes.bp)
     blueprints += (completions.bp,)
     for blueprint in (*blueprints, admin.bp):

@@ -25,6 +25,7 @@ from api.completion_schemas import ChatCompletionCreate, CompletionCreate
 from api.errors import error_response
 from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.jobs import accept_job
+from api.long_requests import take_slot
 from api.state import events_client, settings
 from shared.contracts import cut_at_stop, streamable
 
@@ -76,6 +77,20 @@ def create_chat_completion() -> Response:
 def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bool) -> Response:
     raw = read_json_object()
     body = schema.model_validate(raw)
+    release = take_slot()  # before the job exists: a 503 here records nothing
+    try:
+        response = _answer(body, raw, chat)
+    except BaseException:
+        release()
+        raise
+    if body.stream:
+        response.call_on_close(release)  # the stream ended, or the client went away
+    else:
+        release()
+    return response
+
+
+def _answer(body: CompletionCreate | ChatCompletionCreate, raw: dict[str, Any], chat: bool) -> Response:
     job, _created = accept_job(body.job(), raw)
     shape = Shape(chat, job.id, job.model, int(job.created_at.timestamp()))  # UTCDateTime: always aware
     quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second

@@ -18,6 +18,7 @@ from shared.errors import (
     IllegalTransition,
     InvalidRequest,
     NotFound,
+    Overloaded,
     RateLimited,
     Unauthorized,
 )
@@ -30,6 +31,7 @@ STATUS_BY_ERROR: dict[type[CanvasError], int] = {
     NotFound: 404,
     Conflict: 409,
     RateLimited: 429,
+    Overloaded: 503,
     IllegalTransition: 409,
     Unauthorized: 401,
     Forbidden: 403,
@@ -67,7 +69,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CanvasError)
     def _canvas_error(exc: CanvasError) -> Response:
         response = error_response(STATUS_BY_ERROR.get(type(exc), 400), exc.type, exc.message, exc.param)
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | Overloaded):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

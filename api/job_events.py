@@ -16,6 +16,7 @@ import redis
 from flask import Blueprint, Response, request, stream_with_context
 
 from api.auth import authenticate_request, current_principal
+from api.long_requests import take_slot
 from api.state import db_session, events_client, settings
 from shared.db import session_scope
 from shared.events import read_events
@@ -82,6 +83,9 @@ def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str
 def stream_job_events(job_id: str) -> Response:
     job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
     after = request.headers.get("Last-Event-ID") or "0-0"
+    release = take_slot()  # 503 when this process holds as many long requests as it may
     body = event_stream(settings().database_url, events_client(), job.id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
+    response = Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
+    response.call_on_close(release)  # the stream ended, or the client went away
+    return response

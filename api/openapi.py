@@ -58,7 +58,7 @@ def _openai_op(summary: str, schema: str) -> dict[str, Any]:
     body = {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(model=schema)}}}}
     op = _op(summary, "200", {"type": "object"}, requestBody=body)
     op["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
-    op["responses"].update({"500": ERROR, "504": ERROR})
+    op["responses"].update({"500": ERROR, "503": ERROR, "504": ERROR})
     return op
 
 

@@ -46,3 +46,13 @@ class RateLimited(CanvasError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+
+class Overloaded(CanvasError):
+    """This API process is at its limit of long-held requests: retry after `retry_after` seconds (503)."""
+
+    type = "overloaded_error"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

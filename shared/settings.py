@@ -43,6 +43,10 @@ class Settings:
     rate_limit_per_minute: int = 600
     max_active_jobs: int = 10_000
     sync_wait_seconds: float = 600.0  # how long an OpenAI-style request waits for its job before a 504
+    # Per API process: requests that hold a thread for long (completions waiting or streaming, job event
+    # streams). Past it they get 503 with Retry-After, so short requests always find a thread: keep it
+    # below the server's threads (deploy/: gunicorn gthread, 64 threads). 0: no limit.
+    max_long_requests: int = 48
     # Webhooks: retry delays in seconds (one per retry), per-attempt timeout, operator allow-list of
     # CIDRs that the SSRF guard lets through (e.g. "127.0.0.1/32" for tests and internal receivers).
     webhook_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -75,6 +79,7 @@ class Settings:
             engine_memory_bytes=_int("CANVAS_ENGINE_MEMORY_BYTES", d.engine_memory_bytes),
             draft_interval_seconds=_float("CANVAS_DRAFT_INTERVAL_SECONDS", d.draft_interval_seconds),
             sync_wait_seconds=_float("CANVAS_SYNC_WAIT_SECONDS", d.sync_wait_seconds),
+            max_long_requests=_int("CANVAS_MAX_LONG_REQUESTS", d.max_long_requests),
             rate_limit_per_minute=_int("CANVAS_RATE_LIMIT_PER_MINUTE", d.rate_limit_per_minute),
             max_active_jobs=_int("CANVAS_MAX_ACTIVE_JOBS", d.max_active_jobs),
             webhook_schedule=_floats("CANVAS_WEBHOOK_SCHEDULE", d.webhook_schedule),
@@ -106,6 +111,10 @@ class Settings:
             "CANVAS_ENGINE_MAX_ROWS": str(self.engine_max_rows),
             "CANVAS_ENGINE_MEMORY_BYTES": str(self.engine_memory_bytes),
             "CANVAS_DRAFT_INTERVAL_SECONDS": str(self.draft_interval_seconds),
+            "CANVAS_RATE_LIMIT_PER_MINUTE": str(self.rate_limit_per_minute),
+            "CANVAS_MAX_ACTIVE_JOBS": str(self.max_active_jobs),
+            "CANVAS_SYNC_WAIT_SECONDS": str(self.sync_wait_seconds),
+            "CANVAS_MAX_LONG_REQUESTS": str(self.max_long_requests),
             "CANVAS_WEBHOOK_SCHEDULE": ",".join(str(x) for x in self.webhook_schedule),
             "CANVAS_WEBHOOK_TIMEOUT_SECONDS": str(self.webhook_timeout_seconds),
             "CANVAS_WEBHOOK_ALLOW": self.webhook_allow,
