@@ -31,8 +31,8 @@ def show_drafts(session: requests.Session, url: str, most: int = 4) -> None:
             if line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("data: ") and event == "draft" and shown < most:
-                grid = json.loads(line[6:]).get("text", "")[:81]
-                print(f"   draft at step {json.loads(line[6:])['step']}: {grid}")
+                draft = json.loads(line[6:])
+                print(f"   draft of try {draft.get('try', 0) + 1} at step {draft['step']}: {draft['text'][:81]}")
                 shown += 1
             elif event == "done":
                 return
@@ -96,7 +96,7 @@ def run_demo(base_url: str, key: str, model: str) -> int:
         print(f"   output ({len(out['token_ids'])} tokens, finish_reason={out['finish_reason']}): {out['text']!r}")
         if spec["kind"] == "sudoku":
             print(f"   solved grid: {out['grid']}  valid solution: {out['valid']}")
-            print(f"   answered by try {out['try'] + 1} of {out['tries']} (seed {out['seed']}); drafts above: try 1")
+            print(f"   answered by try {out['try'] + 1} of {out['tries']} (seed {out['seed']})")
         elif spec.get("prompt") in EXPECTED:
             expected = EXPECTED[spec["prompt"]]
             print(f"   right answer: {expected!r} -> {'right' if out['text'] == expected else 'wrong'}")

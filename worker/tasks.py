@@ -141,7 +141,7 @@ def engine_request(
 
 def tries(request: Request, count: int) -> list[Request]:
     """The job's request, and for a Sudoku job with `tries` > 1 copies with the next seeds (try i: seed + i).
-    Only the first try's drafts are streamed."""
+    Every try's drafts are streamed, each marked with its `try` (`_tagged`)."""
     seeds = try_seeds(request.params.seed, count)
     return [request] + [
         replace(request, request_id=f"{request.request_id}/try{i}", params=replace(request.params, seed=seed))
@@ -166,13 +166,29 @@ def _decider(kind: str, plan: dict[str, Any], loaded: LoadedModel) -> Decide:
     return decide
 
 
+def _tagged(on_event: Any, index: int, count: int) -> Any:
+    """Try `index`'s event callback: with several tries, every try's drafts stream, each marked with its
+    `try`; only the first try's committed canvases do (their text deltas add up to one output)."""
+    if on_event is None or count == 1:
+        return on_event if index == 0 else None
+
+    def tagged(request_id: str, kind: str, data: dict[str, Any]) -> None:
+        if kind == "draft":
+            on_event(request_id, kind, {**data, "try": index})
+        elif index == 0:
+            on_event(request_id, kind, data)
+
+    return tagged
+
+
 def _wait(
     loaded: LoadedModel, requests: list[Request], watch: JobWatch, on_event: Any, decide: Decide
 ) -> tuple[int, EngineResult]:
     """Submit every try and wait until `decide` picks one; the tries still running then are canceled
     (also when a try fails: its error fails the job). When the job must stop, every try is canceled, and
     unless a valid answer was already there, the result says `canceled` (so a timeout stays a timeout)."""
-    handles = [loaded.engine.submit(r, on_event=on_event if i == 0 else None) for i, r in enumerate(requests)]
+    callbacks = [_tagged(on_event, i, len(requests)) for i in range(len(requests))]
+    handles = [loaded.engine.submit(r, on_event=callbacks[i]) for i, r in enumerate(requests)]
     asked = False
     try:
         while True:

@@ -6,6 +6,7 @@ from transformers import AutoTokenizer
 
 from tests.conftest import TINY
 from tests.e2e.live import Client
+from tests.e2e.test_job_events import read_sse
 
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 
@@ -101,3 +102,6 @@ def test_a_sudoku_job_with_tries_reports_the_try_it_answers_with(live_api, keys)
     assert out["tries"] == 3 and out["try"] in (0, 1, 2) and out["seed"] == 5 + out["try"]
     assert all(p == "." or p == g for p, g in zip(PUZZLE, out["grid"], strict=True))
     assert out["valid"] == valid_sudoku(out["grid"], PUZZLE)
+    with client.http.get(f"{live_api.url}/v1/jobs/{job['id']}/events", stream=True, timeout=30) as response:
+        drafts = [d for k, d in read_sse(response) if k == "draft"]
+    assert {d["try"] for d in drafts} == {0, 1, 2}  # every try's drafts stream, each marked with its try
