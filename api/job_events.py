@@ -83,8 +83,14 @@ def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str
 def stream_job_events(job_id: str) -> Response:
     job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
     after = request.headers.get("Last-Event-ID") or "0-0"
-    release = take_slot()  # 503 when this process holds as many long requests as it may
-    body = event_stream(settings().database_url, events_client(), job.id, after)
+    return events_response(job.id, after)
+
+
+def events_response(job_id: str, after: str) -> Response:
+    """The job's events as a server-sent-event response; it holds a long-request slot while it streams
+    (503 when this process holds as many long requests as it may)."""
+    release = take_slot()
+    body = event_stream(settings().database_url, events_client(), job_id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
     response.call_on_close(release)  # the stream ended, or the client went away

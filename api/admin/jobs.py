@@ -3,7 +3,7 @@ its live canvas (a session-authenticated copy of the SSE stream), and the cancel
 
 from __future__ import annotations
 
-from flask import Response, jsonify, redirect, render_template, request, stream_with_context, url_for
+from flask import Response, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from api.admin import actions
@@ -20,8 +20,8 @@ from api.admin.queries import (
     timeline,
 )
 from api.admin.webhooks import deliveries
-from api.job_events import event_stream
-from api.state import db_session, events_client, settings
+from api.job_events import events_response
+from api.state import db_session
 from api.tokenization import tokenizer_for
 from shared.errors import InvalidRequest, NotFound
 from shared.jobs import get_job
@@ -95,10 +95,7 @@ def job_json(job_id: str) -> Response:
 def job_events(job_id: str) -> Response:
     """The job's live events (status, drafts, canvases, done) as server-sent events, for the session's admin."""
     job = get_job(db_session(), job_id)
-    after = request.headers.get("Last-Event-ID") or "0-0"
-    body = event_stream(settings().database_url, events_client(), job.id, after)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
+    return events_response(job.id, request.headers.get("Last-Event-ID") or "0-0")
 
 
 @bp.get("/models/<path:name>/pieces.json")

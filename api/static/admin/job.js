@@ -71,7 +71,12 @@
   }
 
   const source = new EventSource(live.dataset.events);
-  source.addEventListener("draft", (e) => { latest = JSON.parse(e.data); draw(); });
+  source.addEventListener("draft", (e) => {
+    const draft = JSON.parse(e.data);
+    if ((draft.try || 0) !== 0) return; // a Sudoku job with tries: follow the first try's canvas
+    latest = draft;
+    draw();
+  });
   source.addEventListener("canvas", (e) => {
     committed.textContent += JSON.parse(e.data).text;
     latest = null; // drafts of the committed canvas are stale now
