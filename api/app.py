@@ -24,6 +24,7 @@ from api import (
 )
 from api.errors import register_error_handlers
 from api.state import close_db_session
+from shared import sealing
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.sweeper import Sweeper
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     app.extensions["canvas.celery"] = make_celery(settings, "canvas-api")
     app.extensions["canvas.redis"] = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
     long_requests.install(app, settings.max_long_requests)
+    sealing.configure(settings.webhook_sealing_keys)  # a bad key fails here, at start, naming the setting
     blueprints = (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp, webhooks.bp, files.bp, fine_tunes.bp)
     blueprints += (completions.bp,)
     for blueprint in (*blueprints, admin.bp):

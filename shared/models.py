@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.sealing import SealedString
 from shared.states import JobStatus
 
 NAMING_CONVENTION = {
@@ -175,8 +176,8 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(Text)
     events: Mapped[list[str]] = mapped_column(JSON)
     description: Mapped[str | None] = mapped_column(Text)
-    secret: Mapped[str] = mapped_column(String(100))
-    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    secret: Mapped[str] = mapped_column(SealedString)  # sealed at rest when keys are configured
+    previous_secret: Mapped[str | None] = mapped_column(SealedString)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16), default="enabled")
     disabled_reason: Mapped[str | None] = mapped_column(Text)
@@ -190,8 +191,8 @@ class TenantWebhookSecret(Base):
 
     __tablename__ = "tenant_webhook_secrets"
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    secret: Mapped[str] = mapped_column(String(100))
-    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    secret: Mapped[str] = mapped_column(SealedString)  # sealed at rest when keys are configured
+    previous_secret: Mapped[str | None] = mapped_column(SealedString)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -54,6 +54,9 @@ class Settings:
     webhook_allow: str = ""
     webhook_disable_after_seconds: float = 5 * 24 * 3600  # an endpoint failing everything this long is disabled
     webhook_rotation_seconds: float = 24 * 3600  # the previous secret keeps signing this long after a rotation
+    # Keys that seal webhook signing secrets at rest (shared/sealing.py): comma-separated base64 32-byte
+    # keys, the first sealing; empty (the embedded default): secrets are stored plain.
+    webhook_sealing_keys: str = ""
     log_level: str = "INFO"
     # Signs the admin dashboard's session cookies. Empty: a random key per process (sessions end with it,
     # and do not carry across gunicorn workers), so production sets CANVAS_SECRET_KEY.
@@ -89,6 +92,7 @@ class Settings:
                 "CANVAS_WEBHOOK_DISABLE_AFTER_SECONDS", d.webhook_disable_after_seconds
             ),
             webhook_rotation_seconds=_float("CANVAS_WEBHOOK_ROTATION_SECONDS", d.webhook_rotation_seconds),
+            webhook_sealing_keys=os.environ.get("CANVAS_WEBHOOK_SEALING_KEYS", d.webhook_sealing_keys),
             log_level=os.environ.get("CANVAS_LOG_LEVEL", d.log_level),
             secret_key=os.environ.get("CANVAS_SECRET_KEY", d.secret_key),
             var_dir=Path(os.environ.get("CANVAS_VAR_DIR", str(d.var_dir))),
@@ -120,6 +124,7 @@ class Settings:
             "CANVAS_WEBHOOK_ALLOW": self.webhook_allow,
             "CANVAS_WEBHOOK_DISABLE_AFTER_SECONDS": str(self.webhook_disable_after_seconds),
             "CANVAS_WEBHOOK_ROTATION_SECONDS": str(self.webhook_rotation_seconds),
+            "CANVAS_WEBHOOK_SEALING_KEYS": self.webhook_sealing_keys,
             "CANVAS_LOG_LEVEL": self.log_level,
             "CANVAS_SECRET_KEY": self.secret_key,
             "CANVAS_VAR_DIR": str(self.var_dir),

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from shared.errors import InvalidRequest
 from shared.models import Job, TenantWebhookSecret, WebhookEndpoint, WebhookMessage, utcnow
@@ -163,3 +164,17 @@ def replay_message(session: Session, message: WebhookMessage) -> None:
         raise InvalidRequest("the endpoint is disabled; enable it (PATCH enabled=true) before replaying", "id")
     message.status, message.attempts, message.next_attempt_at = "pending", 0, utcnow()
     message.delivered_at = None
+
+
+def reseal_secrets(session: Session) -> int:
+    """Rewrite every stored webhook secret under this process's sealing keys (shared/sealing.py): plain ones
+    get sealed, ones sealed by an older key get the first key, and with no keys they are stored plain.
+    Returns how many secrets were rewritten."""
+    count = 0
+    for model in (WebhookEndpoint, TenantWebhookSecret):
+        for row in session.scalars(select(model)):
+            for name in ("secret", "previous_secret"):
+                if getattr(row, name) is not None:
+                    flag_modified(row, name)  # the value is plain here: writing it back seals it afresh
+                    count += 1
+    return count

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from shared import sealing
 from shared.db import session_scope
 from shared.settings import Settings
 
@@ -53,6 +54,16 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         ok = revoke_key(session, args.key_id)
     print(f"revoked {args.key_id}" if ok else f"no active key {args.key_id}")
     return 0 if ok else 1
+
+
+def cmd_webhooks_seal(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.webhooks import reseal_secrets
+
+    with session_scope(settings.database_url) as session:
+        count = reseal_secrets(session)
+    how = "sealed by CANVAS_WEBHOOK_SEALING_KEYS' first key" if settings.webhook_sealing_keys else "stored plain"
+    print(f"{count} webhook secrets rewritten: {how}")
+    return 0
 
 
 def cmd_models_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.set_defaults(fn=cmd_keys_revoke)
 
+    hooks_cmd = sub.add_parser("webhooks", help="webhook secrets").add_subparsers(dest="action", required=True)
+    seal = hooks_cmd.add_parser("seal", help="rewrite every webhook secret under CANVAS_WEBHOOK_SEALING_KEYS")
+    seal.set_defaults(fn=cmd_webhooks_seal)
+
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)
     add = models.add_parser("add", help="register a local Hugging Face directory")
     add.add_argument("name")
@@ -240,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sealing.configure(settings.webhook_sealing_keys)
     return args.fn(args, settings)
 
 
