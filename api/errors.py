@@ -20,6 +20,7 @@ from shared.errors import (
     NotFound,
     Overloaded,
     RateLimited,
+    RetryLater,
     Unauthorized,
 )
 
@@ -69,7 +70,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CanvasError)
     def _canvas_error(exc: CanvasError) -> Response:
         response = error_response(STATUS_BY_ERROR.get(type(exc), 400), exc.type, exc.message, exc.param)
-        if isinstance(exc, RateLimited | Overloaded):
+        if isinstance(exc, RetryLater):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

@@ -33,12 +33,12 @@ class LongRequestSlots:
                     RETRY_SECONDS,
                 )
             self.held += 1
-        released = threading.Event()
+        held = [True]
 
         def release() -> None:
             with self._lock:
-                if not released.is_set():
-                    released.set()
+                if held[0]:
+                    held[0] = False
                     self.held -= 1
 
         return release

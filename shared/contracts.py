@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
@@ -78,11 +79,18 @@ class GenerationParams(BaseModel):
 SUDOKU_PARAMS: dict[str, float | int] = {"max_denoising_steps": 64, "entropy_bound": 0.02, "t_min": 0.8, "t_max": 1.2}
 
 
+def first_stop(text: str, stops: Sequence[str]) -> tuple[int, int] | None:
+    """(where, length) of the first stop string in `text`: the one that begins first, and of several
+    beginning there the shortest (it ends first); None when there is none. Empty stops never match."""
+    found = [(at, len(stop)) for stop in stops if stop and (at := text.find(stop)) >= 0]
+    return min(found) if found else None
+
+
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     """The text before the first stop string, and whether one was found: a stop is matched on the text, so
     it counts however the tokenizer split it (inside a token, or across tokens)."""
-    cuts = [i for i in (text.find(stop) for stop in stops) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
+    stop = first_stop(text, stops)
+    return (text[: stop[0]], True) if stop else (text, False)
 
 
 def streamable(text: str, stops: list[str]) -> tuple[str, bool]:

@@ -38,21 +38,21 @@ class IllegalTransition(CanvasError):
     type = "conflict_error"
 
 
-class RateLimited(CanvasError):
-    """Too much, too fast: the client should retry after `retry_after` seconds (429 with Retry-After)."""
+class RetryLater(CanvasError):
+    """Refused for now: the client should retry after `retry_after` seconds (sent as Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
+class RateLimited(RetryLater):
+    """Too much, too fast from one tenant (429)."""
 
     type = "rate_limit_error"
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, retry_after)
 
-
-class Overloaded(CanvasError):
-    """This API process is at its limit of long-held requests: retry after `retry_after` seconds (503)."""
+class Overloaded(RetryLater):
+    """This API process is at its limit of long-held requests (503)."""
 
     type = "overloaded_error"
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, retry_after)

@@ -58,6 +58,7 @@ class EventPublisher(threading.Thread):
         publishes the final status once the database has it."""
         committed: list[int] = []
         sent = [""]  # text already sent in canvas deltas
+        stop_list = list(stops)
 
         def on_event(_request_id: str, kind: str, data: dict[str, Any]) -> None:
             if kind == "draft":
@@ -66,9 +67,9 @@ class EventPublisher(threading.Thread):
                 committed.extend(data["token_ids"])
                 text = decode(committed)
                 if data.get("final"):
-                    ready = cut_at_stop(text, list(stops))[0]
+                    ready = cut_at_stop(text, stop_list)[0]
                 else:
-                    ready = streamable(text.rstrip("\ufffd"), list(stops))[0]  # U+FFFD: an incomplete character
+                    ready = streamable(text.rstrip("\ufffd"), stop_list)[0]  # U+FFFD: an incomplete character
                 delta = ready[len(sent[0]) :] if ready.startswith(sent[0]) else ""
                 sent[0] += delta
                 self.publish(job_id, kind, {**data, "text": delta}, sink=canvas_sink)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from shared.contracts import first_stop
+
 Decode = Callable[[list[int]], str]
 
 
@@ -18,12 +20,8 @@ def stop_within(decode: Decode, stops: Sequence[str]) -> Callable[[Sequence[int]
         return None
 
     def keep(ids: Sequence[int]) -> int | None:
-        text = decode(list(ids))
-        found = [(at, len(stop)) for stop in stops if (at := text.find(stop)) >= 0]
-        if not found:
-            return None
-        at, length = min(found)
-        return tokens_reaching(decode, ids, at + length - 1)
+        stop = first_stop(decode(list(ids)), stops)
+        return None if stop is None else tokens_reaching(decode, ids, stop[0] + stop[1] - 1)
 
     return keep
 
