@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
-from worker.demo_model.tasks import TEXT_TASKS, held_out
+from worker.training.demo_model.tasks import TEXT_TASKS, held_out
 from worker.engine import Engine, Request, SamplingParams
 
 

@@ -49,7 +49,7 @@ CONTINUE="{\"minutes\": $MINUTES, \"batch_size\": ${TRAIN_BATCH:-1024}, \"warmup
 RECIPE=${DEMO_RECIPE:-$CONTINUE}
 train() {  # $1: seconds allowed, $2: the recipe as JSON
   timeout "$1" python3 -c "import json, sys; from pathlib import Path
-from worker.demo_model.train import Recipe, train_demo
+from worker.training.demo_model.train import Recipe, train_demo
 print(train_demo(Path(sys.argv[1]), Recipe(**json.loads(sys.argv[2]))))" "$DEMO" "$2"
 }
 LIMIT=${DEMO_SECONDS:-$(python3 -c "print(int($MINUTES * 60 + 50))")}

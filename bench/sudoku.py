@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from shared.contracts import SUDOKU_PARAMS
 from shared.sudoku import is_solution, render
-from worker.demo_model.tasks import SUDOKU_LEVELS, held_out, sudoku_prompt
+from worker.training.demo_model.tasks import SUDOKU_LEVELS, held_out, sudoku_prompt
 from worker.engine import Engine, Request, SamplingParams
 from worker.job_kinds import constrain, pick_try, repeats, shape_output, try_seeds
 

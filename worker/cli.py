@@ -153,7 +153,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train_demo(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import fields
 
-    from worker.demo_model.train import Recipe, train_demo
+    from worker.training.demo_model.train import Recipe, train_demo
 
     given = {f.name: getattr(args, f.name, None) for f in fields(Recipe)}
     recipe = Recipe(**{name: value for name, value in given.items() if value is not None})

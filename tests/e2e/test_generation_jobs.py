@@ -12,7 +12,7 @@ from shared.contracts import GENERATE_TASK, generation_queue
 from shared.queue import make_celery
 from tests.conftest import TINY
 from tests.e2e.live import Client
-from worker.generation import cut_output, generate_kwargs
+from tests.reference_generation import cut_output, generate_kwargs
 from worker.tiny import EOS_ID
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from shared.sudoku import is_solution, parse, solve
-from worker.demo_model.stream import DemoStream, sudoku_pool
-from worker.demo_model.tasks import HELD_OUT_TEXT, SUDOKU_LEVELS, held_out, sudoku
+from worker.training.demo_model.stream import DemoStream, sudoku_pool
+from worker.training.demo_model.tasks import HELD_OUT_TEXT, SUDOKU_LEVELS, held_out, sudoku
 from worker.tiny import build_tokenizer
 
 
@@ -103,7 +103,7 @@ def test_stream_is_a_function_of_the_step_and_never_emits_held_out_pairs(stream:
 def test_a_short_training_run_writes_a_loadable_model_with_its_card(tmp_path) -> None:
     from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
-    from worker.demo_model.train import Recipe, train_demo
+    from worker.training.demo_model.train import Recipe, train_demo
 
     recipe = Recipe(hidden=32, layers=2, canvas_length=96, steps=3, batch_size=4, sudoku=10)
     log = io.StringIO()

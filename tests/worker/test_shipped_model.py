@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from shared.contracts import SUDOKU_PARAMS
 from shared.sudoku import render
-from worker.demo_model.tasks import held_out, sudoku_prompt
+from worker.training.demo_model.tasks import held_out, sudoku_prompt
 from worker.engine import Engine, Request, SamplingParams
 from worker.job_kinds import constrain
 

@@ -12,7 +12,7 @@ from shared.db import session_scope
 from shared.jobs import create_job, new_job_id
 from shared.models import Job
 from shared.sudoku import render, solve
-from worker.demo_model.tasks import held_out, sudoku_prompt
+from worker.training.demo_model.tasks import held_out, sudoku_prompt
 from worker.host import ModelHost, load_model
 from worker.job_kinds import pick_try, repeats, try_seeds
 from worker.tasks import run_generation_job

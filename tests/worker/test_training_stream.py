@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from worker.demo_model.stream import DemoStream, sudoku_pool
+from worker.training.demo_model.stream import DemoStream, sudoku_pool
 from worker.tiny import EOS_ID, build_tokenizer, tiny_config
 from worker.training.trainer import Trainer, TrainPlan
 

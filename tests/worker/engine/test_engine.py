@@ -10,7 +10,7 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
 from worker.engine import Engine, InvalidParams, Request, SamplingParams
-from worker.generation import cut_output, generate_kwargs
+from tests.reference_generation import cut_output, generate_kwargs
 from worker.tiny import EOS_ID
 
 EOS = frozenset({EOS_ID})

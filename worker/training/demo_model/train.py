@@ -1,5 +1,5 @@
 """`canvas train demo`: train the demo model from scratch with the fine-tuning code (same objective, same
-Trainer) on the seeded tasks of `worker.demo_model.tasks`, then write it in Hugging Face layout with its
+Trainer) on the seeded tasks of `worker.training.demo_model.tasks`, then write it in Hugging Face layout with its
 tokenizer and a model card. Knows torch and transformers; not the service."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from worker.demo_model.stream import DemoStream, sudoku_pool
-from worker.demo_model.tasks import TRAINING_SEED
+from worker.training.demo_model.stream import DemoStream, sudoku_pool
+from worker.training.demo_model.tasks import TRAINING_SEED
 from worker.tiny import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, tiny_config
 from worker.training.trainer import Trainer, TrainPlan
 
@@ -174,7 +174,7 @@ def model_card(name: str, recipe: Recipe, figures: dict[str, Any]) -> str:
 A small DiffusionGemma ({figures["parameters"]:,} parameters: hidden {recipe.hidden}, {recipe.layers} layers,
 4 experts, a {recipe.canvas_length}-token canvas, byte-level tokenizer) trained from scratch by Canvas's own
 fine-tuning code (the block-diffusion objective of the released recipe, `worker/training/`) on seeded
-synthetic tasks (`worker/demo_model/tasks.py`): Sudoku puzzles with unique solutions (40-50, 30-39 and
+synthetic tasks (`worker/training/demo_model/tasks.py`): Sudoku puzzles with unique solutions (40-50, 30-39 and
 25-29 givens; the prompt states the puzzle as `sudoku: <81 chars>`; a pool of generated puzzles, each
 drawn through a random symmetry of the grid), `reverse: WORD`, `sort: N N N`,
 `add: A+B`, `fill: SENTENCE WITH ___` and `say: TEXT` (sentences, for infill jobs).

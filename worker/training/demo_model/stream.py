@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from shared.sudoku import make_puzzle
-from worker.demo_model.tasks import HELD_OUT_TEXT, SUDOKU_LEVELS, TEXT_TASKS, held_out, sudoku_prompt
+from worker.training.demo_model.tasks import HELD_OUT_TEXT, SUDOKU_LEVELS, TEXT_TASKS, held_out, sudoku_prompt
 
 CHUNK = 250  # puzzles per seeded chunk: the pool does not depend on how many processes build it
 LEVEL_MIX = ["easy", "easy", "medium", "medium", "hard"]
