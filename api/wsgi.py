@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from api.app import create_app
+from shared.settings import Settings
 
-app = create_app(run_sweeper=os.environ.get("CANVAS_API_SWEEPER", "1") == "1")
+settings = Settings.from_env()
+app = create_app(settings, run_sweeper=settings.api_sweeper)

@@ -4,8 +4,9 @@ comma-separated base64 32-byte keys; the first seals, every one unseals, so a ke
 The database then holds `sealed:v1:<base64(nonce | ciphertext | tag)>`, useless without a key; the API and
 the webhook worker see the plain secret, since they must show it once and sign with it. Without keys (the
 embedded default) secrets are stored plain, and plain values are always read as they are, so sealing can
-be turned on over existing rows (`canvas webhooks seal` rewrites them). Knows SQLAlchemy types and the
-cryptography package; nothing of the service.
+be turned on over existing rows (`canvas webhooks seal` rewrites them). A process sets its keys with
+`configure(settings.webhook_sealing_keys)`; one that has not, uses `Settings.from_env()`'s. Knows SQLAlchemy
+types, the cryptography package and Settings; nothing else of the service.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import String
 from sqlalchemy.types import TypeDecorator
 
+from shared.settings import Settings
+
 PREFIX = "sealed:v1:"
 ENV = "CANVAS_WEBHOOK_SEALING_KEYS"
-_keys: list[AESGCM] | None = None  # None: not configured yet (read from the environment on first use)
+_keys: list[AESGCM] | None = None  # None: not configured yet (the environment's settings on first use)
 _lock = threading.Lock()
 
 
@@ -57,7 +60,7 @@ def _current() -> list[AESGCM]:
     global _keys
     with _lock:
         if _keys is None:
-            _keys = parse_keys(os.environ.get(ENV, ""))
+            _keys = parse_keys(Settings.from_env().webhook_sealing_keys)
         return _keys
 
 

@@ -1,31 +1,41 @@
-"""One Settings object read from the environment (12-factor). Nothing else reads os.environ for config."""
+"""One Settings object read from the environment (12-factor). Nothing else reads os.environ for config.
+
+Every field is read from `CANVAS_<FIELD>` (`DATABASE_URL` and `REDIS_URL` keep their usual names); tuples
+are comma-separated. Secrets may instead come from a file named by `<VAR>_FILE` (Docker and Kubernetes
+mount secrets as files), read when `<VAR>` itself is unset. Only `Settings.from_env()` reads the
+environment: `Settings(**fields)` is the given fields over the defaults, so tests build theirs exactly.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+PREFIX = "CANVAS_"
+SECRETS = ("database_url", "secret_key", "webhook_sealing_keys")  # may come from `<VAR>_FILE`
 
 
-def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+class SettingsError(ValueError):
+    """An environment variable that does not give a valid setting; the message names it."""
 
 
-def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+class Settings(BaseSettings):
+    """Runtime configuration. Build with `Settings.from_env()`; tests use `Settings(...)` and `with_()`."""
 
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, validate_by_name=True, extra="forbid")
 
-def _floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
-    raw = os.environ.get(name)
-    return tuple(float(x) for x in raw.split(",") if x.strip()) if raw else default
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Runtime configuration. Build with `Settings.from_env()`; tests use `replace(settings, ...)`."""
-
-    database_url: str = "sqlite:///var/canvas.db"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = Field(default="sqlite:///var/canvas.db", validation_alias="DATABASE_URL", repr=False)
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     max_body_bytes: int = 1_000_000
     max_file_bytes: int = 50_000_000  # uploads (fine-tuning datasets)
     max_attempts: int = 3  # deliveries of one job that may start running before it is failed
@@ -49,86 +59,92 @@ class Settings:
     max_long_requests: int = 48
     # Webhooks: retry delays in seconds (one per retry), per-attempt timeout, operator allow-list of
     # CIDRs that the SSRF guard lets through (e.g. "127.0.0.1/32" for tests and internal receivers).
-    webhook_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_schedule: Annotated[tuple[float, ...], NoDecode] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_timeout_seconds: float = 10.0
     webhook_allow: str = ""
     webhook_disable_after_seconds: float = 5 * 24 * 3600  # an endpoint failing everything this long is disabled
     webhook_rotation_seconds: float = 24 * 3600  # the previous secret keeps signing this long after a rotation
     # Keys that seal webhook signing secrets at rest (shared/sealing.py): comma-separated base64 32-byte
     # keys, the first sealing; empty (the embedded default): secrets are stored plain.
-    webhook_sealing_keys: str = ""
+    webhook_sealing_keys: str = Field(default="", repr=False)
     log_level: str = "INFO"
     # Signs the admin dashboard's session cookies. Empty: a random key per process (sessions end with it,
     # and do not carry across gunicorn workers), so production sets CANVAS_SECRET_KEY.
-    secret_key: str = ""
-    var_dir: Path = field(default_factory=lambda: Path("var"))
+    secret_key: str = Field(default="", repr=False)
+    var_dir: Path = Path("var")
+    worker_models: Annotated[tuple[str, ...], NoDecode] = ()  # the models a generation worker serves
+    api_sweeper: bool = True  # whether each API process (api/wsgi.py) runs the outbox and lease sweeper
+
+    @field_validator("webhook_schedule", "worker_models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # construction never reads the environment: from_env does
 
     @classmethod
     def from_env(cls) -> Settings:
-        d = cls()
-        return cls(
-            database_url=os.environ.get("DATABASE_URL", d.database_url),
-            redis_url=os.environ.get("REDIS_URL", d.redis_url),
-            max_body_bytes=_int("CANVAS_MAX_BODY_BYTES", d.max_body_bytes),
-            max_file_bytes=_int("CANVAS_MAX_FILE_BYTES", d.max_file_bytes),
-            max_attempts=_int("CANVAS_MAX_ATTEMPTS", d.max_attempts),
-            lease_seconds=_float("CANVAS_LEASE_SECONDS", d.lease_seconds),
-            heartbeat_seconds=_float("CANVAS_HEARTBEAT_SECONDS", d.heartbeat_seconds),
-            cancel_poll_seconds=_float("CANVAS_CANCEL_POLL_SECONDS", d.cancel_poll_seconds),
-            sweep_seconds=_float("CANVAS_SWEEP_SECONDS", d.sweep_seconds),
-            max_job_seconds=_int("CANVAS_MAX_JOB_SECONDS", d.max_job_seconds),
-            publish_timeout_seconds=_float("CANVAS_PUBLISH_TIMEOUT_SECONDS", d.publish_timeout_seconds),
-            engine_max_rows=_int("CANVAS_ENGINE_MAX_ROWS", d.engine_max_rows),
-            engine_memory_bytes=_int("CANVAS_ENGINE_MEMORY_BYTES", d.engine_memory_bytes),
-            draft_interval_seconds=_float("CANVAS_DRAFT_INTERVAL_SECONDS", d.draft_interval_seconds),
-            sync_wait_seconds=_float("CANVAS_SYNC_WAIT_SECONDS", d.sync_wait_seconds),
-            max_long_requests=_int("CANVAS_MAX_LONG_REQUESTS", d.max_long_requests),
-            rate_limit_per_minute=_int("CANVAS_RATE_LIMIT_PER_MINUTE", d.rate_limit_per_minute),
-            max_active_jobs=_int("CANVAS_MAX_ACTIVE_JOBS", d.max_active_jobs),
-            webhook_schedule=_floats("CANVAS_WEBHOOK_SCHEDULE", d.webhook_schedule),
-            webhook_timeout_seconds=_float("CANVAS_WEBHOOK_TIMEOUT_SECONDS", d.webhook_timeout_seconds),
-            webhook_allow=os.environ.get("CANVAS_WEBHOOK_ALLOW", d.webhook_allow),
-            webhook_disable_after_seconds=_float(
-                "CANVAS_WEBHOOK_DISABLE_AFTER_SECONDS", d.webhook_disable_after_seconds
-            ),
-            webhook_rotation_seconds=_float("CANVAS_WEBHOOK_ROTATION_SECONDS", d.webhook_rotation_seconds),
-            webhook_sealing_keys=os.environ.get("CANVAS_WEBHOOK_SEALING_KEYS", d.webhook_sealing_keys),
-            log_level=os.environ.get("CANVAS_LOG_LEVEL", d.log_level),
-            secret_key=os.environ.get("CANVAS_SECRET_KEY", d.secret_key),
-            var_dir=Path(os.environ.get("CANVAS_VAR_DIR", str(d.var_dir))),
-        )
+        """The settings this process's environment gives, defaults for what it leaves unset. The result's
+        `model_fields_set` names the fields the environment set."""
+        values = {**_secret_files(), **EnvSettingsSource(cls)()}  # a plain variable beats its _FILE
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, values)) from None
 
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables, for a child process (inverse of from_env)."""
-        return {
-            "DATABASE_URL": self.database_url,
-            "REDIS_URL": self.redis_url,
-            "CANVAS_MAX_BODY_BYTES": str(self.max_body_bytes),
-            "CANVAS_MAX_FILE_BYTES": str(self.max_file_bytes),
-            "CANVAS_MAX_ATTEMPTS": str(self.max_attempts),
-            "CANVAS_LEASE_SECONDS": str(self.lease_seconds),
-            "CANVAS_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
-            "CANVAS_CANCEL_POLL_SECONDS": str(self.cancel_poll_seconds),
-            "CANVAS_SWEEP_SECONDS": str(self.sweep_seconds),
-            "CANVAS_MAX_JOB_SECONDS": str(self.max_job_seconds),
-            "CANVAS_PUBLISH_TIMEOUT_SECONDS": str(self.publish_timeout_seconds),
-            "CANVAS_ENGINE_MAX_ROWS": str(self.engine_max_rows),
-            "CANVAS_ENGINE_MEMORY_BYTES": str(self.engine_memory_bytes),
-            "CANVAS_DRAFT_INTERVAL_SECONDS": str(self.draft_interval_seconds),
-            "CANVAS_RATE_LIMIT_PER_MINUTE": str(self.rate_limit_per_minute),
-            "CANVAS_MAX_ACTIVE_JOBS": str(self.max_active_jobs),
-            "CANVAS_SYNC_WAIT_SECONDS": str(self.sync_wait_seconds),
-            "CANVAS_MAX_LONG_REQUESTS": str(self.max_long_requests),
-            "CANVAS_WEBHOOK_SCHEDULE": ",".join(str(x) for x in self.webhook_schedule),
-            "CANVAS_WEBHOOK_TIMEOUT_SECONDS": str(self.webhook_timeout_seconds),
-            "CANVAS_WEBHOOK_ALLOW": self.webhook_allow,
-            "CANVAS_WEBHOOK_DISABLE_AFTER_SECONDS": str(self.webhook_disable_after_seconds),
-            "CANVAS_WEBHOOK_ROTATION_SECONDS": str(self.webhook_rotation_seconds),
-            "CANVAS_WEBHOOK_SEALING_KEYS": self.webhook_sealing_keys,
-            "CANVAS_LOG_LEVEL": self.log_level,
-            "CANVAS_SECRET_KEY": self.secret_key,
-            "CANVAS_VAR_DIR": str(self.var_dir),
-        }
+        return {env_name(name): _env_value(getattr(self, name)) for name in type(self).model_fields}
 
-    def with_(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with these fields changed (validated as in construction)."""
+        return type(self)(**{**dict(self), **changes})
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets this field."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else PREFIX + field.upper()
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(part) for part in value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _secret_files() -> dict[str, str]:
+    """Secrets from the files that `<VAR>_FILE` names, content stripped."""
+    values = {}
+    for field in SECRETS:
+        variable = env_name(field) + "_FILE"
+        if path := os.environ.get(variable):
+            try:
+                values[field] = Path(path).read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"{variable}={path}: cannot read it ({exc.strerror})") from None
+    return values
+
+
+def _describe(exc: ValidationError, values: dict[str, Any]) -> str:
+    """One line per bad variable: its name, its value (secrets withheld) and what is wrong."""
+    aliases = {env_name(field): field for field in Settings.model_fields}
+    lines = []
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else ""
+        field = aliases.get(key, key)
+        name = env_name(field) if field in Settings.model_fields else key
+        shown = "(withheld)" if field in SECRETS else repr(values.get(key, error.get("input")))
+        lines.append(f"{name}={shown}: {error['msg']}")
+    return "invalid settings: " + "; ".join(lines)

@@ -111,12 +111,13 @@ def stop_all(processes: list[subprocess.Popen[bytes]], grace: float = 20.0) -> N
 def embedded_stack(port: int | None = None) -> Iterator[Stack]:
     """Start the whole stack; yields once the API answers. Stops everything on exit, error or not."""
     settings = Settings.from_env()
+    given = settings.model_fields_set  # the fields the environment set
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     local_redis = None
-    if "REDIS_URL" not in os.environ:
+    if "redis_url" not in given:
         local_redis = LocalRedis(settings.var_dir / "redis").start()
         settings = settings.with_(redis_url=local_redis.url)
-    if "DATABASE_URL" not in os.environ:
+    if "database_url" not in given:
         settings = settings.with_(database_url=f"sqlite:///{(settings.var_dir / 'canvas.db').resolve()}")
     env = dict(os.environ, REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url)
     processes: list[subprocess.Popen[bytes]] = []

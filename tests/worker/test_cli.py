@@ -1,4 +1,4 @@
-"""The `canvas` command as an operator uses it: keys, models, and the whole demo."""
+"""The `canvas` command as an operator uses it: keys, models, the API image's commands, and the whole demo."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def canvas(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "shared.cli", *args],
         cwd=ROOT,
         env=env or os.environ.copy(),
         capture_output=True,
@@ -55,12 +55,56 @@ def test_models_add_and_list(settings, tiny_model_dir, tmp_path) -> None:
     assert "config.json" in bad.stderr
 
 
+def test_the_api_image_has_its_commands_without_the_worker_package() -> None:
+    """The API image has no worker/: `canvas` still runs the commands of shared/ and api/, and says what to
+    install for the worker's."""
+    code = """
+import sys
+sys.modules["worker"] = None  # as in the API image: `import worker` fails
+from shared.cli import main
+
+def exit_code(*argv):
+    try:
+        return main(list(argv))
+    except SystemExit as exc:
+        return exc.code
+
+assert exit_code("--help") == 0
+assert exit_code("api", "--help") == 0
+assert exit_code("keys", "--help") == 0
+assert exit_code("worker", "serve", "--models", "m") == 2
+assert exit_code("up") == 2
+assert "torch" not in sys.modules
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "canvas api [-h] [--host HOST] [--port PORT]" in result.stdout
+    assert "canvas worker: the worker commands need the worker package" in result.stderr
+    assert "pip install 'canvas[worker]'" in result.stderr
+    assert "invalid choice: 'up'" in result.stderr  # with the same hint after it
+    assert result.stderr.count("pip install 'canvas[worker]'") == 2
+
+
+def test_python_m_worker_cli_still_runs_canvas() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "--help"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("keys", "api", "worker", "up", "demo", "train"))
+
+
+def test_a_bad_setting_is_named_not_a_traceback() -> None:
+    result = canvas("keys", "list", env={**os.environ, "CANVAS_LEASE_SECONDS": "abc"})
+    assert result.returncode == 2
+    assert "CANVAS_LEASE_SECONDS='abc'" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.e2e
 def test_demo_runs_the_main_job_end_to_end_and_leaves_nothing_behind(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env["CANVAS_VAR_DIR"] = str(tmp_path / "var")
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "demo"],
+        [sys.executable, "-m", "shared.cli", "demo"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
