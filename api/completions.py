@@ -27,7 +27,6 @@ from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.jobs import accept_job
 from api.long_requests import take_slot
 from api.state import events_client, settings
-from shared.contracts import cut_at_stop, streamable
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
@@ -95,10 +94,9 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, raw: dict[str, Any], 
     shape = Shape(chat, job.id, job.model, int(job.created_at.timestamp()))  # UTCDateTime: always aware
     quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
-    stops = list(job.params.get("stop") or [])
     if body.stream:
         with_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chunks(events, shape, stops, with_usage)
+        chunks = _chunks(events, shape, with_usage)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
     finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
@@ -107,7 +105,7 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, raw: dict[str, Any], 
         return no_retry(error_response(504, "timeout", message))
     if finished["status"] != "succeeded":
         return no_retry(_job_error(finished))
-    text, finish = final_text(finished["output"], stops)
+    text, finish = final_text(finished["output"])
     answer = {
         **shape.envelope(chunk=False),
         "choices": [shape.choice(text, finish, chunk=False)],
@@ -122,10 +120,9 @@ def no_retry(response: Response) -> Response:
     return response
 
 
-def final_text(output: dict[str, Any], stops: list[str]) -> tuple[str, str]:
-    """(text, OpenAI finish_reason) of a finished job's output."""
-    text, stopped = cut_at_stop(output["text"], stops)
-    return text, "stop" if stopped else FINISH.get(output["finish_reason"], "stop")
+def final_text(output: dict[str, Any]) -> tuple[str, str]:
+    """(text, OpenAI finish_reason) of a finished job's output: the worker cut it at the first stop string."""
+    return output["text"], FINISH.get(output["finish_reason"], "stop")
 
 
 def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, Any] | None:
@@ -150,12 +147,11 @@ def _job_error(job: dict[str, Any]) -> Response:
     return error_response({"canceled": 409, "expired": 504}.get(job["status"], 500), *job_error(job))
 
 
-def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, stops: list[str], with_usage: bool) -> Iterator[str]:
-    """OpenAI chunks from the job's canvas events; the final text decides what the last chunk adds.
-
-    Characters that could be the start of a stop string are held back until the next canvas shows they
-    are not. If the job is retried (a lost worker), its new attempt's text is followed from its start,
-    and only what goes beyond the text already sent is relayed."""
+def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, with_usage: bool) -> Iterator[str]:
+    """OpenAI chunks from the job's canvas events, relayed as the worker assembled them (it holds back what
+    could begin a stop string); the final text decides what the last chunk adds. If the job is retried (a
+    lost worker), its new attempt's text is followed from its start, and only what goes beyond the text
+    already sent is relayed."""
     sent, current = "", ""  # text relayed; text of the current attempt so far
     if shape.chat:
         yield _data({**shape.envelope(chunk=True), "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
@@ -166,22 +162,21 @@ def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, stops: list[st
             current = ""  # a (new) attempt starts from the first canvas
         elif kind == "canvas":
             current += data.get("text", "")
-            ready, _ = streamable(current, stops)
-            if len(ready) > len(sent) and ready.startswith(sent):
-                delta, sent = ready[len(sent) :], ready
+            if len(current) > len(sent) and current.startswith(sent):
+                delta, sent = current[len(sent) :], current
                 yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(delta, None, chunk=True)]})
         elif kind == "done":
-            yield from _last_chunks(data, shape, sent, stops, with_usage)
+            yield from _last_chunks(data, shape, sent, with_usage)
             break
     yield "data: [DONE]\n\n"
 
 
-def _last_chunks(job: dict[str, Any], shape: Shape, sent: str, stops: list[str], with_usage: bool) -> Iterator[str]:
+def _last_chunks(job: dict[str, Any], shape: Shape, sent: str, with_usage: bool) -> Iterator[str]:
     if job.get("status") != "succeeded":
         type_, message = job_error(job)
         yield _data({"error": {"type": type_, "message": message, "param": None}})
         return
-    text, finish = final_text(job["output"], stops)
+    text, finish = final_text(job["output"])
     if not text.startswith(sent):  # a retried attempt wrote other text than the one relayed: say so
         message = f"job {job['id']} was retried and its text changed; GET /v1/jobs/{job['id']} has the output"
         yield _data({"error": {"type": "output_changed", "message": message, "param": None}})

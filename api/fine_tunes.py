@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from typing import Any, Literal
 
 import redis
@@ -22,6 +23,7 @@ from api.webhooks import check_webhook_url
 from shared.contracts import Hyperparameters
 from shared.datasets import DatasetError, Record, parse_dataset
 from shared.errors import InvalidRequest, NotFound
+from shared.job_kinds import JobKind
 from shared.jobs import create_job, new_job_id, request_cancel
 from shared.models import Checkpoint, Job, JobEvent, ModelRecord
 from shared.views import iso
@@ -122,12 +124,12 @@ def create_fine_tune() -> Response:
         check_webhook_url(body.webhook.url, "webhook.url")
     check_submission(session, principal.tenant_id)
     params = body.model_dump(exclude={"webhook"})
-    params["seed"] = body.seed if body.seed is not None else int.from_bytes(new_job_id()[-4:].encode(), "big") % 2**31
+    params["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31)
     params["examples"] = len(records)
     job = Job(
-        id=new_job_id().replace("job_", "ft_"),
+        id=new_job_id(JobKind.FINE_TUNE),
         tenant_id=principal.tenant_id,
-        kind="fine_tune",
+        kind=JobKind.FINE_TUNE.value,
         model=base.name,
         input={"training_file": body.training_file, "validation_file": body.validation_file},
         input_ids=[],
@@ -145,7 +147,7 @@ def create_fine_tune() -> Response:
 
 def _job(job_id: str) -> Job:
     job = db_session().get(Job, job_id)
-    if job is None or job.kind != "fine_tune" or job.tenant_id != current_principal().tenant_id:
+    if job is None or job.kind != JobKind.FINE_TUNE or job.tenant_id != current_principal().tenant_id:
         raise NotFound(f"no fine-tune with id {job_id!r}", "id")
     return job
 
@@ -157,7 +159,7 @@ def get_fine_tune(job_id: str) -> Response:
 
 @bp.get("")
 def list_fine_tunes() -> Response:
-    stmt = select(Job).where(Job.tenant_id == current_principal().tenant_id, Job.kind == "fine_tune")
+    stmt = select(Job).where(Job.tenant_id == current_principal().tenant_id, Job.kind == JobKind.FINE_TUNE.value)
     rows = db_session().scalars(stmt.order_by(Job.created_at.desc()).limit(100))
     return jsonify({"object": "list", "data": [fine_tune_view(j) for j in rows]})
 

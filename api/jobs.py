@@ -14,18 +14,16 @@ from sqlalchemy.orm import Session
 
 from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
-from api.job_inputs import check_length, prompt_ids
-from api.job_kinds import check_fields, infill_plan, sudoku_plan
+from api.job_kinds import plan_job
 from api.limits import check_submission
 from api.models import visible_model
 from api.pagination import decode_cursor, encode_cursor, parse_limit
 from api.schemas import JobCreate
 from api.state import db_session, publish_after_commit, publish_status
 from api.webhooks import check_webhook_url
-from shared.contracts import GenerationParams, sudoku_params
 from shared.errors import InvalidRequest
 from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, timeline
-from shared.models import Job, ModelRecord, utcnow
+from shared.models import Job, utcnow
 from shared.states import JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -72,16 +70,16 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
         return existing, False
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")
-    ids, recorded_input, params = job_plan(body, model)
+    planned = plan_job(body, model)
     check_submission(session, principal.tenant_id)  # after validation: a 422 does not use up the budget
     job = Job(
-        id=new_job_id(),
+        id=new_job_id(body.kind),
         tenant_id=principal.tenant_id,
         kind=body.kind,
         model=model.name,
-        input=recorded_input,
-        input_ids=ids,
-        params=params.with_seed().model_dump(),
+        input=planned.plan.model_dump(exclude_none=True, by_alias=True),
+        input_ids=planned.input_ids,
+        params=planned.params.with_seed().model_dump(),
         webhook=body.webhook.model_dump() if body.webhook else None,
         idempotency_key=key,
         request_hash=digest if key else None,
@@ -99,21 +97,6 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
     publish_status(job.id, JobStatus.QUEUED.value)  # before the task exists, so it precedes "running"
     publish_after_commit(session, outbox.id)
     return job, True
-
-
-def job_plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], dict[str, Any], GenerationParams]:
-    """Prompt ids, the input as recorded, and the parameters (constrained kinds set max_new_tokens)."""
-    check_fields(body)
-    if body.kind == "generate":
-        ids, recorded = prompt_ids(body, model)
-        check_length(ids, body.params.max_new_tokens, model, body.given_inputs()[0])
-        return ids, recorded, body.params
-    plan = infill_plan if body.kind == "infill" else sudoku_plan
-    ids, recorded, length = plan(body, model)
-    field = "grid" if body.kind == "sudoku" else ("template" if body.template is not None else "prefix")
-    check_length(ids, length, model, field)
-    params = sudoku_params(body.params) if body.kind == "sudoku" else body.params
-    return ids, recorded, params.model_copy(update={"max_new_tokens": length})
 
 
 @bp.get("/<job_id>")

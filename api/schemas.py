@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from api.webhook_schemas import WebhookTarget
-from shared.contracts import MAX_TRIES, GenerationParams
+from shared.contracts import GenerationParams
+from shared.job_kinds.sudoku import MAX_TRIES
 
 
 class ChatMessage(BaseModel):

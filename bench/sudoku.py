@@ -25,10 +25,11 @@ import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from shared.contracts import SUDOKU_PARAMS
+from shared.job_kinds.sudoku import SudokuPlan
 from shared.sudoku import is_solution, render
-from worker.training.demo_model.tasks import SUDOKU_LEVELS, held_out, sudoku_prompt
 from worker.engine import Engine, Request, SamplingParams
-from worker.job_kinds import constrain, pick_try, repeats, shape_output, try_seeds
+from worker.job_kinds.sudoku import constrain, grid_of, pick_try, repeats, try_seeds
+from worker.training.demo_model.tasks import SUDOKU_LEVELS, held_out, sudoku_prompt
 
 
 def run(
@@ -53,7 +54,7 @@ def run(
         for j, seed in enumerate(try_seeds(i, tries)):
             params = SamplingParams(max_new_tokens=81, seed=seed, order=order, **sampler)
             request = Request(f"s{i}.{j}", tuple(tokenizer(sudoku_prompt(grid)).input_ids), params)
-            handles.append(engine.submit(constrain("sudoku", plan, request, tokenizer)))
+            handles.append(engine.submit(constrain(SudokuPlan(**plan), request)))
     started = time.perf_counter()
     engine.run_until_idle()
     elapsed = time.perf_counter() - started
@@ -62,7 +63,7 @@ def run(
     for i, (cells, solution) in enumerate(zip(puzzles, solutions, strict=True)):
         plan = {"grid": render(cells)}
         mine = results[i * tries : (i + 1) * tries]
-        outputs = [shape_output("sudoku", plan, result, tokenizer.decode) for result in mine]
+        outputs = [grid_of(SudokuPlan(**plan), result, tokenizer.decode) for result in mine]
         chosen = pick_try(outputs)
         grid = [int(c) for c in outputs[chosen]["grid"]] if repeats(outputs[chosen]["grid"]) < 81 else []
         solved += bool(grid) and is_solution(grid, cells)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
@@ -77,34 +76,6 @@ class GenerationParams(BaseModel):
 # evaluation set; docs/benchmarks.md): hotter sampling and a tighter entropy bound leave fewer confident
 # wrong digits, and a longer budget lets medium puzzles settle. The temperatures go together.
 SUDOKU_PARAMS: dict[str, float | int] = {"max_denoising_steps": 64, "entropy_bound": 0.02, "t_min": 0.8, "t_max": 1.2}
-
-
-def first_stop(text: str, stops: Sequence[str]) -> tuple[int, int] | None:
-    """(where, length) of the first stop string in `text`: the one that begins first, and of several
-    beginning there the shortest (it ends first); None when there is none. Empty stops never match."""
-    found = [(at, len(stop)) for stop in stops if stop and (at := text.find(stop)) >= 0]
-    return min(found) if found else None
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The text before the first stop string, and whether one was found: a stop is matched on the text, so
-    it counts however the tokenizer split it (inside a token, or across tokens)."""
-    stop = first_stop(text, stops)
-    return (text[: stop[0]], True) if stop else (text, False)
-
-
-def streamable(text: str, stops: list[str]) -> tuple[str, bool]:
-    """What of a growing `text` may be streamed now: the text before the first stop string (True), or, when
-    none is there yet, the text less its longest tail that could still begin one (False). What it returns
-    never shrinks as the text grows, so deltas of it add up to `cut_at_stop`'s final text."""
-    cut, stopped = cut_at_stop(text, stops)
-    if stopped:
-        return cut, True
-    tail = max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
-    return text[: len(text) - tail], False
-
-
-MAX_TRIES = 16  # a Sudoku job's `tries`: seeds denoised side by side, the first valid grid answering
 
 
 def sudoku_params(params: GenerationParams) -> GenerationParams:

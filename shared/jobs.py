@@ -6,23 +6,24 @@ writer changes nothing, and an illegal transition is refused.
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.contracts import GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK, generation_queue
 from shared.errors import Conflict, IllegalTransition, NotFound
+from shared.job_errors import JobError, JobErrorCode
+from shared.job_kinds import kind_spec
 from shared.models import Job, JobEvent, ModelRecord, OutboxMessage, utcnow
 from shared.states import ALLOWED_FROM, FinishReason, JobStatus
 from shared.views import iso, job_view  # noqa: F401  (job_view re-exported: the API uses it from here)
 from shared.webhooks import record_status_event
 
 
-def new_job_id() -> str:
-    return "job_" + uuid.uuid4().hex
+def new_job_id(kind: str = "generate") -> str:
+    """A fresh id for a job of `kind` (its prefix says the kind: `job_`, fine-tunes `ft_`)."""
+    return kind_spec(kind).new_id()
 
 
 def create_job(session: Session, job: Job) -> OutboxMessage:
@@ -40,13 +41,12 @@ def create_job(session: Session, job: Job) -> OutboxMessage:
 
 
 def task_route(session: Session, job: Job) -> tuple[str, str]:
-    """(task name, queue) of a job: fine-tunes go to the train queue; generation to the queue of the model
-    that holds the weights (an adapter is served by its base model's workers)."""
-    if job.kind == "fine_tune":
-        return TRAIN_TASK, TRAIN_QUEUE
+    """(task name, queue) of a job, as its kind routes it: generation to the queue of the model that holds
+    the weights (an adapter, or a full fine-tune, is served by its base model's workers)."""
+    spec = kind_spec(job.kind)
     record = session.get(ModelRecord, job.model)
     served_by = record.base_model if record is not None and record.base_model else job.model
-    return GENERATE_TASK, generation_queue(served_by)
+    return spec.task, spec.queue(served_by)
 
 
 def transition(
@@ -122,7 +122,8 @@ def expire_overdue(session: Session, job_ids: list[str] | None = None) -> int:
         overdue = overdue.where(Job.id.in_(job_ids))
     expired = 0
     for job_id, deadline in session.execute(overdue).all():
-        error = {"type": "expired", "message": f"the job was not started by its deadline, {iso(deadline)}"}
+        message = f"the job was not started by its deadline, {iso(deadline)}"
+        error = JobError(JobErrorCode.EXPIRED, message).as_dict()
         expired += transition(session, job_id, JobStatus.EXPIRED, condition=never_started, error=error, finished_at=now)
     return expired
 

@@ -31,10 +31,6 @@ ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class JobKind(StrEnum):
-    GENERATE = "generate"
-
-
 class FinishReason(StrEnum):
     EOS = "eos"
     LENGTH = "length"

@@ -13,6 +13,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from shared.db import session_scope
+from shared.job_errors import JobError, JobErrorCode
 from shared.jobs import expire_overdue, task_route, transition
 from shared.models import Job, OutboxMessage, utcnow
 from shared.queue import publish_pending
@@ -57,7 +58,7 @@ def reap_expired_leases(settings: Settings) -> int:
                     task, queue = task_route(session, job)
                     session.add(OutboxMessage(job_id=job.id, task_name=task, queue=queue))
             else:
-                error = {"type": "worker_lost", "message": f"worker lost {job.attempts} times"}
+                error = JobError(JobErrorCode.WORKER_LOST, f"worker lost {job.attempts} times").as_dict()
                 done = transition(
                     session,
                     job.id,

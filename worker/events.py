@@ -11,13 +11,13 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from shared.contracts import cut_at_stop, streamable
 from shared.events import publish_event
+from worker.text_assembly import TextAssembler
 
 log = logging.getLogger(__name__)
 Decode = Callable[[list[int]], str]
@@ -49,29 +49,17 @@ class EventPublisher(threading.Thread):
         return marker.wait(timeout)
 
     def engine_callback(
-        self, job_id: str, decode: Decode, canvas_sink: Sink | None = None, stops: Sequence[str] = ()
+        self, job_id: str, text: TextAssembler, canvas_sink: Sink | None = None
     ) -> Callable[[str, str, dict[str, Any]], None]:
-        """The callback to hand to Engine.submit for one job. Canvas events carry text deltas that add up
-        to the job's output text: a character split across canvases waits for its last byte, a tail that
-        could begin one of `stops` waits for the next canvas, and nothing from the first stop string on is
-        sent. Drafts carry the whole draft canvas decoded. The engine's 'finished' is not relayed: the task
-        publishes the final status once the database has it."""
-        committed: list[int] = []
-        sent = [""]  # text already sent in canvas deltas
-        stop_list = list(stops)
+        """The callback to hand to Engine.submit for one job. Canvas events carry the text deltas that
+        `text` assembles (they add up to the job's output text); drafts carry the whole draft canvas
+        decoded. The engine's 'finished' is not relayed: the job's status follows once the database has it."""
 
         def on_event(_request_id: str, kind: str, data: dict[str, Any]) -> None:
             if kind == "draft":
-                self.publish(job_id, kind, data, decode)
+                self.publish(job_id, kind, data, text.decode)
             elif kind == "canvas":
-                committed.extend(data["token_ids"])
-                text = decode(committed)
-                if data.get("final"):
-                    ready = cut_at_stop(text, stop_list)[0]
-                else:
-                    ready = streamable(text.rstrip("\ufffd"), stop_list)[0]  # U+FFFD: an incomplete character
-                delta = ready[len(sent[0]) :] if ready.startswith(sent[0]) else ""
-                sent[0] += delta
+                delta = text.canvas_delta(data["token_ids"], bool(data.get("final")))
                 self.publish(job_id, kind, {**data, "text": delta}, sink=canvas_sink)
 
         return on_event

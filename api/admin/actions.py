@@ -25,9 +25,8 @@ def retry(session: Session, job: Job) -> Job:
     """A new job with the same tenant, model, input and parameters (seed included); both timelines say so."""
     if job.status not in {s.value for s in TERMINAL}:
         raise Conflict(f"job {job.id} is {job.status}; only a finished job can be retried", "id")
-    prefix = "ft_" if job.kind == "fine_tune" else "job_"
     copy = Job(
-        id=prefix + new_job_id().removeprefix("job_"),
+        id=new_job_id(job.kind),
         tenant_id=job.tenant_id,
         kind=job.kind,
         model=job.model,

@@ -15,6 +15,7 @@ from api.admin.charts import Series, line_chart
 from api.admin.queries import STATUSES, JobFilters, job_row, list_jobs, parse_page_size
 from api.state import db_session
 from shared.errors import NotFound
+from shared.job_kinds import JobKind
 from shared.models import Checkpoint, Job, JobEvent
 
 MAX_POINTS = 800  # a chart needs no more; longer runs are thinned evenly (eval points are all kept)
@@ -22,7 +23,7 @@ MAX_POINTS = 800  # a chart needs no more; longer runs are thinned evenly (eval 
 
 def fine_tune(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
-    if job is None or job.kind != "fine_tune":
+    if job is None or job.kind != JobKind.FINE_TUNE:
         raise NotFound(f"no fine-tune with id {job_id!r}", "id")
     return job
 
@@ -56,7 +57,7 @@ def loss_chart(rows: list[dict[str, Any]]) -> Markup:
 @bp.get("/fine-tunes")
 def fine_tunes_page() -> str:
     session = db_session()
-    filters = JobFilters(status=JobFilters.from_args(request.args).status, kind="fine_tune")
+    filters = JobFilters(status=JobFilters.from_args(request.args).status, kind=JobKind.FINE_TUNE.value)
     cursor = request.args.get("cursor") or None
     page = list_jobs(session, filters, cursor, parse_page_size(request.args.get("limit")), (Job.params, Job.output))
     running = [j.id for j in page.jobs if j.status in ("running", "canceling")]

@@ -12,13 +12,14 @@ from sqlalchemy.orm import Session, load_only
 
 from api.pagination import decode_cursor, encode_cursor
 from shared.errors import InvalidRequest
+from shared.job_kinds import JobKind
 from shared.models import Job, JobEvent, ModelRecord, utcnow
 from shared.states import JobStatus
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 STATUSES = tuple(s.value for s in JobStatus)
-KINDS = ("generate", "infill", "sudoku", "fine_tune")  # the kinds of api/schemas.py, and fine-tunes
+KINDS = tuple(k.value for k in JobKind)
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELING.value)
 LIST_COLUMNS = (
     Job.id,

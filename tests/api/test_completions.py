@@ -78,9 +78,9 @@ def test_an_unknown_model_is_404_and_a_missing_key_401(client, keys) -> None:
     assert client.post("/v1/completions", json={"model": TINY, "prompt": "hi"}).status_code == 401
 
 
-def streamed(events: list, stops: list[str]) -> tuple[str, list[dict]]:
+def streamed(events: list) -> tuple[str, list[dict]]:
     shape = Shape(chat=False, job_id="job_1", model="m", created=0)
-    chunks = list(_chunks(iter(events), shape, stops, with_usage=False))
+    chunks = list(_chunks(iter(events), shape, with_usage=False))
     assert chunks[-1] == "data: [DONE]\n\n"
     payloads = [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
     return "".join(p["choices"][0]["text"] for p in payloads if "choices" in p), payloads
@@ -90,23 +90,15 @@ def done(text: str, finish: str = "eos") -> tuple:
     return ("done", None, {"id": "job_1", "status": "succeeded", "output": {"text": text, "finish_reason": finish}})
 
 
-def test_the_stream_holds_back_what_a_stop_may_cut() -> None:
-    """The worker commits whole canvases and cuts its output before a stop string, but a stop can begin in
-    a canvas already relayed ("...ST" then "OP..."): those characters must not have been sent."""
-    events = [("canvas", "1", {"text": "hello world ST"}), ("canvas", "2", {"text": ""}), done("hello world ", "stop")]
-    text, payloads = streamed(events, ["STOP"])
-    assert text == "hello world " and not any("S" in p["choices"][0]["text"] for p in payloads)
-    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
-    unheld, _ = streamed([*events[:1], done("hello world ST")], [])  # what the hold-back prevents
-    assert unheld == "hello world ST"
-
-
-def test_a_stop_made_of_other_tokens_still_ends_the_text() -> None:
-    """The worker matched no stop (other token ids, same characters): the text is cut at it anyway."""
-    events = [("canvas", "1", {"text": "abc STOP def"}), done("abc STOP def")]
-    text, payloads = streamed(events, ["STOP"])
-    assert text == "abc " and payloads[-1]["choices"][0]["finish_reason"] == "stop"
-    assert final_text({"text": "abc STOP def", "finish_reason": "eos"}, ["STOP"]) == ("abc ", "stop")
+def test_the_stream_relays_the_workers_text_and_its_stop() -> None:
+    """The worker assembles the text (it holds back what could begin a stop string, tests/worker/
+    test_text_assembly.py): the API relays its deltas unchanged, then what the final text adds."""
+    events = [("canvas", "1", {"text": "hello "}), ("canvas", "2", {"text": "world"}), done("hello world!", "stop")]
+    text, payloads = streamed(events)
+    assert [p["choices"][0]["text"] for p in payloads] == ["hello ", "world", "!"]
+    assert text == "hello world!" and payloads[-1]["choices"][0]["finish_reason"] == "stop"
+    assert final_text({"text": "abc", "finish_reason": "stop"}) == ("abc", "stop")
+    assert final_text({"text": "abc", "finish_reason": "length"}) == ("abc", "length")
 
 
 def test_a_retried_job_is_not_streamed_twice() -> None:
@@ -119,7 +111,7 @@ def test_a_retried_job_is_not_streamed_twice() -> None:
         ("canvas", "5", {"text": "world"}),
         done("hello world"),
     ]
-    assert streamed(events, [])[0] == "hello world"
+    assert streamed(events)[0] == "hello world"
     other = [*events[:3], ("canvas", "4", {"text": "howdy"}), done("howdy")]  # a retry that wrote otherwise
-    changed, payloads = streamed(other, [])
+    changed, payloads = streamed(other)
     assert changed == "hello " and payloads[-1]["error"]["type"] == "output_changed"

@@ -11,10 +11,11 @@ import pytest
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from shared.contracts import SUDOKU_PARAMS
+from shared.job_kinds.sudoku import SudokuPlan
 from shared.sudoku import render
-from worker.training.demo_model.tasks import held_out, sudoku_prompt
 from worker.engine import Engine, Request, SamplingParams
-from worker.job_kinds import constrain
+from worker.job_kinds.sudoku import constrain
+from worker.training.demo_model.tasks import held_out, sudoku_prompt
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "canvas-demo"
 pytestmark = pytest.mark.skipif(not (MODEL / "config.json").exists(), reason="no shipped demo model")
@@ -35,7 +36,7 @@ def solve_all(
         params = SamplingParams(max_new_tokens=81, seed=seed, order=order, **SUDOKU_PARAMS)  # as Sudoku jobs run
         request = Request(f"s{i}", tuple(tokenizer(sudoku_prompt(grid)).input_ids), params)
         plan = {"grid": grid, "digit_ids": digits, "rules": rules}
-        handles.append(engine.submit(constrain("sudoku", plan, request, tokenizer)))
+        handles.append(engine.submit(constrain(SudokuPlan(**plan), request)))
     engine.run_until_idle()
     results = [h.wait(0) for h in handles]
     grids = [[int(c) for c in tokenizer.decode(r.token_ids)] for r in results]

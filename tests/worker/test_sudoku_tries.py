@@ -12,10 +12,10 @@ from shared.db import session_scope
 from shared.jobs import create_job, new_job_id
 from shared.models import Job
 from shared.sudoku import render, solve
-from worker.training.demo_model.tasks import held_out, sudoku_prompt
 from worker.host import ModelHost, load_model
-from worker.job_kinds import pick_try, repeats, try_seeds
+from worker.job_kinds.sudoku import pick_try, repeats, try_seeds
 from worker.tasks import run_generation_job
+from worker.training.demo_model.tasks import held_out, sudoku_prompt
 
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 SOLUTION = render(solve([0 if c == "." else int(c) for c in PUZZLE])[0])

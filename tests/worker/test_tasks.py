@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
+from shared.contracts import GenerationParams
 from shared.db import session_scope
 from shared.jobs import create_job, new_job_id
 from shared.models import Job
 from tests.conftest import TINY
+from worker.engine import SamplingParams
 from worker.host import ModelHost, load_model
+from worker.job_kinds.generation import sampling_params
 from worker.tasks import run_generation_job
+from worker.text_assembly import TextAssembler
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +33,9 @@ def queued_job(settings, model: str = TINY, **params) -> str:
         model=model,
         input={"input_ids": [2, 9]},
         input_ids=[2, 9],
-        params={
-            "max_new_tokens": 8,
-            "max_denoising_steps": 4,
-            "entropy_bound": 0.1,
-            "t_min": 0.4,
-            "t_max": 0.8,
-            "stability_threshold": 1,
-            "confidence_threshold": 0.005,
-            "seed": 1,
-            **params,
-        },
+        params=GenerationParams.model_validate(
+            {"max_new_tokens": 8, "max_denoising_steps": 4, "seed": 1, **params}
+        ).model_dump(),
     )
     with session_scope(settings.database_url) as session:
         create_job(session, job)
@@ -93,14 +91,44 @@ def test_a_stop_string_cuts_the_text_and_ends_generation_early(settings, host) -
 
 
 def test_stop_strings_are_matched_on_the_text(host) -> None:
-    from worker.tasks import engine_request
-
     loaded = host.get(TINY)
-    request = engine_request("job_x", [2, 9], {"seed": 1, "stop": ["\n\n", "END"]}, loaded, 0.25)
+    stop_within = TextAssembler(loaded.decode, ["\n\n", "END"]).stop_within()
     ids = loaded.tokenizer.encode("ab\n\nc END", add_special_tokens=False)
-    assert request.stop_within(ids) == 4  # through the second "\n": "ab" and the stop's two tokens
-    assert request.stop_within(ids[:3]) is None
-    assert engine_request("job_y", [2, 9], {"seed": 1}, loaded, 0.25).stop_within is None
+    assert stop_within(ids) == 4  # through the second "\n": "ab" and the stop's two tokens
+    assert stop_within(ids[:3]) is None
+    assert TextAssembler(loaded.decode).stop_within() is None
+
+
+def test_the_engine_runs_with_the_jobs_declared_parameters() -> None:
+    """GenerationParams is the one declaration: every engine parameter is one of its fields, with the
+    same default, so nothing a client sets is dropped on the way to the engine."""
+    engine_defaults = {f.name: f.default for f in fields(SamplingParams)}
+    job_defaults = GenerationParams().model_dump()
+    assert {k: job_defaults[k] for k in engine_defaults if k != "seed"} == {
+        k: v for k, v in engine_defaults.items() if k != "seed"
+    }
+    chosen = GenerationParams(max_new_tokens=7, t_min=0.1, t_max=0.3, order="left_to_right", seed=5)
+    assert sampling_params(chosen) == SamplingParams(
+        max_new_tokens=7, t_min=0.1, t_max=0.3, order="left_to_right", seed=5
+    )
+
+
+def test_an_unknown_kind_fails_the_job_with_a_catalog_code(settings, host) -> None:
+    job_id = queued_job(settings)
+    with session_scope(settings.database_url) as session:
+        session.get(Job, job_id).kind = "translate"
+    assert run_generation_job(settings, host, job_id) == "failed"
+    error = load(settings, job_id).error
+    assert error == {"type": "internal_error", "message": "unknown job kind 'translate'"}
+
+
+def test_an_engine_refusal_is_a_documented_code_not_a_class_name(settings, host) -> None:
+    job_id = queued_job(settings)
+    with session_scope(settings.database_url) as session:
+        session.get(Job, job_id).input_ids = [2, 10**6]  # outside the tiny vocabulary: the engine refuses it
+    assert run_generation_job(settings, host, job_id) == "failed"
+    error = load(settings, job_id).error
+    assert error["type"] == "invalid_parameters" and "outside the vocabulary" in error["message"]
 
 
 def test_a_sudoku_job_with_tries_past_the_time_limit_fails_with_timeout(settings, host) -> None:

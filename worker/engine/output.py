@@ -1,5 +1,5 @@
-"""Deciding where a request's output ends after a committed canvas: EOS, stop sequences (token ids, or the
-request's own `stop_within` test on the text), max_new_tokens."""
+"""Deciding where a request's output ends after a committed canvas: EOS, the request's own `stop_within`
+test (stop strings, matched on the text by the caller), max_new_tokens."""
 
 from __future__ import annotations
 
@@ -15,12 +15,6 @@ def find_end(request: Request, generated: list[int], first_new: int) -> tuple[in
     eos = next((i for i in range(first_new, len(generated)) if generated[i] in request.eos_ids), None)
     if eos is not None:
         ends.append((eos, "eos"))
-    for stop in request.params.stop:
-        start = max(0, first_new - len(stop) + 1)
-        for i in range(start, len(generated) - len(stop) + 1):
-            if tuple(generated[i : i + len(stop)]) == stop:
-                ends.append((i, "stop"))
-                break
     if request.stop_within is not None:
         keep = request.stop_within(generated)
         if keep is not None:

@@ -26,7 +26,6 @@ class SamplingParams:
     stability_threshold: int = 1
     confidence_threshold: float = 0.005
     seed: int = 0
-    stop: tuple[tuple[int, ...], ...] = ()  # token-id sequences that end the output (cut before them)
     order: str = "entropy"  # "entropy": lowest-entropy positions first; "left_to_right": one per step, leftmost
 
     def validate(self) -> SamplingParams:
@@ -38,7 +37,6 @@ class SamplingParams:
             ("t_max", self.t_max > self.t_min, "must be greater than t_min"),
             ("stability_threshold", self.stability_threshold >= 0, "must be at least 0"),
             ("confidence_threshold", self.confidence_threshold > 0, "must be positive"),
-            ("stop", all(len(s) > 0 for s in self.stop), "sequences must not be empty"),
             ("order", self.order in ("entropy", "left_to_right"), "must be 'entropy' or 'left_to_right'"),
         ]
         for name, ok, message in checks:

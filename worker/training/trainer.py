@@ -28,7 +28,7 @@ from worker.training.objective import (
 )
 
 Metrics = dict[str, Any]
-Stream = Callable[[int], Any]  # step -> a batch with .full (B, S) and .start (e.g. worker.training.demo_model.stream.Batch)
+Stream = Callable[[int], Any]  # step -> a batch with .full (B, S) and .start (e.g. demo_model.stream.Batch)
 
 
 class TrainingCanceled(Exception):

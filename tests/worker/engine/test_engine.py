@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from worker.engine import Engine, InvalidParams, Request, SamplingParams
 from tests.reference_generation import cut_output, generate_kwargs
+from worker.engine import Engine, InvalidParams, Request, SamplingParams
 from worker.tiny import EOS_ID
 
 EOS = frozenset({EOS_ID})
@@ -135,15 +135,21 @@ def test_pinned_positions_are_kept_and_constrained_positions_obey(model) -> None
         assert all(result.token_ids[o] in digits for o in allowed)
 
 
-def test_stop_sequences_cut_the_output(model) -> None:
+def test_a_stop_found_by_the_requests_own_test_ends_the_output(model) -> None:
+    """`stop_within` (the worker's test on the text) says how many ids to keep: the output ends there,
+    with reason "stop", even when the stop lies in a canvas committed before the last one."""
     free = SamplingParams(max_new_tokens=96, max_denoising_steps=8, seed=9)
     [full] = run(model, [Request("f", (2, 70), free, frozenset())])
     stop = tuple(full.token_ids[40:42])
     first = next(i for i in range(len(full.token_ids)) if tuple(full.token_ids[i : i + 2]) == stop)
-    stopped = SamplingParams(max_new_tokens=96, max_denoising_steps=8, seed=9, stop=(stop,))
-    [result] = run(model, [Request("s", (2, 70), stopped, frozenset())])
+
+    def keep_through_stop(ids) -> int | None:
+        return next((i + 2 for i in range(len(ids) - 1) if tuple(ids[i : i + 2]) == stop), None)
+
+    request = Request("s", (2, 70), free, frozenset(), stop_within=keep_through_stop)
+    [result] = run(model, [request])
     assert result.finish_reason == "stop"
-    assert result.token_ids == full.token_ids[:first]
+    assert result.token_ids == full.token_ids[: first + 2]
 
 
 def test_max_new_tokens_is_not_rounded_to_canvases(model) -> None:

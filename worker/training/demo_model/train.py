@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
+from worker.tiny import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, tiny_config
 from worker.training.demo_model.stream import DemoStream, sudoku_pool
 from worker.training.demo_model.tasks import TRAINING_SEED
-from worker.tiny import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, tiny_config
 from worker.training.trainer import Trainer, TrainPlan
 
 
