@@ -6,8 +6,9 @@ The API publishes by task name through this module and never imports worker code
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from celery import Celery
+from celery import Celery, bootsteps
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -39,6 +40,17 @@ def make_celery(settings: Settings, name: str = "canvas") -> Celery:
         accept_content=["json"],
     )
     return app
+
+
+def at_worker_start(app: Celery, name: str, start: Callable[[], None]) -> None:
+    """Run `start` when a worker of `app` starts, before it takes a task. If it raises, the worker does not
+    start: Celery logs the error as unrecoverable and the process exits non-zero.
+
+    A boot step of this app, not a `worker_init`/`worker_ready` signal handler: signals reach every app in
+    the process, and `worker_ready` is sent by the command-line worker only, not by an embedded one.
+    """
+    step = type(name, (bootsteps.StartStopStep,), {"name": f"canvas.{name}", "start": lambda _self, _w: start()})
+    app.steps["worker"].add(step)  # worker steps run before the Consumer step, which Celery starts last
 
 
 def publish(app: Celery, message: OutboxMessage) -> None:

@@ -1,22 +1,25 @@
-"""The worker's Celery app: one task per job kind, models loaded once when the worker starts.
+"""The generation worker's Celery app: one task per job kind, models loaded once when the worker starts.
 
 Start it through `canvas worker serve`, which pins one process per GPU and names the models
 (CANVAS_WORKER_MODELS). The thread pool keeps the model in the consuming process (no fork, no CUDA
 re-initialisation) and runs as many jobs at once as the engine has rows; each task only waits on the
 engine, which batches them. Cancellation is cooperative through the job row.
+
+`create_worker_app(settings)` builds the app; nothing is built at import. `celery -A worker.celery_app:app`
+(how `canvas worker serve` starts each child) gets the app of this process's environment.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 
-from celery.signals import worker_init, worker_ready
+from celery import Celery
 
 from shared.contracts import GENERATE_TASK
 from shared.db import session_scope
 from shared.models import ModelRecord
-from shared.queue import make_celery
+from shared.queue import at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat
 from worker import heartbeats
@@ -24,42 +27,55 @@ from worker.events import EventPublisher
 from worker.host import ModelHost, load_model
 from worker.tasks import run_generation_job
 
-log = logging.getLogger(__name__)
-settings = Settings.from_env()
-app = make_celery(settings, "canvas-worker")
-host = ModelHost()
-events = EventPublisher(settings.redis_url)
+
+def create_worker_app(settings: Settings, host: ModelHost | None = None) -> Celery:
+    """A Celery app that runs generation jobs on `host`'s models.
+
+    Without a host, a worker of the app loads `settings.worker_models` when it starts, before it takes a
+    job, and does not start if one of them cannot be loaded. With one (tests load a model once and share
+    it), the worker serves what the host holds.
+    """
+    app = make_celery(settings, "canvas-worker")
+    models = settings.worker_models if host is None else ()
+    host = host or ModelHost()
+    events = EventPublisher(settings.redis_url)
+
+    def start() -> None:
+        load_models(settings, host, models)
+        events.start()
+        Heartbeat(settings.redis_url, f"serve-{os.uname().nodename}-{os.getpid()}", heartbeats.serving(host)).start()
+
+    at_worker_start(app, "serving", start)
+
+    @app.task(name=GENERATE_TASK, acks_late=True, ignore_result=True, shared=False)
+    def generate(job_id: str) -> str:
+        return run_generation_job(settings, host, job_id, events)
+
+    return app
 
 
-@worker_init.connect
-def load_models(**_kwargs: object) -> None:
-    names = [n for n in os.environ.get("CANVAS_WORKER_MODELS", "").split(",") if n]
+def load_models(settings: Settings, host: ModelHost, names: tuple[str, ...]) -> None:
+    """Load each named model from the registry onto `host`; raises if one is not registered."""
     with session_scope(settings.database_url) as session:
         records = {n: session.get(ModelRecord, n) for n in names}
-    missing = [n for n, r in records.items() if r is None]
+        paths = {n: (r.path, list(r.eos_token_ids)) for n, r in records.items() if r is not None}
+    missing = [n for n in names if n not in paths]
     if missing:
         raise RuntimeError(f"models not in the registry: {', '.join(missing)} (add them: canvas models add)")
-    for name, record in records.items():
-        assert record is not None
-        host.add(
-            load_model(
-                name,
-                record.path,
-                record.eos_token_ids,
-                max_rows=settings.engine_max_rows,
-                memory_bytes=settings.engine_memory_bytes,
-            )
+    for name, (path, eos_ids) in paths.items():
+        loaded = load_model(
+            name, path, eos_ids, max_rows=settings.engine_max_rows, memory_bytes=settings.engine_memory_bytes
         )
-    events.start()
+        host.add(loaded)
 
 
-@worker_ready.connect
-def start_heartbeat(**_kwargs: object) -> None:
-    """Beat once the models are loaded: the dashboard shows this worker, its models and its rows."""
-    name = f"serve-{os.uname().nodename}-{os.getpid()}"
-    Heartbeat(settings.redis_url, name, heartbeats.serving(host)).start()
+def __getattr__(name: str) -> Celery:
+    """`app`: the app of this process's environment, made on first use (for `celery -A`), not at import."""
+    if name == "app":
+        return _app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@app.task(name=GENERATE_TASK, acks_late=True, ignore_result=True)
-def generate(job_id: str) -> str:
-    return run_generation_job(settings, host, job_id, events)
+@functools.cache
+def _app_from_env() -> Celery:
+    return create_worker_app(Settings.from_env())

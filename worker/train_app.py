@@ -2,34 +2,51 @@
 
 The solo pool runs the job in the consuming process; a heartbeat tells the API whether a GPU is here
 (quantized fine-tunes need one). Cancellation and leases work through the job row, as for generation.
+`create_train_app(settings)` builds the app; `celery -A worker.train_app:app` gets the environment's.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import redis
-from celery.signals import worker_ready
+from celery import Celery
 
 from shared.contracts import TRAIN_TASK
-from shared.queue import make_celery
+from shared.queue import at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat
 from worker import heartbeats
-from worker.train_tasks import run_fine_tune_job
-
-settings = Settings.from_env()
-app = make_celery(settings, "canvas-train")
-NAME = f"train-{os.uname().nodename}-{os.getpid()}"
-tasks = heartbeats.TaskCounter()
-events = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+from worker.tasks import run_fine_tune_job
 
 
-@worker_ready.connect
-def start_heartbeat(**_kwargs: object) -> None:
-    Heartbeat(settings.redis_url, NAME, heartbeats.training(NAME, tasks)).start()
+def create_train_app(settings: Settings) -> Celery:
+    """A Celery app that runs fine-tuning jobs; its worker beats a heartbeat once it starts."""
+    app = make_celery(settings, "canvas-train")
+    name = f"train-{os.uname().nodename}-{os.getpid()}"
+    tasks = heartbeats.TaskCounter()
+    events = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+    def start() -> None:
+        Heartbeat(settings.redis_url, name, heartbeats.training(name, tasks)).start()
+
+    at_worker_start(app, "training", start)
+
+    @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True, shared=False)
+    def fine_tune(job_id: str) -> str:
+        return run_fine_tune_job(settings, job_id, name, events)
+
+    return app
 
 
-@app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)
-def fine_tune(job_id: str) -> str:
-    return run_fine_tune_job(settings, job_id, NAME, events)
+def __getattr__(name: str) -> Celery:
+    """`app`: the app of this process's environment, made on first use (for `celery -A`), not at import."""
+    if name == "app":
+        return _app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _app_from_env() -> Celery:
+    return create_train_app(Settings.from_env())

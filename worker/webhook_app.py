@@ -1,29 +1,48 @@
-"""The webhook worker's Celery app: `canvas worker webhooks`. CPU only; imports no torch."""
+"""The webhook worker's Celery app: `canvas worker webhooks`. CPU only; imports no torch.
+
+`create_webhook_app(settings)` builds the app; `celery -A worker.webhook_app:app` gets the environment's.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 
-from celery.signals import worker_ready
+from celery import Celery
 
 from shared.contracts import WEBHOOK_TASK
-from shared.queue import make_celery
+from shared.queue import at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat
 from worker import heartbeats
 from worker.webhooks import deliver
 
-settings = Settings.from_env()
-app = make_celery(settings, "canvas-webhooks")
-NAME = f"webhooks-{os.uname().nodename}-{os.getpid()}"
-tasks = heartbeats.TaskCounter()
+
+def create_webhook_app(settings: Settings) -> Celery:
+    """A Celery app that delivers webhook messages; its worker beats a heartbeat once it starts."""
+    app = make_celery(settings, "canvas-webhooks")
+    name = f"webhooks-{os.uname().nodename}-{os.getpid()}"
+    tasks = heartbeats.TaskCounter()
+
+    def start() -> None:
+        Heartbeat(settings.redis_url, name, heartbeats.webhooks(name, tasks)).start()
+
+    at_worker_start(app, "webhooks", start)
+
+    @app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True, shared=False)
+    def deliver_webhook(message_id: str) -> str:
+        return deliver(settings, message_id)
+
+    return app
 
 
-@worker_ready.connect
-def start_heartbeat(**_kwargs: object) -> None:
-    Heartbeat(settings.redis_url, NAME, heartbeats.webhooks(NAME, tasks)).start()
+def __getattr__(name: str) -> Celery:
+    """`app`: the app of this process's environment, made on first use (for `celery -A`), not at import."""
+    if name == "app":
+        return _app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True)
-def deliver_webhook(message_id: str) -> str:
-    return deliver(settings, message_id)
+@functools.cache
+def _app_from_env() -> Celery:
+    return create_webhook_app(Settings.from_env())
