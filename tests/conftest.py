@@ -1,7 +1,8 @@
 """Fixtures: real Redis, real PostgreSQL and SQLite (migrated by Alembic), a tiny model, an app, a client.
 
-Tests that take `settings` run once per database backend. Each backend uses its own Redis database
-number so that workers of one backend never take the other's tasks.
+Tests that take `settings` run once per database backend (end-to-end tests on PostgreSQL only, unless one
+asks for SQLite: tests/e2e/conftest.py). Each backend uses its own Redis database number so that workers of
+one backend never take the other's tasks.
 """
 
 from __future__ import annotations

@@ -1,28 +1,49 @@
-"""A live stack per database backend: API server + one worker process, shared by the e2e tests."""
+"""A live stack per database backend, shared by the e2e tests: the API server, a generation worker and a
+webhook worker, both real Celery workers on threads of this process, with the tiny model loaded once.
+
+End-to-end tests run on PostgreSQL, production's database; a test about SQLite, the embedded default, asks
+for it with `@pytest.mark.parametrize("backend", ["sqlite", ...], indirect=True)`. Tests that kill a worker
+start worker processes (`live.Worker`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from shared.registry import describe_model_dir
+from shared.settings import Settings
 from tests.conftest import TINY
-from tests.e2e.live import ApiServer, Worker
+from tests.e2e.live import ApiServer, EmbeddedWorker, serving_worker, webhook_worker
 from tests.e2e.receiver import Receiver
+from worker.host import ModelHost, load_model
+
+
+@pytest.fixture(scope="session", params=["postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def live_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:
-    worker = Worker(base_settings, TINY, tmp_path_factory.mktemp("logs") / "worker.log").wait_ready()
-    yield worker
-    worker.stop()
+def model_host(tiny_model_dir: Path) -> ModelHost:
+    """The tiny model and its engine, loaded once for every in-process generation worker."""
+    host = ModelHost()
+    host.add(load_model(TINY, tiny_model_dir, describe_model_dir(tiny_model_dir)["eos_token_ids"]))
+    return host
 
 
 @pytest.fixture(scope="session")
-def live_webhook_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:
-    worker = Worker(base_settings, None, tmp_path_factory.mktemp("logs") / "webhooks.log").wait_ready()
-    yield worker
-    worker.stop()
+def live_worker(base_settings: Settings, model_host: ModelHost) -> Iterator[EmbeddedWorker]:
+    with serving_worker(base_settings, model_host) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="session")
+def live_webhook_worker(base_settings: Settings) -> Iterator[EmbeddedWorker]:
+    with webhook_worker(base_settings) as worker:
+        yield worker
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The admin dashboard in a real headless Chromium (Debian's, driven by Playwright) against a live API
-server, a real generation worker, a webhook worker and a training worker.
+server, a real generation worker, a webhook worker and a training worker (all three in this process).
 
 Screenshots of each main page are taken along the way; with CANVAS_SCREENSHOT_DIR set they are kept
 there too (docs/screenshots/ holds the README's copies).
@@ -19,13 +19,11 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from shared.db import session_scope
 from shared.models import Job
 from tests.conftest import TINY
-from tests.e2e.live import Client, Worker
+from tests.e2e.live import Client, EmbeddedWorker, training_worker
 from tests.e2e.receiver import Answer
 from tests.e2e.test_fine_tunes import dataset, upload
 from tests.e2e.test_generation_jobs import LONG
 from tests.e2e.test_webhooks import endpoint, wait_delivery
-
-pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -170,10 +168,9 @@ def test_a_failed_webhook_delivery_is_replayed_from_the_page(page: Page, live_ap
 
 
 @pytest.fixture(scope="module")
-def train_worker(base_settings, tmp_path_factory) -> Iterator[Worker]:
-    worker = Worker(base_settings, None, tmp_path_factory.mktemp("logs") / "train.log", role="train").wait_ready()
-    yield worker
-    worker.stop()
+def train_worker(base_settings) -> Iterator[EmbeddedWorker]:
+    with training_worker(base_settings) as worker:
+        yield worker
 
 
 def test_a_fine_tunes_loss_curve_grows_while_it_trains(page: Page, live_api, keys, train_worker, shots) -> None:

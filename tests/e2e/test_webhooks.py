@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import REDIS_DB, TINY
-from tests.e2e.live import ApiServer, Client, Worker
+from tests.e2e.live import ApiServer, Client, Worker, serving_worker, webhook_worker
 from tests.e2e.receiver import Answer, Receiver
 
 
@@ -39,6 +40,7 @@ def wait_delivery(client: Client, endpoint_id: str, status: str, timeout: float 
     raise TimeoutError(f"no {status} delivery: {deliveries(client, endpoint_id)}")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_events_arrive_signed_and_in_order(live_api, keys, receiver) -> None:
     client = Client(live_api.url, keys["a"])
     ep = endpoint(client, receiver.script("/all"), ["job.started", "job.canvas", "job.succeeded"])
@@ -131,27 +133,23 @@ def test_a_failed_delivery_can_be_replayed(live_api, keys, receiver) -> None:
     assert receiver.at("/down")[-1].headers["webhook-id"] == failed["id"]
 
 
-def test_killing_the_webhook_worker_mid_delivery_loses_nothing(settings, keys, backend, tmp_path, live_worker) -> None:
-    # Its own Redis database and webhook workers; the shared generation worker's queue is not used here.
+def test_killing_the_webhook_worker_mid_delivery_loses_nothing(settings, keys, backend, tmp_path, model_host) -> None:
+    # Its own Redis database and workers: the webhook worker that is killed is a process; the generation
+    # worker and the webhook worker that takes over run in this process.
     settings = settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 4}")
     receiver = Receiver()
     first = Worker(settings, None, tmp_path / "hooks1.log").wait_ready()
-    gen = Worker(settings, TINY, tmp_path / "gen.log").wait_ready()
     try:
-        with ApiServer(settings) as api:
+        with serving_worker(settings, model_host), ApiServer(settings) as api:
             client = Client(api.url, keys["a"])
             ep = endpoint(client, receiver.script("/hang", Answer(200, delay=30.0), Answer(200)))
             client.wait(client.submit(model=TINY, prompt="crash", params={"max_new_tokens": 8})["id"])
             receiver.wait_for("/hang", 1)
             first.kill()  # mid-delivery: the receiver holds the request
-            second = Worker(settings, None, tmp_path / "hooks2.log").wait_ready()
-            try:
-                delivery = wait_delivery(client, ep["id"], "delivered", timeout=90)
-            finally:
-                second.stop()
+            with webhook_worker(settings):
+                delivery = wait_delivery(client, ep["id"], "delivered")
     finally:
         first.stop()
-        gen.stop()
         receiver.close()
     hung, retried = receiver.at("/hang")[:2]
     assert hung.headers["webhook-id"] == retried.headers["webhook-id"] == delivery["id"]
