@@ -15,23 +15,38 @@ from typing import Any
 
 import torch
 
+from worker.engine.constraints import canvas_constraint
 from worker.engine.output import find_end
 from worker.engine.params import Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
-from worker.engine.runner import ModelRunner
-from worker.engine.sampler import CanvasConstraint, denoise_step
+from worker.engine.runner import ModelRunner, to_device
+from worker.engine.sampler import CONVERGED, NONFINITE, TileOutput, denoise_tile, draw_noise
 from worker.engine.scheduler import MemoryModel, Scheduler
+from worker.engine.slots import Slots
 
 log = logging.getLogger(__name__)
 
 
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN logits for a row (its weights, adapter or input are broken)."""
+
+
 class Engine:
     def __init__(
-        self, model: Any, *, max_rows: int = 16, memory_budget_bytes: int | None = None, prefill_chunk: int = 512
+        self,
+        model: Any,
+        *,
+        max_rows: int = 16,
+        memory_budget_bytes: int | None = None,
+        prefill_chunk: int = 512,
+        sampler_bytes: int | None = None,
     ) -> None:
         self.runner = ModelRunner(model)
         self.memory = memory_model(self.runner)
         self.scheduler: Scheduler[Row] = Scheduler(max_rows, memory_budget_bytes)
+        r = self.runner
+        self.slots = Slots(max_rows, r.canvas_length, r.hidden_size, r.vocab_size, r.dtype, r.device)
+        self.tile_rows = sampler_tile_rows(r, sampler_bytes)
         self.prefill_chunk = prefill_chunk
         self.rows: list[Row] = []
         self._lock = threading.Condition()
@@ -129,14 +144,18 @@ class Engine:
         self._run_calls()
         self._apply_cancels()
         with self._lock:
-            self.rows += self.scheduler.admit()
+            admitted = self.scheduler.admit()
+        for row in admitted:
+            row.slot = self.slots.acquire(row.request.params)
+            self.rows.append(row)
         if not self.rows:
             return bool(self.scheduler.waiting)
         self.stats["ticks"] += 1
         try:
-            self._encode()
-            self._denoise()
-        except Exception as exc:  # a failing batch fails its rows, never the engine
+            with torch.inference_mode():
+                self._encode()
+                self._denoise()
+        except Exception as exc:  # a bug of the engine's own: fail the rows, keep the loop alive
             log.exception("engine tick failed")
             for row in list(self.rows):
                 self._finish(row, error=exc)
@@ -161,97 +180,162 @@ class Engine:
             if row.request_id in cancels:
                 self._finish(row, "canceled")
 
+    def _guarded(self, row: Row, fn: Callable[[Row], None]) -> None:
+        """fn(row); an exception (its callback, its stop test, its adapter, its own pass running out of
+        memory) fails this row only."""
+        try:
+            fn(row)
+        except Exception as exc:
+            log.warning("request %s failed: %r", row.request_id, exc)
+            self._finish(row, error=exc)
+
+    # ---- execute: encoder passes ---------------------------------------------------------------------
+
     def _encode(self) -> None:
         """Commits of converged canvases, then at most `prefill_chunk` prompt tokens (oldest first), so a
         long new prompt never stalls the running rows for more than about one step."""
         for row in [r for r in self.rows if r.phase is Phase.COMMIT]:
-            self.runner.use_adapter(row.request.adapter)
-            self.runner.encode(row.cache, row.argmax, row.encoded)
-            row.encoded += self.runner.canvas_length
-            self._start_canvas(row)
+            self._guarded(row, self._encode_commit)
         budget = self.prefill_chunk
         for row in [r for r in self.rows if r.phase is Phase.PREFILL]:
             if budget <= 0:
                 break
-            prompt = row.request.prompt_ids
-            take = min(budget, len(prompt) - row.prompt_done)
-            ids = torch.tensor([prompt[row.prompt_done : row.prompt_done + take]], device=self.runner.device)
-            self.runner.use_adapter(row.request.adapter)
-            self.runner.encode(row.cache, ids, row.prompt_done)
-            row.prompt_done += take
-            row.encoded += take
+            take = min(budget, len(row.request.prompt_ids) - row.prompt_done)
             budget -= take
-            if row.prompt_done == len(prompt):
-                self._start_canvas(row)
+            self._guarded(row, lambda r, n=take: self._encode_prompt(r, n))
+
+    def _encode_commit(self, row: Row) -> None:
+        self.runner.use_adapter(row.request.adapter)
+        self.runner.encode(row.cache, self.slots.argmax[row.slot : row.slot + 1], row.encoded)
+        row.encoded += self.runner.canvas_length
+        self._start_canvas(row)
+
+    def _encode_prompt(self, row: Row, take: int) -> None:
+        prompt = row.request.prompt_ids
+        ids = torch.tensor([prompt[row.prompt_done : row.prompt_done + take]], device=self.runner.device)
+        self.runner.use_adapter(row.request.adapter)
+        self.runner.encode(row.cache, ids, row.prompt_done)
+        row.prompt_done += take
+        row.encoded += take
+        if row.prompt_done == len(prompt):
+            self._start_canvas(row)
 
     def _start_canvas(self, row: Row) -> None:
         """A fresh uniform-random canvas (drawn from the row's generator, as generate() draws it)."""
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
-        row.canvas = torch.randint(0, V, (1, C), device=device, generator=row.generator)
-        row.constraint = canvas_constraint(row.request, row.canvases, C, device, row.generated)
-        if row.constraint is not None and row.constraint.pinned_index.numel():
-            row.canvas[0, row.constraint.pinned_index] = row.constraint.pinned_token
-        row.soft = self.runner.zero_soft()
-        S = row.request.params.stability_threshold
-        row.history = torch.full((S, 1, C), -1, dtype=torch.long, device=device)
-        row.held = None
+        canvas = torch.randint(0, V, (1, C), device=device, generator=row.generator)[0]
+        constraint = canvas_constraint(row.request, row.canvases, C, V, device, row.generated)
+        self.slots.start_canvas(row.slot, canvas, constraint)
         row.step = 0
         row.phase = Phase.DENOISE
 
+    # ---- execute: decoder passes and the sampler --------------------------------------------------------
+
     def _denoise(self) -> None:
-        """One decoder pass per adapter among the denoising rows (the base weights are read by each)."""
+        """One decoder pass per adapter among the denoising rows, the sampler over tiles of rows, then the
+        step's one read on the host: each row's flags and argmax canvas, in one tensor."""
         groups: dict[str | None, list[Row]] = {}
         for row in self.rows:
             if row.phase is Phase.DENOISE:
                 groups.setdefault(row.request.adapter, []).append(row)
+        stepped: list[tuple[list[Row], torch.Tensor]] = []
         for adapter, rows in groups.items():
-            self.runner.use_adapter(adapter)
-            self._denoise_rows(rows)
+            stepped += self._denoise_group(adapter, rows)
+        if not stepped:
+            return
+        report = torch.cat([r for _, r in stepped]).cpu()  # (rows, 1 + C): flags, then the argmax canvas
+        flags = report[:, 0].tolist()
+        for i, row in enumerate(row for rows, _ in stepped for row in rows):
+            self._guarded(row, lambda r, i=i: self._update(r, flags[i], report[i, 1:]))
 
-    def _denoise_rows(self, rows: list[Row]) -> None:
+    def _denoise_group(self, adapter: str | None, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor]]:
+        try:
+            self.runner.use_adapter(adapter)
+        except Exception as exc:  # a missing adapter fails the rows that asked for it
+            for row in rows:
+                self._finish(row, error=exc)
+            return []
+        return self._denoise_rows(rows)
+
+    def _denoise_rows(self, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor]]:
+        """One step of `rows`. Out of memory, they retry in halves (random streams rewound, so a retried
+        row's output is what it would have been); a row that runs out of memory alone fails alone. Any
+        other error in a batched pass cannot be told apart by row: it fails this pass's rows only."""
+        states = [row.generator.get_state() for row in rows]
+        try:
+            return [(rows, self._pass(rows))]
+        except torch.OutOfMemoryError as exc:
+            for row, state in zip(rows, states, strict=True):
+                row.generator.set_state(state)
+            if len(rows) == 1:
+                self._finish(rows[0], error=exc)
+                return []
+            log.warning("out of memory in a pass of %d rows: retrying in halves", len(rows))
+            half = len(rows) // 2
+            return self._denoise_rows(rows[:half]) + self._denoise_rows(rows[half:])
+        except Exception as exc:
+            log.exception("decoder pass of %d rows failed", len(rows))
+            for row in rows:
+                self._finish(row, error=exc)
+            return []
+
+    def _pass(self, rows: list[Row]) -> torch.Tensor:
+        """Decoder pass, then the sampler tile by tile; the rows' slots change only once every tile has
+        run, so a failure leaves them as they were. Returns (B, 1 + C): flags and argmax canvases."""
         C, device = self.runner.canvas_length, self.runner.device
-        kv, masks = self.runner.gather([r.cache for r in rows])
-        canvas = torch.cat([r.canvas for r in rows])  # (B, C)
-        soft = torch.cat([r.soft for r in rows])  # (B, C, H)
+        slots = [row.slot for row in rows]
+        index = to_device(slots, device)  # (B,)
+        kv, masks = self.runner.gather([row.cache for row in rows])
         offsets = torch.arange(C, dtype=torch.int32, device=device)
-        positions = torch.stack([offsets + r.encoded for r in rows])  # (B, C)
-        hidden = self.runner.decode(canvas, soft, kv, masks, positions)  # (B, C, H)
-        del kv, masks, soft
+        positions = to_device([row.encoded for row in rows], device, torch.int32)[:, None] + offsets  # (B, C)
+        hidden = self.runner.decode(self.slots.canvas[index], self.slots.soft[index], kv, masks, positions)
+        del kv, masks
         self.stats["decoder_passes"] += 1
         self.stats["rows_in_decoder"] += len(rows)
-        for i, row in enumerate(rows):
-            self._sample_row(row, hidden[i : i + 1])
+        results = []
+        for lo in range(0, len(rows), self.tile_rows):
+            tile = slice(lo, lo + self.tile_rows)
+            results.append(self._sample(hidden[tile], index[tile], slots[tile], rows[tile]))
+        for (out, soft), tile_index in zip(results, index.split(self.tile_rows), strict=True):
+            self.slots.store(tile_index, out, soft)
+        return torch.cat([torch.cat([out.flags[:, None].long(), out.argmax], dim=1) for out, _ in results])
 
-    def _sample_row(self, row: Row, hidden: torch.Tensor) -> None:
-        params = row.request.params
-        logits = self.runner.logits(hidden)  # (1, C, V): one row of full-vocabulary fp32 at a time
-        remaining = params.max_denoising_steps - row.step
-        out, row.history = denoise_step(
-            logits, row.canvas, remaining, params, row.generator, row.constraint, row.history, row.held
+    def _sample(
+        self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], rows: list[Row]
+    ) -> tuple[TileOutput, torch.Tensor]:
+        """The sampler step of one tile; full-vocabulary tensors live only inside it. hidden (B, C, H)."""
+        state = self.slots.gather(index, slots)
+        logits = self.runner.logits(hidden)  # (B, C, V)
+        draws = draw_noise(
+            [row.generator for row in rows], self.runner.canvas_length, self.runner.vocab_size, logits.device
         )
-        del logits
+        out, probs = denoise_tile(logits, state, draws)
+        del draws
+        return out, self.runner.soft_embeddings(logits, probs)  # logits now hold the processed logits
+
+    # ---- update ----------------------------------------------------------------------------------------
+
+    def _update(self, row: Row, flags: int, argmax: torch.Tensor) -> None:
+        """After a step: the row's draft, and its commit once converged or out of steps. argmax (C,) on the host."""
         row.step += 1
         row.steps_total += 1
-        row.argmax = out.argmax
-        self._maybe_draft(row)
-        if out.converged or row.step >= params.max_denoising_steps:
-            self._commit(row)
-        else:
-            row.canvas, row.held = out.canvas, out.accepted
-            row.soft = self.runner.soft_embeddings(out.processed)
+        if flags & NONFINITE:
+            raise NonFiniteLogits(f"NaN logits at step {row.step} of canvas {row.canvases}")
+        self._maybe_draft(row, argmax)
+        if flags & CONVERGED or row.step >= row.request.params.max_denoising_steps:
+            self._commit(row, argmax.tolist())
 
-    def _maybe_draft(self, row: Row) -> None:
+    def _maybe_draft(self, row: Row, argmax: torch.Tensor) -> None:
         interval = row.request.draft_interval
         if interval is None or row.on_event is None:
             return
         now = time.monotonic()
         if now - row.last_draft_at >= interval:
             row.last_draft_at = now
-            row.emit("draft", {"canvas": row.canvases, "step": row.step, "token_ids": row.argmax[0].tolist()})
+            row.emit("draft", {"canvas": row.canvases, "step": row.step, "token_ids": argmax.tolist()})
 
-    def _commit(self, row: Row) -> None:
+    def _commit(self, row: Row, new: list[int]) -> None:
         """The argmax canvas is the committed text; the output may end inside it."""
-        new = row.argmax[0].tolist()
         first_new = len(row.generated)
         row.generated += new
         row.canvases += 1
@@ -264,8 +348,6 @@ class Engine:
         else:
             row.phase = Phase.COMMIT
 
-    # ---- update --------------------------------------------------------------------------------------
-
     def _result(self, row: Row, reason: str) -> EngineResult:
         return EngineResult(
             row.request_id, list(row.generated), reason, row.steps_total, row.canvases, len(row.request.prompt_ids)
@@ -274,73 +356,31 @@ class Engine:
     def _finish(self, row: Row, reason: str = "error", error: BaseException | None = None) -> None:
         if row in self.rows:
             self.rows.remove(row)
+            self.slots.release(row.slot)
             with self._lock:
                 self.scheduler.release(row.cost)
         row.cache = None  # type: ignore[assignment]  # free the KV at once
-        row.soft = row.canvas = row.history = row.held = None
-        if error is not None:
-            row.handle.finish(error=error)
-            return
-        result = self._result(row, reason)
-        row.emit("finished", {"finish_reason": reason, "token_ids": result.token_ids})
-        row.handle.finish(result)
+        if error is None:
+            result = self._result(row, reason)
+            try:
+                row.emit("finished", {"finish_reason": reason, "token_ids": result.token_ids})
+            except Exception as exc:  # the handle still finishes: with the callback's error
+                log.warning("request %s: its finished callback failed: %r", row.request_id, exc)
+                error = exc
+            else:
+                row.handle.finish(result)
+                return
+        row.handle.finish(error=error)
 
 
-def canvas_constraint(
-    request: Request, index: int, C: int, device: torch.device, committed: list[int] | None = None
-) -> CanvasConstraint | None:
-    """The request's pinned, allowed and all-different positions that fall in canvas `index`, as canvas
-    indices. A `distinct` group's pinned members, and those `committed` in earlier canvases, ban their tokens
-    from its free members inside this canvas."""
-    lo, hi = index * C, (index + 1) * C
-    pinned = {o - lo: t for o, t in request.pinned.items() if lo <= o < hi}
-    allowed = {o - lo: torch.tensor(ts, device=device) for o, ts in request.allowed.items() if lo <= o < hi}
-    peers = distinct_peers(request.distinct, lo, C, device)
-    banned = fixed_bans(request, lo, C, committed or [], device)
-    if not pinned and not allowed and peers is None and banned is None:
-        return None
-    free = torch.ones(C, dtype=torch.bool, device=device)
-    index_t = torch.tensor(sorted(pinned), dtype=torch.long, device=device)
-    free[index_t] = False
-    tokens = torch.tensor([pinned[i] for i in sorted(pinned)], dtype=torch.long, device=device)
-    return CanvasConstraint(index_t, tokens, allowed, free, peers, banned)
-
-
-def fixed_bans(
-    request: Request, lo: int, C: int, committed: list[int], device: torch.device
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-    """For each free group member inside the canvas at `lo`, the tokens its peers hold for the canvas's
-    whole life, as (positions, tokens): those of pinned peers (anywhere), then those of peers committed
-    in earlier canvases."""
-    pinned: set[tuple[int, int]] = set()
-    earlier: set[tuple[int, int]] = set()
-    for group in request.distinct:
-        inside = [o for o in group if lo <= o < lo + C and o not in request.pinned]
-        for peer in group:
-            if peer in request.pinned:
-                pinned |= {(o - lo, request.pinned[peer]) for o in inside}
-            elif peer < lo:
-                earlier |= {(o - lo, committed[peer]) for o in inside}
-    if not pinned and not earlier:
-        return None
-    return _pairs(pinned, device), _pairs(earlier, device)
-
-
-def _pairs(pairs: set[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ordered = sorted(pairs)
-    positions = torch.tensor([p for p, _ in ordered], dtype=torch.long, device=device)
-    return positions, torch.tensor([t for _, t in ordered], dtype=torch.long, device=device)
-
-
-def distinct_peers(groups: tuple[tuple[int, ...], ...], lo: int, C: int, device: torch.device) -> torch.Tensor | None:
-    """(C, C) bool: which positions of the canvas starting at output offset `lo` share a group; None if none do."""
-    peers = torch.zeros(C, C, dtype=torch.bool)
-    for group in groups:
-        inside = torch.tensor([o - lo for o in group if lo <= o < lo + C], dtype=torch.long)
-        if inside.numel() > 1:
-            peers[inside[:, None], inside[None, :]] = True
-    peers.fill_diagonal_(False)
-    return peers.to(device) if bool(peers.any()) else None
+def sampler_tile_rows(runner: ModelRunner, budget_bytes: int | None) -> int:
+    """Rows per sampler tile. A step holds about four (C, V) float32 tensors per row (logits, softmax,
+    exponential draws, the entropy's softmax); a tile gets `budget_bytes` of them: by default half the
+    GPU memory free after the weights, or 256 MiB on the CPU."""
+    per_row = 4 * runner.canvas_length * runner.vocab_size * 4
+    if budget_bytes is None and runner.device.type == "cuda":
+        budget_bytes = torch.cuda.mem_get_info(runner.device)[0] // 2
+    return max(1, (budget_bytes or 256 * 2**20) // per_row)
 
 
 def memory_model(runner: ModelRunner) -> MemoryModel:

@@ -12,7 +12,6 @@ import torch
 from transformers import DynamicCache
 
 from worker.engine.params import Request
-from worker.engine.sampler import CanvasConstraint
 
 EventCallback = Callable[[str, str, dict[str, Any]], None]  # (request_id, kind, data)
 
@@ -69,7 +68,8 @@ class RequestHandle:
 
 @dataclass
 class Row:
-    """A request inside the engine. Tensors are (1, ...) so each row's sampling matches generate()'s shapes."""
+    """A request inside the engine: host-side bookkeeping. Its tensors (canvas, argmax, self-conditioning,
+    stop state, constraints) live in the engine's `Slots` at index `slot`."""
 
     request: Request
     handle: RequestHandle
@@ -77,16 +77,11 @@ class Row:
     cache: DynamicCache
     generator: torch.Generator
     on_event: EventCallback | None
+    slot: int = -1  # set at admission
     phase: Phase = Phase.PREFILL
     prompt_done: int = 0  # prompt tokens already encoded
     encoded: int = 0  # tokens in the cache (prompt and committed canvases): the next position
     generated: list[int] = field(default_factory=list)  # committed output tokens
-    canvas: torch.Tensor | None = None  # (1, C) current noisy canvas
-    argmax: torch.Tensor | None = None  # (1, C) latest argmax canvas
-    soft: torch.Tensor | None = None  # (1, C, H) self-conditioning embeddings
-    history: torch.Tensor | None = None  # (S, 1, C) previous argmax canvases
-    held: torch.Tensor | None = None  # (1, C) bool: positions the last step kept (all-different masks)
-    constraint: CanvasConstraint | None = None
     step: int = 0  # steps taken on the current canvas
     steps_total: int = 0
     canvases: int = 0

@@ -1,5 +1,5 @@
 """The model side of the engine: encoder passes into per-row caches, batched decoder passes over rows
-with different cache lengths, logits and self-conditioning embeddings one row at a time.
+with different cache lengths, logits and self-conditioning embeddings for tiles of rows.
 
 It uses transformers' DiffusionGemma modules but not `generate()`; it knows nothing of requests.
 """
@@ -28,6 +28,21 @@ class GatheredKV:
         self.layers = layers
 
 
+SUPPORTED_ATTENTION = ("sdpa", "eager")  # the decoder masks below are right for these only
+
+
+class UnsupportedModel(ValueError):
+    """A model the engine cannot run correctly (for example an attention implementation it has no masks for)."""
+
+
+def to_device(values: list[int], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A small host list on the device without blocking the host: a pinned buffer, copied asynchronously."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 class ModelRunner:
     """Runs DiffusionGemma's encoder and decoder for the engine."""
 
@@ -45,6 +60,11 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.dtype = self.decoder.embed_tokens.weight.dtype
         self.attn_implementation = self.text_config._attn_implementation
+        if self.attn_implementation not in SUPPORTED_ATTENTION:
+            raise UnsupportedModel(
+                f"attention implementation {self.attn_implementation!r}: the engine builds decoder masks for "
+                f"{' and '.join(SUPPORTED_ATTENTION)} only; load the model with attn_implementation='sdpa'"
+            )
         self.adapters: Any = None  # the PeftModel wrapping `model` once an adapter is loaded
         self.active_adapter: str | None = None
 
@@ -102,7 +122,7 @@ class ModelRunner:
         key_index = torch.arange(longest + C, device=self.device)  # (L + C,)
         starts = torch.tensor([longest - n for n in lengths], device=self.device)[:, None]  # (B, 1)
         keep = (key_index[None] >= starts)[:, None, None, :].expand(-1, 1, C, -1)  # (B, 1, C, L + C)
-        if self.attn_implementation in ("sdpa", "flash_attention_2", "flex_attention"):
+        if self.attn_implementation == "sdpa":
             return keep
         return torch.zeros(keep.shape, dtype=self.dtype, device=self.device).masked_fill(
             ~keep, torch.finfo(self.dtype).min
@@ -133,22 +153,21 @@ class ModelRunner:
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Soft-capped fp32 logits of one row, as the model's forward computes them. (1, C, H) -> (1, C, V)."""
+        """Soft-capped fp32 logits, with the model forward's kernels (in place). (B, C, H) -> (B, C, V)."""
         logits = self.model.lm_head(hidden).to(torch.float32)
         if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+            logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits
 
     @torch.inference_mode()
-    def soft_embeddings(self, processed: torch.Tensor) -> torch.Tensor:
+    def soft_embeddings(self, processed: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         """Self-conditioning input for the next step: softmax(processed) @ E * sqrt(H), as the decoder
-        computes it from bf16-cast logits. (1, C, V) -> (1, C, H); only this is kept between steps."""
+        computes it from logits cast to the weights' dtype. With fp32 weights that softmax is `probs`
+        (the sampler's, same kernel), so it is not computed twice. (B, C, V) -> (B, C, H)."""
         weight = self.decoder.embed_tokens.weight
-        probs = processed.to(weight.dtype).softmax(dim=-1, dtype=torch.float32).to(weight.dtype)
-        return torch.matmul(probs, weight) * self.decoder.embed_tokens.embed_scale.to(weight.dtype)
-
-    def zero_soft(self) -> torch.Tensor:
-        return torch.zeros((1, self.canvas_length, self.hidden_size), dtype=self.dtype, device=self.device)
+        if probs is None or weight.dtype != torch.float32:
+            probs = processed.to(weight.dtype).softmax(dim=-1, dtype=torch.float32)
+        return torch.matmul(probs.to(weight.dtype), weight) * self.decoder.embed_tokens.embed_scale.to(weight.dtype)
 
 
 def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 import torch
-from transformers import DiffusionGemmaForBlockDiffusion
+from torch.overrides import TorchFunctionMode
+from transformers import DiffusionGemmaForBlockDiffusion, LogitsProcessorList
 
 from tests.reference_generation import cut_output, generate_kwargs
 from worker.engine import Engine, InvalidParams, Request, SamplingParams
@@ -28,7 +29,7 @@ def run(model, requests: list[Request], **engine_kw) -> list:
     return [h.wait(timeout=0) for h in handles]
 
 
-def reference(model, prompt: list[int], params: SamplingParams) -> tuple[list[int], str]:
+def reference(model, prompt: list[int], params: SamplingParams, **generate_kw) -> tuple[list[int], str]:
     as_dict = {
         k: getattr(params, k)
         for k in (
@@ -43,7 +44,7 @@ def reference(model, prompt: list[int], params: SamplingParams) -> tuple[list[in
     }
     torch.manual_seed(params.seed)
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), **generate_kwargs(as_dict))
+        out = model.generate(torch.tensor([prompt]), **generate_kwargs(as_dict), **generate_kw)
     return cut_output(out.sequences[0, len(prompt) :].tolist(), params.max_new_tokens, set(EOS))
 
 
@@ -63,6 +64,66 @@ def test_one_request_reproduces_model_generate_token_for_token(model, params) ->
     assert result.token_ids == expected
     assert result.finish_reason == reason
     assert len(result.token_ids) <= params.max_new_tokens
+
+
+class Constrain:
+    """generate()'s way to pin and constrain positions (a logits processor, before the temperature), with
+    the values the engine writes: a forbidden token's logit is float32's lowest, a pinned token's is 0."""
+
+    def __init__(self, prompt_length: int, pinned: dict[int, int], allowed: dict[int, tuple[int, ...]]) -> None:
+        self.prompt_length, self.pinned, self.allowed = prompt_length, pinned, allowed
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        C, lo = scores.shape[1], input_ids.shape[1] - self.prompt_length  # output offset of this canvas
+        fill = torch.finfo(scores.dtype).min
+        scores = scores.clone()
+        for offset, tokens in self.allowed.items():
+            if lo <= offset < lo + C:
+                keep = scores[0, offset - lo, list(tokens)]
+                scores[0, offset - lo] = fill
+                scores[0, offset - lo, list(tokens)] = keep
+        for offset, token in self.pinned.items():
+            if lo <= offset < lo + C:
+                scores[0, offset - lo] = fill
+                scores[0, offset - lo, token] = 0.0
+        return scores
+
+
+DIGITS = tuple(range(54, 64))  # the byte tokens of '0'..'9' in the tiny tokenizer
+CONSTRAINED = [
+    # Pins only in the first canvas: generate() seeds only that one (its decoder_input_ids). With pins the
+    # engine's confidence averages the free positions only, generate()'s all of them: these sets stop on
+    # stability alone (confidence always met) or run every step (never met).
+    (SamplingParams(max_new_tokens=60, stability_threshold=1, confidence_threshold=1e9, seed=11), True),
+    (SamplingParams(max_new_tokens=40, max_denoising_steps=6, confidence_threshold=1e-9, seed=12), True),
+    # Allowed lists alone leave every position free: any parameters compare.
+    (SamplingParams(max_new_tokens=70, entropy_bound=1.0, seed=13), False),
+    (SamplingParams(max_new_tokens=33, max_denoising_steps=10, t_min=0.2, t_max=0.5, seed=14), False),
+]
+
+
+@pytest.mark.parametrize(("params", "with_pins"), CONSTRAINED)
+def test_pinned_and_constrained_requests_reproduce_generate_with_a_logits_processor(model, params, with_pins) -> None:
+    prompt = [2, 70, 71, 72]
+    pinned = {0: 80, 4: 81, 17: 82} if with_pins else {}
+    allowed = {o: DIGITS for o in (*range(5, 12), *range(30, 40), 50)}
+    request = Request("c", tuple(prompt), params, EOS, pinned, allowed)
+    [result] = run(model, [request])
+    C, V = model.config.canvas_length, model.config.get_text_config().vocab_size
+    first = torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(params.seed))
+    for offset, token in pinned.items():
+        first[0, offset] = token
+    expected, reason = reference(
+        model,
+        prompt,
+        params,
+        logits_processor=LogitsProcessorList([Constrain(len(prompt), pinned, allowed)]),
+        decoder_input_ids=first,  # generate() still draws (and drops) its own first canvas: streams stay aligned
+    )
+    assert result.token_ids == expected
+    assert result.finish_reason == reason
+    assert all(result.token_ids[o] == t for o, t in pinned.items() if o < len(result.token_ids))
+    assert all(result.token_ids[o] in DIGITS for o in allowed if o < len(result.token_ids))
 
 
 def mixed_requests() -> list[Request]:
@@ -115,7 +176,7 @@ def test_a_memory_budget_limits_admission(model) -> None:
 
 
 def test_pinned_positions_are_kept_and_constrained_positions_obey(model) -> None:
-    digits = tuple(range(54, 64))  # the byte tokens of '0'..'9' in the tiny tokenizer
+    digits = DIGITS
     pinned = {0: 80, 5: 81, 31: 82, 33: 83, 40: 84}  # across two canvases of 32
     allowed = {o: digits for o in range(6, 30)}
     requests = [
@@ -295,3 +356,54 @@ def test_a_distinct_group_must_list_each_offset_once(model) -> None:
     with pytest.raises(InvalidParams) as bad:
         Engine(model).submit(Request("g", (2,), SamplingParams(max_new_tokens=4), distinct=((1, 1),)))
     assert bad.value.field == "distinct"
+
+
+HOST_READS = {
+    "item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "is_nonzero",
+    "nonzero", "argwhere", "masked_select", "unique", "equal", "allclose", "multinomial",
+}  # fmt: skip
+
+
+class HostReads(TorchFunctionMode):
+    """Records the torch calls that make the host wait for a device (or that do on CUDA): reading a value
+    (`.item()`, `.tolist()`, `bool()`, `.cpu()`), data-dependent shapes (nonzero, boolean indexing) and
+    `multinomial` (its input checks read the device). The CPU stand-in for CUDA's sync debug mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if name in HOST_READS:
+            self.calls.append(name)
+        elif name == "__getitem__" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        ):
+            self.calls.append("boolean index")
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_denoising_tick_reads_the_device_once(model) -> None:
+    """Rows of every kind (plain, pinned and allowed, all-different groups, left to right) step together;
+    each tick's first host read is the one copy of flags and argmax canvases, and it is the only one
+    (what follows reads that host copy)."""
+    steps = SamplingParams(max_new_tokens=32, max_denoising_steps=40, stability_threshold=50, seed=1)
+    groups = ((0, 1, 2, 3),)
+    requests = [
+        Request("plain", (2, 70), steps),
+        Request("pinned", (2, 71), steps, frozenset(), {0: 80}, {o: DIGITS for o in range(1, 9)}),
+        Request("distinct", (2, 72), steps, frozenset(), {0: 54}, {o: DIGITS[:4] for o in range(1, 4)}, groups),
+        Request("l2r", (2, 73), SamplingParams(max_new_tokens=32, max_denoising_steps=40, order="left_to_right")),
+    ]
+    engine = Engine(model, max_rows=4)
+    for request in requests:
+        engine.submit(request)
+    engine.step()  # prefill: every row starts its canvas
+    for _ in range(3):
+        with HostReads() as reads:
+            engine.step()
+        assert len(engine.rows) == 4 and all(row.step > 0 for row in engine.rows)
+        assert reads.calls[0] == "cpu" and reads.calls.count("cpu") == 1, reads.calls
+        assert set(reads.calls[1:]) <= {"tolist"}, reads.calls
