@@ -1,0 +1,129 @@
+"""Which parts of a DiffusionGemma are quantized and where they sit: every nn.Linear except the router's
+projection and the lm_head (tied to the embeddings) whose input width is a multiple of 64 (all of the
+released model's; tiny test towers keep theirs), and every fused experts module. The encoder and
+decoder share each layer's modules' weights, so a target lists every path its module sits at; the router,
+norms, embeddings and lm_head stay in the base dtype. Also builds the quantized module of a target from its
+stored tensors. Knows the model's modules; not files.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from worker.quantized.codecs import Codec, codec
+from worker.quantized.experts import QuantizedExperts
+from worker.quantized.linears import quantized_linear
+
+SKIP = ("router.proj", "lm_head")  # routing decisions and the tied embeddings stay exact
+IN_MULTIPLE = 64  # bitsandbytes' CPU kernels cut 4-bit blocks per row: rows of whole blocks agree everywhere
+EXPERT_PROJECTIONS = ("gate_up_proj", "down_proj")
+
+
+@dataclass
+class Target:
+    """One module to quantize: its paths (shared modules sit at several) and its weights' shapes."""
+
+    paths: list[str]
+    kind: str  # "linear" | "experts"
+    shapes: dict[str, tuple[int, ...]]  # weight name -> (N, K) or (E, N, K)
+    has_bias: bool = False
+
+    def keys(self, method_codec: Codec) -> dict[str, tuple[str, str]]:
+        """Every checkpoint key that may hold one of its tensors -> (path, local name)."""
+        out = {}
+        for path in self.paths:
+            for weight in self.shapes:
+                for suffix in ("", *method_codec.suffixes):
+                    out[f"{path}.{weight}{suffix}"] = (path, weight + suffix)
+            if self.has_bias:
+                out[f"{path}.bias"] = (path, "bias")
+        return out
+
+    def local_names(self, method_codec: Codec) -> set[str]:
+        names = {w + s for w in self.shapes for s in ("", *method_codec.suffixes)}
+        return names | ({"bias"} if self.has_bias else set())
+
+
+def is_experts(module: nn.Module) -> bool:
+    """transformers' fused experts (not ours: a quantized model has no targets left)."""
+    return type(module).__name__ == "DiffusionGemmaTextExperts"
+
+
+def targets(model: nn.Module) -> list[Target]:
+    """The modules to quantize, grouped by shared weight (one target per encoder/decoder pair)."""
+    groups: dict[int, Target] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if type(module) is nn.Linear and not path.endswith(SKIP) and module.in_features % IN_MULTIPLE == 0:
+            key, shapes = id(module.weight), {"weight": tuple(module.weight.shape)}
+            kind, bias = "linear", module.bias is not None
+        elif is_experts(module):
+            key, kind, bias = id(module.gate_up_proj), "experts", False
+            shapes = {p: tuple(getattr(module, p).shape) for p in EXPERT_PROJECTIONS}
+        else:
+            continue
+        groups.setdefault(key, Target([], kind, shapes, bias)).paths.append(path)
+    return list(groups.values())
+
+
+def aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Each parameter's or buffer's name -> every name it is known by (tied weights share one tensor)."""
+    by_tensor: dict[int, list[str]] = defaultdict(list)
+    for name, tensor in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        by_tensor[id(tensor)].append(name)
+    return {name: names for names in by_tensor.values() for name in names}
+
+
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put `tensor` at `name`, as a frozen parameter where a parameter stands, else as a buffer."""
+    owner_path, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_path) if owner_path else model
+    if attr in owner._parameters:
+        owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        owner._buffers[attr] = tensor
+
+
+def build(target: Target, method: str, stored: dict[str, torch.Tensor], config: Any, dtype: torch.dtype) -> nn.Module:
+    """The quantized module of `target` from its stored tensors (names local to the module)."""
+    if target.kind == "linear":
+        out_features, in_features = target.shapes["weight"]
+        weight = {s: stored["weight" + s] for s in ("", *codec(method).suffixes)}
+        module = quantized_linear(method, in_features, out_features, weight, dtype)
+        if target.has_bias:
+            module.bias = nn.Parameter(stored["bias"].to(dtype), requires_grad=False)
+        return module
+    experts, two_i, hidden = target.shapes["gate_up_proj"]
+    module = QuantizedExperts(method, experts, hidden, two_i // 2, ACT2FN[config.hidden_activation], dtype)
+    for name, tensor in stored.items():
+        module._buffers[name] = tensor
+    return module
+
+
+def quantize_model(model: nn.Module, method: str) -> nn.Module:
+    """Quantize `model` in place (for tests and benchmarks; checkpoints go through quantize_checkpoint)."""
+    text_config = model.config.get_text_config(decoder=True)
+    dtype = model.model.decoder.embed_tokens.weight.dtype
+    for target in targets(model):
+        module = model.get_submodule(target.paths[0])
+        stored = {}
+        for weight in target.shapes:
+            for suffix, tensor in codec(method).quantize(getattr(module, weight)).items():
+                stored[weight + suffix] = tensor
+        if target.has_bias:
+            stored["bias"] = module.bias.detach()
+        quantized = build(target, method, stored, text_config, dtype)
+        for path in target.paths:
+            set_module(model, path, quantized)
+    model.canvas_quantization = method
+    return model
