@@ -26,6 +26,26 @@ def cmd_models_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_models_quantize(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from worker.quantized.checkpoint import quantize_checkpoint
+    from worker.quantized.codecs import QuantizationError
+
+    started = time.monotonic()
+    try:
+        record = quantize_checkpoint(
+            Path(args.src), Path(args.dst), args.method, device=args.device, shard_bytes=int(args.shard_gb * 2**30)
+        )
+    except QuantizationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    size = record["weight_bytes"] / 2**30
+    print(f"wrote {args.dst}: {args.method}, {size:.2f} GiB of weights in {time.monotonic() - started:.1f}s")
+    print(f"serve it: canvas models add NAME {args.dst}")
+    return 0
+
+
 def cmd_worker_serve(args: argparse.Namespace, settings: Settings) -> int:
     from worker.serve import serve
 
@@ -94,7 +114,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(commands: Commands) -> None:
-    """canvas worker serve|train|webhooks, up, demo, train demo, models make-tiny."""
+    """canvas worker serve|train|webhooks, up, demo, train demo, models make-tiny|quantize."""
     commands.group("worker", help="workers")
     serve = commands.action("worker", "serve", help="one generation worker per GPU", fn=cmd_worker_serve)
     serve.add_argument("--gpus", default="auto", help=GPUS_HELP)
@@ -120,6 +140,14 @@ def register(commands: Commands) -> None:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--canvas-length", type=int, default=32)
+    quantize_help = "write a quantized copy of a DiffusionGemma checkpoint, one tensor at a time"
+    quantize = commands.action("models", "quantize", help=quantize_help, fn=cmd_models_quantize)
+    quantize.add_argument("src", help="a bf16/fp32 DiffusionGemma directory (safetensors)")
+    quantize.add_argument("dst", help="the new directory (must not exist)")
+    # no argparse choices: the converter names the known methods itself, for callers other than this one too
+    quantize.add_argument("--method", required=True, help="nf4 | int8 | fp8")
+    quantize.add_argument("--device", help="where to quantize (default: the GPU if there is one)")
+    quantize.add_argument("--shard-gb", type=float, default=2.0, help="size of the output's shards")
 
 
 def _register_training(commands: Commands) -> None:

@@ -84,14 +84,18 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Put `tensor` at `name`, as a frozen parameter where a parameter stands, else as a buffer."""
-    owner_path, _, attr = name.rpartition(".")
-    owner = model.get_submodule(owner_path) if owner_path else model
-    if attr in owner._parameters:
-        owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
-    else:
-        owner._buffers[attr] = tensor
+def set_tensor(model: nn.Module, names: list[str], tensor: torch.Tensor) -> None:
+    """Put `tensor` at each of `names` (aliases of one tied tensor): one frozen parameter object where a
+    parameter stands, else a buffer."""
+    parameter = None
+    for name in names:
+        owner_path, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        if attr in owner._parameters:
+            parameter = parameter if parameter is not None else nn.Parameter(tensor, requires_grad=False)
+            owner._parameters[attr] = parameter
+        else:
+            owner._buffers[attr] = tensor
 
 
 def build(target: Target, method: str, stored: dict[str, torch.Tensor], config: Any, dtype: torch.dtype) -> nn.Module:
@@ -122,7 +126,7 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
                 stored[weight + suffix] = tensor
         if target.has_bias:
             stored["bias"] = module.bias.detach()
-        quantized = build(target, method, stored, text_config, dtype)
+        quantized = build(target, method, stored, text_config, dtype).train(module.training)
         for path in target.paths:
             set_module(model, path, quantized)
     model.canvas_quantization = method

@@ -16,6 +16,7 @@ from worker.quantized.codecs import CODECS, FP8, FP8_MAX, NF4_BLOCK, bnb
 
 def nf4_linear(in_features: int, out_features: int, stored: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
     """A frozen `Linear4bit` over stored nf4 blocks ({"": packed uint8, "_absmax": fp32})."""
+    bnb()  # quiet import of the backends
     import bitsandbytes as bnb_pkg
 
     packed = stored[""]
@@ -34,17 +35,27 @@ def nf4_linear(in_features: int, out_features: int, stored: dict[str, torch.Tens
 
 def int8_linear(in_features: int, out_features: int, stored: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
     """A frozen `Linear8bitLt` over int8 rows ({"": int8 (N, K), "_scale": fp32 (N,)}), no outlier split."""
+    bnb()  # quiet import of the backends
     import bitsandbytes as bnb_pkg
 
-    bnb()  # quiet import of the backends
-    module = bnb_pkg.nn.Linear8bitLt(
-        in_features, out_features, bias=False, has_fp16_weights=False, threshold=0.0, device="meta"
-    )
+    module = _int8_class()(in_features, out_features, bias=False, has_fp16_weights=False, threshold=0.0, device="meta")
     data = stored[""]
     module.weight = bnb_pkg.nn.Int8Params(
         data, requires_grad=False, has_fp16_weights=False, CB=data, SCB=stored["_scale"] * 127.0
     )
     return module
+
+
+def _int8_class() -> type[nn.Module]:
+    """Linear8bitLt fed fp16 activations: bitsandbytes quantizes activations from fp16 and warns on each
+    call with another dtype, so the cast is ours (same numbers) and the output goes back to x's dtype."""
+    import bitsandbytes as bnb_pkg
+
+    class Int8Linear(bnb_pkg.nn.Linear8bitLt):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x.to(torch.float16)).to(x.dtype)
+
+    return Int8Linear
 
 
 class Fp8Linear(nn.Module):
