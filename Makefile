@@ -22,11 +22,13 @@ demo: install
 up: install
 	$(VENV)/bin/canvas up
 
+# --durations=15: every run prints its slowest tests (the suite's target: none over 60 s). The per-test
+# timeout is in pyproject.toml.
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 -m "not e2e" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

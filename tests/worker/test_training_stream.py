@@ -4,12 +4,28 @@ schedule. Tiny real model, CPU."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from worker.training.demo_model.stream import DemoStream, sudoku_pool
+from tests.worker.one_thread import one_thread
 from worker.tiny import EOS_ID, build_tokenizer, tiny_config
+from worker.training.demo_model.stream import DemoStream, sudoku_pool
 from worker.training.trainer import Trainer, TrainPlan
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def pool() -> tuple[torch.Tensor, torch.Tensor]:
+    """250 generated Sudoku puzzles (a few seconds to make), shared by this module's streams."""
+    return sudoku_pool(250, seed=0)
 
 
 def make(stream: DemoStream, total: int = 6) -> Trainer:
@@ -22,8 +38,8 @@ def params(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-def test_a_resumed_stream_run_ends_where_an_uninterrupted_one_does(tmp_path) -> None:
-    stream = DemoStream(build_tokenizer(), sudoku_pool(250, seed=0), canvas=96, batch_size=4, seed=0)
+def test_a_resumed_stream_run_ends_where_an_uninterrupted_one_does(tmp_path, pool) -> None:
+    stream = DemoStream(build_tokenizer(), pool, canvas=96, batch_size=4, seed=0)
     straight = make(stream)
     losses = [straight.train_step()["loss"] for _ in range(6)]
 
@@ -40,8 +56,8 @@ def test_a_resumed_stream_run_ends_where_an_uninterrupted_one_does(tmp_path) -> 
     assert losses[0] != losses[-1]  # it trains
 
 
-def test_retarget_changes_the_schedule_length() -> None:
-    stream = DemoStream(build_tokenizer(), sudoku_pool(250, seed=0), canvas=96, batch_size=2, seed=0)
+def test_retarget_changes_the_schedule_length(pool) -> None:
+    stream = DemoStream(build_tokenizer(), pool, canvas=96, batch_size=2, seed=0)
     trainer = make(stream, total=100)
     trainer.train_step()
     trainer.retarget(4)
@@ -51,10 +67,10 @@ def test_retarget_changes_the_schedule_length() -> None:
     assert rates[:2] == [3e-3, 3e-3] and abs(rates[2] - 0.55 * 3e-3) < 1e-9
 
 
-def test_the_encoder_loss_weight_scales_only_the_encoder_terms_gradient() -> None:
+def test_the_encoder_loss_weight_scales_only_the_encoder_terms_gradient(pool) -> None:
     from worker.training.objective import batch_loss, corrupt_block
 
-    stream = DemoStream(build_tokenizer(), sudoku_pool(250, seed=0), canvas=96, batch_size=4, seed=0)
+    stream = DemoStream(build_tokenizer(), pool, canvas=96, batch_size=4, seed=0)
     batch = stream.build(0)
     noisy = corrupt_block(batch.full[:, batch.start : batch.start + 96], torch.Generator().manual_seed(1), 262)
     model = make(stream).model
