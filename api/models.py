@@ -29,6 +29,7 @@ def model_view(model: ModelRecord) -> dict[str, object]:
         "id": model.name, "object": "model", "canvas_length": model.canvas_length,
         "max_positions": model.max_positions, "vocab_size": model.vocab_size, "base_model": model.base_model,
         "fine_tune": model.fine_tune_job_id, "owned_by": "tenant" if model.tenant_id else "public",
+        "quantization": model.quantization, "weight_bytes": model.weight_bytes,
         "created_at": iso(model.created_at),
     }  # fmt: skip
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -93,6 +94,9 @@ class ModelRecord(Base):
     base_model: Mapped[str | None] = mapped_column(String(200))  # for an adapter: the model it adapts
     adapter_path: Mapped[str | None] = mapped_column(Text)  # a LoRA adapter served on top of base_model
     fine_tune_job_id: Mapped[str | None] = mapped_column(String(40))
+    # How the weights are stored (none | nf4 | int8 | fp8) and their bytes on disk (0007)
+    quantization: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    weight_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Job(Base):

@@ -19,6 +19,23 @@ def _as_list(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, list) else [value])]
 
 
+QUANTIZATIONS = ("none", "nf4", "int8", "fp8")
+
+
+def weight_facts(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """How the weights are quantized (`canvas models quantize` records it in config.json) and their bytes
+    (the index's total, else the safetensors files' sizes)."""
+    record = config.get("canvas_quantization") or {}
+    quantization = record.get("method", "none")
+    if quantization not in QUANTIZATIONS:
+        raise InvalidRequest(f"{path} is quantized with {quantization!r}, which Canvas does not serve", "path")
+    index = path / "model.safetensors.index.json"
+    total = json.loads(index.read_text()).get("metadata", {}).get("total_size") if index.exists() else None
+    if total is None:
+        total = sum(f.stat().st_size for f in path.glob("*.safetensors")) or None
+    return {"quantization": quantization, "weight_bytes": int(total) if total is not None else None}
+
+
 def describe_model_dir(path: Path) -> dict[str, Any]:
     """Facts the API needs to validate jobs, read from config.json and generation_config.json."""
     config_file = path / "config.json"
@@ -40,6 +57,7 @@ def describe_model_dir(path: Path) -> dict[str, Any]:
         "vocab_size": int(text.get("vocab_size", 262144)),
         "eos_token_ids": eos,
         "pad_token_id": int(pad if pad is not None else 0),
+        **weight_facts(path, config),
     }
 
 

@@ -75,8 +75,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"logs: {stack.log_dir}/api.log, {stack.log_dir}/worker.log")
         print("Ctrl-C stops everything.\n", flush=True)
         try:
+            polls = 0
             while all(p.poll() is None for p in stack.processes):
                 time.sleep(0.5)
+                polls += 1
+                if polls % 10 == 0:  # a model added while the stack runs is served within seconds
+                    for name in stack.serve_new_models():
+                        print(f"now serving {name} too", flush=True)
         except KeyboardInterrupt:
             print("\nstopping…")
         failed = [p.args for p in stack.processes if p.poll() not in (None, 0)]

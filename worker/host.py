@@ -58,15 +58,27 @@ def load_model(
     memory_bytes: int = 0,
     device: torch.device | None = None,
 ) -> LoadedModel:
-    """Load weights and tokenizer, warm up, and start the model's engine thread."""
+    """Load weights and tokenizer, warm up, and start the model's engine thread. A quantized checkpoint
+    (`canvas models quantize`) is built on the meta device and read straight onto the device; one whose
+    method the device cannot run raises UnsupportedQuantization here, before the worker takes a job."""
     device = device or pick_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = load_weights(path, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     warm_up(model, device)
     engine = Engine(model, max_rows=max_rows, memory_budget_bytes=memory_bytes or None).start()
-    log.info("loaded model %s from %s on %s (engine: %d rows)", name, path, device, max_rows)
+    how = getattr(model, "canvas_quantization", "none")
+    log.info("loaded model %s from %s on %s (weights: %s, engine: %d rows)", name, path, device, how, max_rows)
     return LoadedModel(name, model, tokenizer, frozenset(eos_ids), device, engine)
+
+
+def load_weights(path: str | Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """The model of `path` on `device` in eval mode, quantized or not."""
+    from worker.quantized.loader import load_quantized, quantization_of
+
+    if quantization_of(path) != "none":
+        return load_quantized(path, device, dtype)
+    return DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype).to(device).eval()
 
 
 @torch.inference_mode()

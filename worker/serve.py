@@ -38,11 +38,11 @@ def parse_gpus(value: str) -> list[str | None]:
     return list(gpus)
 
 
-def worker_command(models: Sequence[str], gpu: str | None, loglevel: str = "INFO") -> list[str]:
+def worker_command(models: Sequence[str], gpu: str | None, loglevel: str = "INFO", node: str = "") -> list[str]:
     """Celery with a thread pool as wide as the engine: each slot holds one job (late ack, prefetch 1),
-    and the engine batches them."""
+    and the engine batches them. `node` tells apart several workers of one device."""
     queues = ",".join(generation_queue(m) for m in models)
-    name = f"gpu{gpu}@%h" if gpu is not None else "cpu@%h"
+    name = (f"gpu{gpu}" if gpu is not None else "cpu") + (f"-{node}" if node else "") + "@%h"
     slots = Settings.from_env().engine_max_rows
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "--pool", "threads",
             "--concurrency", str(slots), "-Q", queues, "-n", name, "--without-gossip", "--without-mingle",

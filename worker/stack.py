@@ -1,4 +1,5 @@
-"""The embedded default stack (`canvas up`, `make demo`): SQLite, a private Redis, one worker, the API.
+"""The embedded default stack (`canvas up`, `make demo`): SQLite, a private Redis, one worker serving every
+registered base model (the default one, and any added or quantized with `canvas models add`), the API.
 
 Everything runs as child processes of this one and is stopped on exit: none is left behind.
 """
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shared.db import session_scope
 from shared.keys import create_key
 from shared.local_redis import LocalRedis, free_port
 from shared.migrate import upgrade
+from shared.models import ModelRecord
 from shared.queue import make_celery
 from shared.registry import register_model
 from shared.settings import Settings
@@ -40,6 +44,23 @@ class Stack:
     model: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log_dir: Path | None = None
+    models: list[str] = field(default_factory=list)  # every model the workers serve
+    database_url: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # the children's environment (Redis and database URLs)
+    gpu: str | None = None
+
+    def serve_new_models(self) -> list[str]:
+        """Start a worker for the base models registered since the stack started (`canvas models add`
+        while it runs); returns their names. The running worker keeps its models."""
+        with session_scope(self.database_url) as session:
+            new = [name for name in base_models(session) if name not in self.models]
+        if new and self.log_dir is not None:
+            command = worker_command(new, self.gpu, node=f"models{len(self.processes)}")
+            env = {**worker_env(new, self.gpu), **_only(self.env)}
+            self.processes.append(_spawn(command, env, self.log_dir / "worker.log"))
+            self.models.extend(new)
+            log.info("serving %s as well", ", ".join(new))
+        return new
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -127,14 +148,15 @@ def embedded_stack(port: int | None = None) -> Iterator[Stack]:
         with session_scope(settings.database_url) as session:
             register_model(session, model, model_path)
             _record, admin_key = create_key(session, "embedded admin", admin=True)
+            served = base_models(session)
         port = port or free_port()
         logs = settings.var_dir / "logs"
         logs.mkdir(exist_ok=True)
         api_cmd = [sys.executable, "-m", "api.serve", "--host", "127.0.0.1", "--port", str(port)]
         processes.append(_spawn(api_cmd, env, logs / "api.log"))
         gpu = _gpu_or_cpu()
-        worker_env_ = {**worker_env([model], gpu), **_only(env)}
-        processes.append(_spawn(worker_command([model], gpu), worker_env_, logs / "worker.log"))
+        worker_env_ = {**worker_env(served, gpu), **_only(env)}
+        processes.append(_spawn(worker_command(served, gpu), worker_env_, logs / "worker.log"))
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, processes)
@@ -142,11 +164,17 @@ def embedded_stack(port: int | None = None) -> Iterator[Stack]:
         except RuntimeError:
             print_log_tails(logs)
             raise
-        yield Stack(url=url, admin_key=admin_key, model=model, processes=processes, log_dir=logs)
+        yield Stack(url, admin_key, model, processes, logs, served, settings.database_url, env, gpu)
     finally:
         stop_all(processes)
         if local_redis is not None:
             local_redis.stop()
+
+
+def base_models(session: Session) -> list[str]:
+    """The registry's models with weights of their own (adapters and fine-tunes ride on their base's queue)."""
+    stmt = select(ModelRecord.name).where(ModelRecord.base_model.is_(None)).order_by(ModelRecord.name)
+    return list(session.scalars(stmt))
 
 
 def _only(env: dict[str, str]) -> dict[str, str]:
