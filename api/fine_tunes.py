@@ -92,6 +92,21 @@ def _check_dataset(file_id: str, param: str, base: ModelRecord) -> list[Record]:
     return records
 
 
+def _check_quantized_base(base: ModelRecord, body: FineTuneCreate) -> None:
+    """A quantized base (`canvas models quantize`) trains LoRA on its frozen quantized weights (QLoRA,
+    CPU or GPU): it cannot be fully fine-tuned nor quantized a second time."""
+    if base.quantization == "none":
+        return
+    if body.method != "lora":
+        raise InvalidRequest(
+            f"{base.name!r} is {base.quantization}-quantized: only method='lora' trains on it", "method"
+        )
+    if body.quantization != "none":
+        raise InvalidRequest(
+            f"{base.name!r} is already {base.quantization}-quantized: leave quantization at 'none'", "quantization"
+        )
+
+
 def _require_gpu_trainer(quantization: str) -> None:
     if quantization == "none":
         return
@@ -119,6 +134,7 @@ def create_fine_tune() -> Response:
     records = _check_dataset(body.training_file, "training_file", base)
     if body.validation_file:
         _check_dataset(body.validation_file, "validation_file", base)
+    _check_quantized_base(base, body)
     _require_gpu_trainer(body.quantization)
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")

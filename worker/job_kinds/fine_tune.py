@@ -19,6 +19,7 @@ from shared.models import Checkpoint, JobEvent, ModelRecord, StoredFile, utcnow
 from shared.registry import describe_model_dir
 from worker.job_watch import JobWatch
 from worker.lifecycle import ClaimedJob, Outcome, WorkerRuntime, run_stats
+from worker.quantized.loader import load_quantized, quantization_of
 from worker.training.data import to_example
 from worker.training.lora import add_lora, save_adapter
 from worker.training.quantize import quantization_config
@@ -92,14 +93,21 @@ def _load_inputs(database_url: str, job_id: str, plan: FineTunePlan) -> dict[str
 
 def load_for_training(path: str, method: str, lora_rank: int, lora_alpha: float, quantization: str) -> tuple[Any, Any]:
     """The base model on this worker's device (quantized if asked), ready to train: LoRA adapters added and
-    the base frozen for `lora`, the MoE router frozen either way; and its tokenizer."""
+    the base frozen for `lora`, the MoE router frozen either way; and its tokenizer. A base that is a
+    quantized checkpoint (`canvas models quantize`) is QLoRA's frozen base, experts included, CPU or GPU."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs: dict[str, Any] = {}
-    if quantization != "none":  # the API refuses this unless a GPU training worker is online
-        kwargs["quantization_config"] = quantization_config(quantization)
-    model = DiffusionGemmaForBlockDiffusion.from_pretrained(path, **kwargs)
-    if quantization == "none":
-        model = model.to(device)
+    if quantization_of(path) != "none":
+        if method != "lora":  # the API refuses this too
+            raise ValueError(f"{path} is quantized ({quantization_of(path)}): only LoRA trains on it")
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = load_quantized(path, torch.device(device), dtype)
+    else:
+        kwargs: dict[str, Any] = {}
+        if quantization != "none":  # the API refuses this unless a GPU training worker is online
+            kwargs["quantization_config"] = quantization_config(quantization)
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(path, **kwargs)
+        if quantization == "none":
+            model = model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if method == "lora":
         for param in model.parameters():
@@ -128,6 +136,8 @@ def _save_and_register(
             eos_token_ids=base_record.eos_token_ids,
             pad_token_id=base_record.pad_token_id,
             path=base_record.path,
+            quantization=base_record.quantization,  # an adapter is served on its (maybe quantized) base
+            weight_bytes=base_record.weight_bytes,
         )
         if plan.method == "lora":
             save_adapter(model, artifact)

@@ -1,13 +1,14 @@
 """Which parts of a DiffusionGemma are quantized and where they sit: every nn.Linear except the router's
 projection and the lm_head (tied to the embeddings) whose input width is a multiple of 64 (all of the
 released model's; tiny test towers keep theirs), and every fused experts module. The encoder and
-decoder share each layer's modules' weights, so a target lists every path its module sits at; the router,
+decoder share each layer's weights (not its modules), so a target lists every path its weights sit at; the router,
 norms, embeddings and lm_head stay in the base dtype. Also builds the quantized module of a target from its
 stored tensors. Knows the model's modules; not files.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,21 @@ def aliases(model: nn.Module) -> dict[str, list[str]]:
     return {name: names for names in by_tensor.values() for name in names}
 
 
+def sibling(module: nn.Module) -> nn.Module:
+    """Another module object over the same tensors, as transformers ties encoder and decoder: modules
+    apart, weights shared (peft wraps each path's module on its own; lora.py reties the adapters)."""
+    twin = copy.copy(module)
+    twin._parameters, twin._buffers = dict(module._parameters), dict(module._buffers)
+    twin._modules = dict(module._modules)
+    return twin
+
+
+def place(model: nn.Module, target: Target, module: nn.Module) -> None:
+    """`module` at the target's first path, siblings sharing its tensors at the others."""
+    for index, path in enumerate(target.paths):
+        set_module(model, path, module if index == 0 else sibling(module))
+
+
 def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, attr = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
@@ -126,8 +142,6 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
                 stored[weight + suffix] = tensor
         if target.has_bias:
             stored["bias"] = module.bias.detach()
-        quantized = build(target, method, stored, text_config, dtype).train(module.training)
-        for path in target.paths:
-            set_module(model, path, quantized)
+        place(model, target, build(target, method, stored, text_config, dtype).train(module.training))
     model.canvas_quantization = method
     return model

@@ -30,6 +30,9 @@ def nf4_linear(in_features: int, out_features: int, stored: dict[str, torch.Tens
         compress_statistics=False, quant_type="nf4", module=module, bnb_quantized=True,
     )  # fmt: skip
     module.quant_state = state
+    # Not bitsandbytes' CPU repacking: it rewrites the weight in place on the first eval pass (a bf16 gemv
+    # layout, inside inference mode), which a later training pass on the same weight cannot use.
+    module.support_avx512bf16_for_cpu = False
     return module
 
 

@@ -1,6 +1,6 @@
 """Loading a quantized checkpoint (checkpoint.py's output): the model's parameters are built on the `meta`
 device, each stored tensor is read straight onto the target device and put in place once (quantized
-modules built from their stored tensors, shared by encoder and decoder; the rest cast to the base dtype);
+modules built from their stored tensors, their weights shared by encoder and decoder; the rest cast to the base dtype);
 only the small non-persistent buffers (rotary frequencies, embedding scales) are computed, on the CPU, and
 moved. Knows files and the model's layout; not the service.
 """
@@ -18,7 +18,7 @@ from torch import nn
 from worker.quantized.checkpoint import meta_model, read_config, read_tensors, shard_files
 from worker.quantized.codecs import QuantizationError, codec
 from worker.quantized.hardware import check_hardware, enable_scaled_matmul
-from worker.quantized.layout import Target, aliases, build, set_module, set_tensor, targets
+from worker.quantized.layout import Target, aliases, build, place, set_tensor, targets
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ def _fill(model: nn.Module, path: Path, method: str, device: torch.device, dtype
             stored = pending.setdefault(id(target), {})
             stored[local] = tensor
             if set(stored) == target.local_names(method_codec):
-                module = build(target, method, pending.pop(id(target)), config, dtype)
-                for module_path in target.paths:
-                    set_module(model, module_path, module)
+                place(model, target, build(target, method, pending.pop(id(target)), config, dtype))
         elif name in names:
             set_tensor(model, names[name], tensor.to(dtype) if tensor.is_floating_point() else tensor)
         else:
