@@ -6,8 +6,14 @@ concurrency, with all requests arriving together and with arrivals spread over t
 Every request denoises `--canvases` canvases at a fixed `--steps` steps (random weights never converge,
 and the stop criterion is set so they cannot), so all scenarios do the same work.
 
+Per engine scenario: ms per step (decoder pass), tokens/s, the throughput as a multiple of sequential
+generate() (`x_generate`), model FLOP utilisation (FLOPs of one row's pass counted by torch's
+FlopCounterMode, against `--peak-tflops`, known for H100/H200) and the step time over the weight-read
+floor (the text weights' bytes over the device's copy bandwidth, measured in the same run).
+`--profile` adds host reads and kernel launches per step (torch profiler; on the CPU: top-level ATen ops).
+
   python bench/engine.py --arch small                      # CPU, the small config of shared/bench
-  python bench/engine.py --arch 26b --concurrency 1,4,16,32  # one GPU, bf16, released architecture
+  python bench/engine.py --arch 26b --concurrency 1,8,32 --requests 32 --baseline-requests 2 --profile
 
 Needs only torch and transformers (and this repository's worker/engine, which imports nothing else).
 """
@@ -32,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arch import CANVAS, build
 
 from worker.engine import Engine, Request, SamplingParams
+from worker.engine.rows import Phase
+
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0}  # dense bf16, the vendor's data sheet
 
 
 def sync(device: str) -> None:
@@ -190,6 +199,128 @@ def bench_engine(
     return result, [h.wait(0).token_ids for h in handles]
 
 
+def text_weight_bytes(model: Any) -> int:
+    """Bytes of the weights a denoising step reads: the decoder stack (tied with the encoder's and with
+    the lm_head) and its self-conditioning MLP; the vision tower is not read."""
+    unique = {p.data_ptr(): p.numel() * p.element_size() for p in model.model.decoder.parameters()}
+    return sum(unique.values())
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes per second moved by a large device-to-device copy (read plus write), best of five."""
+    n = 2**30 if device == "cuda" else 2**28
+    a = torch.empty(n, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        b.copy_(a)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n / best
+
+
+def ready_engine(model: Any, prompts: list[list[int]], params: list[SamplingParams], rows: int) -> Engine:
+    """An engine whose `rows` rows have all prefilled and are denoising."""
+    engine = Engine(model, max_rows=rows)
+    for i in range(rows):
+        engine.submit(Request(f"p{i}", tuple(prompts[i % len(prompts)]), params[i % len(params)]))
+    while len(engine.rows) < rows or any(row.phase is not Phase.DENOISE for row in engine.rows):
+        engine.step()
+    return engine
+
+
+def flops_per_canvas_token(model: Any, prompts: list[list[int]], params: list[SamplingParams]) -> float:
+    """FLOPs of one row's step (decoder pass, lm_head, self-conditioning embeddings) per canvas token."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    engine = ready_engine(model, prompts, params, rows=1)
+    with FlopCounterMode(display=False) as counter:
+        engine.step()
+    return counter.get_total_flops() / model.config.canvas_length
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts Python-level reads of values on `device` (`.item()`, `.tolist()`, `bool()`, `.cpu()`,
+    nonzero, multinomial's checks). On the CPU that includes reads of host copies."""
+
+    NAMES = frozenset(("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero", "multinomial"))
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device, self.count = device, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        reads = getattr(func, "__name__", "") in self.NAMES
+        device = args[0].device.type if args and isinstance(args[0], torch.Tensor) else None
+        self.count += reads and device == self.device
+        return func(*args, **(kwargs or {}))
+
+
+def launches_and_syncs(prof: Any, device: str) -> tuple[int, int]:
+    """(kernel launches, host syncs) in a profile; on the CPU (top-level ATen ops, 0)."""
+    from torch.autograd import DeviceType
+
+    events = prof.events()
+    if device != "cuda":
+        top = [
+            e
+            for e in events
+            if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))
+        ]
+        return len(top), 0
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))]
+    waits = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+    return len(kernels), sum(e.name in waits for e in events)
+
+
+def profile_steps(device: str, run: Any, steps: int) -> dict[str, float]:
+    """Host reads, kernel launches and syncs per step of `run()`, which makes `steps` denoising steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with HostReads(device) as reads, profile(activities=activities) as prof:
+        run()
+        sync(device)
+    launches, syncs = launches_and_syncs(prof, device)
+    return {
+        "host_reads_per_step": round(reads.count / steps, 1),
+        "launches_per_step": round(launches / steps, 1),
+        "syncs_per_step": round(syncs / steps, 1),
+    }
+
+
+def profile_engine(model: Any, prompts: list[list[int]], params: list[SamplingParams], device: str, rows: int):
+    engine = ready_engine(model, prompts, params, rows)
+    ticks = 3
+
+    def run() -> None:
+        for _ in range(ticks):
+            engine.step()
+
+    return profile_steps(device, run, ticks)
+
+
+@torch.inference_mode()
+def profile_generate(model: Any, prompt: list[int], p: SamplingParams, device: str) -> dict[str, float]:
+    def run() -> None:
+        torch.manual_seed(p.seed)
+        model.generate(torch.tensor([prompt], device=device), **generate_kwargs(p))
+
+    return profile_steps(device, run, p.max_denoising_steps * (p.max_new_tokens // model.config.canvas_length))
+
+
+def roofline(result: dict[str, Any], flops_token: float, canvas: int, floor_ms: float, peak: float | None) -> None:
+    """Adds model FLOP utilisation and the step time over the weight-read floor to an engine scenario."""
+    rows, ms = result.get("mean_rows_per_pass", 1), result["ms_per_step"]
+    achieved = flops_token * rows * canvas / (ms / 1000)
+    result["tflops"] = round(achieved / 1e12, 2)
+    result["mfu"] = round(achieved / (peak * 1e12), 3) if peak else None
+    result["x_weight_floor"] = round(ms / floor_ms, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="small", choices=["small", "26b"])
@@ -204,6 +335,8 @@ def main() -> None:
         action="store_true",
         help="run the engine loop in its own thread, as the worker does (no Poisson scenarios)",
     )
+    parser.add_argument("--profile", action="store_true", help="host reads and kernel launches per step")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the MFU")
     parser.add_argument(
         "--baseline-requests",
         type=int,
@@ -243,6 +376,17 @@ def main() -> None:
     bench_generate_sequential(model, prompts[:1], [warm], device)  # warm-up (lazy init, kernels)
     bench_engine(model, prompts[:2], [warm, warm], device, rows=2)
 
+    canvas = CANVAS[args.arch]
+    flops_token = flops_per_canvas_token(model, prompts, params)
+    bandwidth = copy_bandwidth(device)
+    floor_ms = 1000 * text_weight_bytes(model) / bandwidth
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in machine), None)
+    roof = {"gflop_per_canvas_token": round(flops_token / 1e9, 4), "copy_gb_s": round(bandwidth / 1e9, 1)}
+    roof |= {"text_weight_gb": round(text_weight_bytes(model) / 1e9, 2), "weight_floor_ms": round(floor_ms, 2)}
+    print(json.dumps(roof | {"peak_tflops": peak}), flush=True)
+    if args.profile:
+        print(json.dumps({"profile": "generate, one row"} | profile_generate(model, prompts[0], params[0], device)))
+
     results = []
     k = args.baseline_requests or args.requests
     sequential, reference = bench_generate_sequential(model, prompts[:k], params[:k], device)
@@ -255,19 +399,27 @@ def main() -> None:
         together, outputs = bench_engine(model, prompts, params, device, rows, engine_thread=args.engine_thread)
         same = sum(o == r[: len(o)] for r, o in zip(reference, outputs[:k], strict=True))
         together["outputs_equal_to_generate"] = f"{same}/{k}"
+        together["x_generate"] = round(together["tokens_per_s"] / sequential["tokens_per_s"], 2)
+        roofline(together, flops_token, canvas, floor_ms, peak)
         results.append(together)
         print(json.dumps(together), flush=True)
+        if args.profile:
+            print(
+                json.dumps({"profile": f"engine, {rows} rows"} | profile_engine(model, prompts, params, device, rows))
+            )
         if args.engine_thread:
             continue
         capacity = len(prompts) / together["wall_s"]
         spread, _ = bench_engine(model, prompts, params, device, rows, arrival_rate=0.8 * capacity)
         results.append(spread)
         print(json.dumps(spread), flush=True)
-    print(f"\n{'scenario':44} {'tok/s':>8} {'ms/step':>8} {'p50 s':>7} {'p95 s':>7} {'peak GiB':>9}")
+    print(
+        f"\n{'scenario':58} {'tok/s':>8} {'ms/step':>8} {'x gen':>6} {'MFU':>6} {'x floor':>8} {'p50 s':>7} {'GiB':>6}"
+    )
     for r in results:
         print(
-            f"{r['scenario']:44} {r['tokens_per_s']:>8} {r['ms_per_step'] or '-':>8} {r['p50_s']:>7} "
-            f"{r['p95_s']:>7} {r['peak_gib'] if r['peak_gib'] is not None else '-':>9}"
+            f"{r['scenario']:58} {r['tokens_per_s']:>8} {r['ms_per_step'] or '-':>8} {r.get('x_generate', '-'):>6} "
+            f"{r.get('mfu') or '-':>6} {r.get('x_weight_floor', '-'):>8} {r['p50_s']:>7} {r['peak_gib'] or '-':>6}"
         )
 
 

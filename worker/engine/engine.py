@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from worker.engine.output import find_end
 from worker.engine.params import Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
 from worker.engine.runner import ModelRunner, to_device
-from worker.engine.sampler import CONVERGED, NONFINITE, TileOutput, denoise_tile, draw_noise
+from worker.engine.sampler import CONVERGED, NONFINITE, TileDraws, TileOutput, denoise_tile, draw_rows, empty_draws
 from worker.engine.scheduler import MemoryModel, Scheduler
 from worker.engine.slots import Slots
 
@@ -47,6 +48,8 @@ class Engine:
         r = self.runner
         self.slots = Slots(max_rows, r.canvas_length, r.hidden_size, r.vocab_size, r.dtype, r.device)
         self.tile_rows = sampler_tile_rows(r, sampler_bytes)
+        self._draw_threads = torch.get_num_threads() if r.device.type == "cpu" else 0
+        self._draw_pool = ThreadPoolExecutor(self._draw_threads, "canvas-draws") if self._draw_threads else None
         self.prefill_chunk = prefill_chunk
         self.rows: list[Row] = []
         self._lock = threading.Condition()
@@ -283,32 +286,55 @@ class Engine:
         """Decoder pass, then the sampler tile by tile; the rows' slots change only once every tile has
         run, so a failure leaves them as they were. Returns (B, 1 + C): flags and argmax canvases."""
         C, device = self.runner.canvas_length, self.runner.device
-        slots = [row.slot for row in rows]
-        index = to_device(slots, device)  # (B,)
-        kv, masks = self.runner.gather([row.cache for row in rows])
-        offsets = torch.arange(C, dtype=torch.int32, device=device)
-        positions = to_device([row.encoded for row in rows], device, torch.int32)[:, None] + offsets  # (B, C)
-        hidden = self.runner.decode(self.slots.canvas[index], self.slots.soft[index], kv, masks, positions)
-        del kv, masks
-        self.stats["decoder_passes"] += 1
-        self.stats["rows_in_decoder"] += len(rows)
-        results = []
-        for lo in range(0, len(rows), self.tile_rows):
-            tile = slice(lo, lo + self.tile_rows)
-            results.append(self._sample(hidden[tile], index[tile], slots[tile], rows[tile]))
-        for (out, soft), tile_index in zip(results, index.split(self.tile_rows), strict=True):
-            self.slots.store(tile_index, out, soft)
+        tiles = [slice(lo, lo + self.tile_rows) for lo in range(0, len(rows), self.tile_rows)]
+        draws, pending = self._start_draws(rows, tiles)
+        try:
+            slots = [row.slot for row in rows]
+            index = to_device(slots, device)  # (B,)
+            kv, masks = self.runner.gather([row.cache for row in rows])
+            offsets = torch.arange(C, dtype=torch.int32, device=device)
+            positions = to_device([row.encoded for row in rows], device, torch.int32)[:, None] + offsets  # (B, C)
+            hidden = self.runner.decode(self.slots.canvas[index], self.slots.soft[index], kv, masks, positions)
+            del kv, masks
+            self.stats["decoder_passes"] += 1
+            self.stats["rows_in_decoder"] += len(rows)
+            results = []
+            for tile, tile_draws in zip(tiles, draws, strict=True):
+                futures = pending.pop(0)
+                wait(futures)
+                for future in futures:
+                    future.result()  # a draw's error, if any, is this pass's
+                results.append(self._sample(hidden[tile], index[tile], slots[tile], tile_draws))
+        finally:  # no draw may still run when a failed pass rewinds the generators
+            for futures in pending:
+                wait(futures)
+        for (out, soft), tile in zip(results, tiles, strict=True):
+            self.slots.store(index[tile], out, soft)
         return torch.cat([torch.cat([out.flags[:, None].long(), out.argmax], dim=1) for out, _ in results])
 
+    def _start_draws(self, rows: list[Row], tiles: list[slice]) -> tuple[list[TileDraws], list[list[Future]]]:
+        """Each tile's random draws. On the CPU a generator draws serially on one core: there the rows are
+        drawn in threads, side by side and while the decoder runs; on a GPU they are drawn in line."""
+        C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
+        draws, pending = [], []
+        for tile in tiles:
+            generators = [row.generator for row in rows[tile]]
+            tile_draws = empty_draws(len(generators), C, V, device)
+            draws.append(tile_draws)
+            if self._draw_pool is None:
+                draw_rows(tile_draws, generators, range(len(generators)))
+                pending.append([])
+                continue
+            chunks = [range(i, len(generators), self._draw_threads) for i in range(self._draw_threads)]
+            pending.append([self._draw_pool.submit(draw_rows, tile_draws, generators, c) for c in chunks if c])
+        return draws, pending
+
     def _sample(
-        self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], rows: list[Row]
+        self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], draws: TileDraws
     ) -> tuple[TileOutput, torch.Tensor]:
         """The sampler step of one tile; full-vocabulary tensors live only inside it. hidden (B, C, H)."""
         state = self.slots.gather(index, slots)
         logits = self.runner.logits(hidden)  # (B, C, V)
-        draws = draw_noise(
-            [row.generator for row in rows], self.runner.canvas_length, self.runner.vocab_size, logits.device
-        )
         out, probs = denoise_tile(logits, state, draws)
         del draws
         return out, self.runner.soft_embeddings(logits, probs)  # logits now hold the processed logits

@@ -83,12 +83,24 @@ class TileOutput:
 def draw_noise(generators: list[torch.Generator], C: int, V: int, device: torch.device) -> TileDraws:
     """Each row's draws from its own generator, in the order generate() consumes them for one step:
     `multinomial`'s Exp(1) tensor (what ATen's one-sample path draws), then the renoise tokens."""
-    exponential = torch.empty((len(generators), C, V), dtype=torch.float32, device=device)
-    renoise = torch.empty((len(generators), C), dtype=torch.long, device=device)
-    for row, generator in enumerate(generators):
-        exponential[row].exponential_(1.0, generator=generator)
-        renoise[row].random_(0, V, generator=generator)
-    return TileDraws(exponential, renoise)
+    draws = empty_draws(len(generators), C, V, device)
+    draw_rows(draws, generators, range(len(generators)))
+    return draws
+
+
+def empty_draws(B: int, C: int, V: int, device: torch.device) -> TileDraws:
+    exponential = torch.empty((B, C, V), dtype=torch.float32, device=device)
+    return TileDraws(exponential, torch.empty((B, C), dtype=torch.long, device=device))
+
+
+def draw_rows(draws: TileDraws, generators: list[torch.Generator], rows: range) -> None:
+    """Fill rows `rows` of `draws` from their generators. A CPU generator draws serially (one core), so
+    the engine may run disjoint row ranges in threads side by side; each generator is used by one."""
+    V = draws.exponential.shape[-1]
+    with torch.inference_mode():
+        for row in rows:
+            draws.exponential[row].exponential_(1.0, generator=generators[row])
+            draws.renoise[row].random_(0, V, generator=generators[row])
 
 
 def temperature(step: torch.Tensor, params: TileParams) -> torch.Tensor:

@@ -1,0 +1,33 @@
+"""The model side: the batched decoder pass is capturable (no graph break) and equals its eager self."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from worker.engine import Engine, Request, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.mark.parametrize("prompt_lengths", [(5,), (3, 9, 40)])
+def test_the_decoder_pass_compiles_without_a_graph_break(model, prompt_lengths) -> None:
+    """One row (its own cache) and rows of different lengths (left-padded caches and masks) through
+    `torch.compile(fullgraph=True)`: the CPU stand-in for a pass a CUDA graph can capture."""
+    engine = Engine(model, max_rows=4)
+    for i, n in enumerate(prompt_lengths):
+        engine.submit(Request(f"r{i}", tuple(range(2, 2 + n)), SamplingParams(max_new_tokens=32, seed=i)))
+    engine.step()  # prefill: every row has a cache and a canvas
+    runner, rows, C = engine.runner, engine.rows, engine.runner.canvas_length
+    with torch.inference_mode():
+        kv, masks = runner.gather([row.cache for row in rows])
+        index = torch.tensor([row.slot for row in rows])
+        positions = torch.tensor([row.encoded for row in rows], dtype=torch.int32)[:, None] + torch.arange(C)
+        args = (engine.slots.canvas[index], engine.slots.soft[index], kv, masks, positions.int())
+        torch._dynamo.reset()
+        decode = torch.compile(type(runner).decode.__wrapped__, fullgraph=True, backend="eager")
+        assert torch.equal(decode(runner, *args), runner.decode(*args))
