@@ -6,6 +6,8 @@
 # phase has its own time cap, so one that overruns or fails leaves the others' figures. Output lands in $OUT (or ./var/gpu by hand):
 # gpu.log (everything printed) and canvas-demo.tgz.* (the trained demo model, split into 15 MB parts).
 #
+# QUANTIZED=1 adds phase 6 (quantized serving on the 26B architecture); alone it is
+#   python3 bench/quantized.py --arch 26b --methods fp8,nf4 --rows 1,8 --steps 8
 # Phases can be left out (a session's device time is short): CHECKS=0, ENGINE=0, QLORA=0, EVAL=0 (the evaluation
 # is then run on the CPU: bench/sudoku.py and bench/demo_tasks.py on the fetched model). TRAIN_MINUTES sets
 # the training budget (default 4), TRAIN_BATCH its batch (default 1024), SUDOKU_SHARE the share of Sudoku steps
@@ -81,4 +83,10 @@ if [ "${QLORA:-1}" != 0 ]; then
   cat "$OUT/qlora.tmp" && rm "$OUT/qlora.tmp"
 fi
 rm -rf "$DEMO"
+if [ "${QUANTIZED:-0}" != 0 ]; then  # opt in: QUANTIZED=1 (a run of its own: ~6 min on one H200, untimed yet)
+  phase "6. quantized serving (issue 18): 26B-A4B random weights, base vs ${QUANTIZED_METHODS:-fp8,nf4}"
+  # fp8 needs nothing beyond torch; nf4/int8 need bitsandbytes (carry its wheel in .whl)
+  timeout "${QUANTIZED_SECONDS:-420}" python3 bench/quantized.py --arch "${QUANTIZED_ARCH:-26b}" \
+    --methods "${QUANTIZED_METHODS:-fp8,nf4}" --rows 1,8 --steps 8 --work "${QUANTIZED_WORK:-/tmp/canvas-quantized}"
+fi
 phase "done"

@@ -66,3 +66,14 @@ def test_qlora_script_runs_unquantized_on_the_cpu_and_refuses_4bit_without_a_gpu
         assert refused.returncode == 0, refused.stderr[-3000:]
     else:
         assert "needs a CUDA GPU" in refused.stdout + refused.stderr
+
+
+def test_quantized_benchmark_runs_on_the_tiny_config() -> None:
+    """bench/quantized.py's whole path (streaming quantization, loading, the engine) on the tests' tiny
+    model; the 26B run on a GPU takes the same path."""
+    args = ["--arch", "tiny", "--methods", "nf4,fp8", "--rows", "1", "--steps", "2"]
+    cmd = [sys.executable, "bench/quantized.py", *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| nf4 |" in result.stdout and "| base |" in result.stdout
+    assert "refused: fp8 weights need a CUDA GPU" in result.stdout or "cuda" in result.stdout.lower()

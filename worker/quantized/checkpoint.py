@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,11 +140,26 @@ def quantize_checkpoint(
         raise QuantizationError(f"{dst} already exists; choose a new directory")
     files = shard_files(src)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return write_quantized(src, read_tensors(files, device), dst, method, shard_bytes=shard_bytes, weights=files)
+
+
+def write_quantized(
+    src: Path,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    dst: Path,
+    method: str,
+    *,
+    shard_bytes: int = SHARD_BYTES,
+    weights: Iterable[Path] = (),
+) -> dict[str, Any]:
+    """Quantize the checkpoint whose config.json (and side files) lie in `src` and whose tensors `tensors`
+    yields one at a time (read from its files, or made up by a benchmark), into `dst`."""
+    config = read_config(src)
     work = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
-        record = _convert(src, files, work, method, device, shard_bytes)
-        _copy_side_files(src, work, files)
+        record = _convert(src, tensors, work, method, shard_bytes)
+        _copy_side_files(src, work, list(weights))
         (work / "config.json").write_text(json.dumps({**config, "canvas_quantization": record}, indent=2) + "\n")
         work.rename(dst)
     except BaseException:
@@ -153,7 +168,9 @@ def quantize_checkpoint(
     return record
 
 
-def _convert(src: Path, files: list[Path], work: Path, method: str, device: str, shard_bytes: int) -> dict[str, Any]:
+def _convert(
+    src: Path, tensors: Iterable[tuple[str, torch.Tensor]], work: Path, method: str, shard_bytes: int
+) -> dict[str, Any]:
     method_codec = codec(method)
     plan = targets(meta_model(src))
     by_key: dict[str, tuple[Target, str]] = {}
@@ -163,7 +180,7 @@ def _convert(src: Path, files: list[Path], work: Path, method: str, device: str,
                 by_key[f"{path}.{weight}"] = (target, weight)
     done: set[int] = set()
     writer = ShardWriter(work, shard_bytes)
-    for name, tensor in read_tensors(files, device):
+    for name, tensor in tensors:
         if name not in by_key:
             writer.add({name: tensor})
             continue

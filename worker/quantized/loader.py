@@ -44,7 +44,7 @@ def load_quantized(path: str | Path, device: torch.device, dtype: torch.dtype) -
     read_config(path)
     model = meta_model(path)
     _fill(model, path, method, device, dtype)
-    _move_buffers(model, device)
+    move_buffers(model, device)
     leftover = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if leftover:
         raise QuantizationError(f"{path} lacks {len(leftover)} tensors, first {leftover[0]}")
@@ -82,7 +82,7 @@ def _fill(model: nn.Module, path: Path, method: str, device: torch.device, dtype
         raise QuantizationError(f"{path}: incomplete quantized tensors of {target.paths[-1]}")
 
 
-def _move_buffers(model: nn.Module, device: torch.device) -> None:
+def move_buffers(model: nn.Module, device: torch.device) -> None:
     """The buffers the checkpoint does not hold (computed on the CPU when the model was built) onto `device`."""
     for module in model.modules():
         for name, buffer in module.named_buffers(recurse=False):
