@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
-from worker.training.demo_model.tasks import TEXT_TASKS, held_out
 from worker.engine import Engine, Request, SamplingParams
+from worker.training.demo_model.tasks import TEXT_TASKS, held_out
 
 
 def answers(model, tokenizer, prompts: list[str], max_rows: int = 64) -> list[str]:

@@ -1,9 +1,9 @@
 """One torch intra-op thread for the in-process model tests (`with one_thread(): ...`).
 
-On the suite's small CPU, shared with the e2e tests' worker processes, torch's second thread mostly
-waits for the first: a training step of the tiny model measured 25 times slower with two threads than
-with one while the machine was busy. A model's results do not depend on the thread count beyond
-float summation order, and every test here compares runs made under the same setting."""
+On a busy 2-core machine torch's second thread mostly waits for the first: a training step of the tiny
+model took 25 times as long with two threads as with one (docs/benchmarks.md, "Torch threads on this
+VM"). The thread count changes a model's results only through float summation order; a test comparing
+two runs makes both on one thread (the killed-worker test gives its worker processes OMP_NUM_THREADS=1)."""
 
 from __future__ import annotations
 
