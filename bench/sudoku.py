@@ -4,7 +4,7 @@ model with the same step budget, on held-out puzzles per difficulty.
 
     .venv/bin/python bench/sudoku.py --model models/canvas-demo --puzzles 1000
 
-Both orders run with Sudoku jobs' sampling defaults (`shared.contracts.SUDOKU_PARAMS`, chosen on a tuning
+Both orders run with Sudoku jobs' sampling defaults (`shared.job_kinds.sudoku.SUDOKU_PARAMS`, chosen on a tuning
 set: `--seed 20000`), or with `--sampler released` the released model's.
 
 Prints, per difficulty and order: solved (valid grids that keep every given), blank cells equal to the
@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
-from shared.contracts import SUDOKU_PARAMS
-from shared.job_kinds.sudoku import SudokuPlan
+from shared.job_kinds.sudoku import SUDOKU_PARAMS, SudokuPlan
 from shared.sudoku import is_solution, render
 from worker.engine import Engine, Request, SamplingParams
 from worker.job_kinds.sudoku import constrain, grid_of, pick_try, repeats, try_seeds

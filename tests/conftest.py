@@ -8,6 +8,13 @@ one backend never take the other's tasks.
 from __future__ import annotations
 
 import os
+
+# One torch intra-op thread for the test process and every worker process it starts (they inherit the
+# environment; torch reads it when first imported, after this). On a busy 2-core machine torch's second
+# thread mostly waits for the first: a tiny model's training step took 25 times as long with two threads
+# (docs/benchmarks.md, "Torch threads on this VM"). Results change only through float summation order,
+# and every comparison in the suite runs both sides in one process or with this same setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

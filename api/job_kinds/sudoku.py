@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from api.schemas import JobCreate
 from api.tokenization import tokenizer_for
-from shared.contracts import GenerationParams, sudoku_params
+from shared.contracts import GenerationParams
 from shared.errors import InvalidRequest
-from shared.job_kinds.sudoku import SudokuPlan
+from shared.job_kinds.sudoku import SudokuPlan, sudoku_params
 from shared.models import ModelRecord
 from shared.sudoku import GridError, parse, render
 

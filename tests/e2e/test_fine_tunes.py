@@ -19,7 +19,6 @@ from shared.models import Job, ModelRecord
 from shared.settings import Settings
 from tests.conftest import TINY
 from tests.e2e.live import ApiServer, Client, EmbeddedWorker, Worker, training_worker
-from tests.worker.one_thread import one_thread
 
 rng = random.Random(7)
 WORDS = sorted({"".join(rng.choice("abcdefghjkmnpqrstuvwxyz") for _ in range(4)) for _ in range(8)})
@@ -34,8 +33,8 @@ def dataset(task: str) -> bytes:
 @pytest.fixture(scope="module")
 def train_worker(base_settings: Settings) -> Iterator[EmbeddedWorker]:
     """A training worker in this process; the session's serving worker serves the tiny model, its full
-    fine-tunes (loaded on first use) and its adapters. One torch thread while this module runs."""
-    with one_thread(), training_worker(base_settings) as worker:
+    fine-tunes (loaded on first use) and its adapters."""
+    with training_worker(base_settings) as worker:
         yield worker
 
 
@@ -195,18 +194,15 @@ def test_cancel_stops_training_within_a_step(live_api, keys, train_worker) -> No
     assert len(metrics(client, ft["id"])) == steps
 
 
-def test_a_killed_training_worker_resumes_from_its_checkpoint(
-    live_api, settings, keys, tmp_path, monkeypatch, train_worker
-) -> None:
+def test_a_killed_training_worker_resumes_from_its_checkpoint(live_api, settings, keys, tmp_path, train_worker) -> None:
     """A fine-tune whose worker process is killed after its first checkpoint: a second worker resumes it
     from that checkpoint (no step before it runs twice) and ends with the loss of a run never killed (the
     in-process training worker's, made while the first worker process starts)."""
     hp = {"max_steps": 40, "learning_rate": 3e-3, "batch_size": 4, "checkpoint_every": 5, "warmup_steps": 2}
     data = dataset("copy")
     # Worker processes on a Redis database of their own (no in-process worker takes these tasks), with a
-    # short lease so that the killed worker's job is requeued quickly, and one torch thread each (as this
-    # module's in-process worker: on a busy 2-core machine a second thread makes a step many times slower).
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # short lease so that the killed worker's job is requeued quickly (one torch thread each, as the suite's:
+    # tests/conftest.py).
     isolated = settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + "/9", lease_seconds=2.0)
     first = Worker(isolated, None, tmp_path / "train1.log", role="train")
     try:

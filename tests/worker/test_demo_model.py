@@ -6,22 +6,14 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from shared.sudoku import is_solution, parse, solve
-from tests.worker.one_thread import one_thread
 from worker.tiny import build_tokenizer
 from worker.training.demo_model.stream import DemoStream, sudoku_pool
 from worker.training.demo_model.tasks import HELD_OUT_TEXT, SUDOKU_LEVELS, held_out, sudoku
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def test_sudoku_pairs_are_unique_puzzles_with_their_solution_at_each_level() -> None:

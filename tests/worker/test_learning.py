@@ -9,7 +9,6 @@ bench/fine_tune.py (docs/benchmarks.md), not here."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
-from tests.worker.one_thread import one_thread
 from worker.engine import Engine, Request, SamplingParams
 from worker.tiny import make_tiny
 from worker.training.lora import add_lora
@@ -25,12 +23,6 @@ from worker.training.objective import Example
 from worker.training.trainer import Trainer, TrainPlan, evaluate, freeze_router
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "canvas-demo"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def words(count: int) -> list[str]:

@@ -3,21 +3,11 @@ one base; each request uses its own adapter inside one engine."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from tests.worker.one_thread import one_thread
 from worker.engine import Engine, Request, SamplingParams
 from worker.training.lora import add_lora, load_adapter, save_adapter
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def trained_adapter(tiny_model_dir, tmp_path, name: str, seed: int):

@@ -5,7 +5,7 @@ the same model. The model loads once and each of the three sets is solved once. 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,8 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
-from shared.contracts import SUDOKU_PARAMS
-from shared.job_kinds.sudoku import SudokuPlan
+from shared.job_kinds.sudoku import SUDOKU_PARAMS, SudokuPlan
 from shared.sudoku import render
-from tests.worker.one_thread import one_thread
 from worker.engine import Engine, Request, SamplingParams
 from worker.job_kinds.sudoku import constrain
 from worker.training.demo_model.tasks import held_out, sudoku_prompt
@@ -85,12 +83,6 @@ def valid_solution(grid: list[int], puzzle: list[int]) -> bool:
     units += [[(br + r) * 9 + bc + c for r in range(3) for c in range(3)] for br in (0, 3, 6) for bc in (0, 3, 6)]
     complete = len(grid) == 81 and all(sorted(grid[i] for i in unit) == list(range(1, 10)) for unit in units)
     return complete and all(g == p for g, p in zip(grid, puzzle, strict=True) if p)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.contracts import SUDOKU_PARAMS, GenerationParams
+from shared.contracts import GenerationParams
 from shared.db import session_scope
+from shared.job_kinds.sudoku import SUDOKU_PARAMS
 from shared.jobs import create_job, new_job_id
 from shared.models import Job
 from shared.sudoku import render, solve
-from tests.worker.one_thread import one_thread
 from worker.host import ModelHost, load_model
 from worker.job_kinds.sudoku import pick_try, repeats, try_seeds
 from worker.tasks import run_generation_job
@@ -64,30 +64,29 @@ def test_a_job_with_tries_answers_with_the_first_seed_that_solves_it(settings) -
     level, index = HARD_FOR_SEED_0
     prompt, _ = held_out("sudoku", index + 1, level=level)[index]
     cells = [0 if c == "." else int(c) for c in prompt.removeprefix("sudoku: ").strip()]
-    with one_thread():
-        host = ModelHost()
-        host.add(load_model("canvas-demo", MODEL, [1]))
-        loaded = host.get("canvas-demo")
-        digits = [loaded.tokenizer(d, add_special_tokens=False).input_ids[0] for d in "123456789"]
-        try:
-            # each seed alone, on the host's model through an engine of the test's own
-            solved = solve_all(Shipped(loaded.model, loaded.tokenizer, digits), [cells] * 4, "entropy", seeds=range(4))
-            alone = [valid_solution(grid, cells) for grid in solved.grids]
-            assert not alone[0] and any(alone), "the puzzle no longer separates the seeds: pick another"
-            job = Job(
-                id=new_job_id(),
-                tenant_id="t",
-                kind="sudoku",
-                model="canvas-demo",
-                input={"grid": render(cells), "digit_ids": digits, "tries": 4},
-                input_ids=loaded.tokenizer(sudoku_prompt(render(cells))).input_ids,
-                params={**GenerationParams(max_new_tokens=81, seed=0).model_dump(), **SUDOKU_PARAMS},
-            )
-            with session_scope(settings.database_url) as session:
-                create_job(session, job)
-            assert run_generation_job(settings, host, job.id) == "succeeded"
-        finally:
-            loaded.engine.stop()
+    host = ModelHost()
+    host.add(load_model("canvas-demo", MODEL, [1]))
+    loaded = host.get("canvas-demo")
+    digits = [loaded.tokenizer(d, add_special_tokens=False).input_ids[0] for d in "123456789"]
+    try:
+        # each seed alone, on the host's model through an engine of the test's own
+        solved = solve_all(Shipped(loaded.model, loaded.tokenizer, digits), [cells] * 4, "entropy", seeds=range(4))
+        alone = [valid_solution(grid, cells) for grid in solved.grids]
+        assert not alone[0] and any(alone), "the puzzle no longer separates the seeds: pick another"
+        job = Job(
+            id=new_job_id(),
+            tenant_id="t",
+            kind="sudoku",
+            model="canvas-demo",
+            input={"grid": render(cells), "digit_ids": digits, "tries": 4},
+            input_ids=loaded.tokenizer(sudoku_prompt(render(cells))).input_ids,
+            params={**GenerationParams(max_new_tokens=81, seed=0).model_dump(), **SUDOKU_PARAMS},
+        )
+        with session_scope(settings.database_url) as session:
+            create_job(session, job)
+        assert run_generation_job(settings, host, job.id) == "succeeded"
+    finally:
+        loaded.engine.stop()
     with session_scope(settings.database_url) as session:
         output = session.get(Job, job.id).output
     assert (output["tries"], output["try"], output["seed"]) == (4, alone.index(True), alone.index(True))

@@ -4,22 +4,13 @@ schedule. Tiny real model, CPU."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from tests.worker.one_thread import one_thread
 from worker.tiny import EOS_ID, build_tokenizer, tiny_config
 from worker.training.demo_model.stream import DemoStream, sudoku_pool
 from worker.training.trainer import Trainer, TrainPlan
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

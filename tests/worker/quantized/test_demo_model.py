@@ -9,8 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from shared.contracts import SUDOKU_PARAMS
-from shared.job_kinds.sudoku import SudokuPlan
+from shared.job_kinds.sudoku import SUDOKU_PARAMS, SudokuPlan
 from shared.sudoku import render
 from worker.engine import Engine, Request, SamplingParams
 from worker.job_kinds.sudoku import constrain, grid_of
