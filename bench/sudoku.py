@@ -47,22 +47,20 @@ def run(
     digits = [tokenizer(d, add_special_tokens=False).input_ids[0] for d in "123456789"]
     engine = Engine(model, max_rows=max_rows)
     handles = []
-    for i, cells in enumerate(puzzles):
-        grid = render(cells)
-        plan = {"grid": grid, "digit_ids": digits, "rules": rules}
+    plans = [SudokuPlan(grid=render(cells), digit_ids=digits, rules=rules) for cells in puzzles]
+    for i, plan in enumerate(plans):
         for j, seed in enumerate(try_seeds(i, tries)):
             params = SamplingParams(max_new_tokens=81, seed=seed, order=order, **sampler)
-            request = Request(f"s{i}.{j}", tuple(tokenizer(sudoku_prompt(grid)).input_ids), params)
-            handles.append(engine.submit(constrain(SudokuPlan(**plan), request)))
+            request = Request(f"s{i}.{j}", tuple(tokenizer(sudoku_prompt(plan.grid)).input_ids), params)
+            handles.append(engine.submit(constrain(plan, request)))
     started = time.perf_counter()
     engine.run_until_idle()
     elapsed = time.perf_counter() - started
     results = [h.wait(0) for h in handles]
     solved = steps = forwards = filled = right = 0
     for i, (cells, solution) in enumerate(zip(puzzles, solutions, strict=True)):
-        plan = {"grid": render(cells)}
         mine = results[i * tries : (i + 1) * tries]
-        outputs = [grid_of(SudokuPlan(**plan), result, tokenizer.decode) for result in mine]
+        outputs = [grid_of(plans[i], result, tokenizer.decode) for result in mine]
         chosen = pick_try(outputs)
         grid = [int(c) for c in outputs[chosen]["grid"]] if repeats(outputs[chosen]["grid"]) < 81 else []
         solved += bool(grid) and is_solution(grid, cells)
