@@ -20,6 +20,7 @@ FORBIDDEN = {
     "worker": {"api", "flask"},  # the worker starts the API as a process (`python -m api.serve`), never imports it
     "shared": WORKER_ONLY | {"api", "worker", "flask"},  # both images use it; plug-ins are found by entry point
     "migrations": WORKER_ONLY | {"api", "worker", "flask"},
+    "deploy": WORKER_ONLY | {"api", "worker", "flask"},  # scripts of both images: health checks, gunicorn's settings
     "worker/engine": {"celery", "flask", "sqlalchemy", "redis", "api", "shared"},  # pure PyTorch
 }
 FREE = {"tests", "bench"}
