@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     # keys, the first sealing; empty (the embedded default): secrets are stored plain.
     webhook_sealing_keys: str = Field(default="", repr=False)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with the job's ids in scope
+    # Each worker process serves Prometheus metrics on this port (0: none); `canvas worker serve|train`
+    # gives its i-th child port + i. The API serves them at /metrics on its own port.
+    metrics_port: int = 0
+    # On SIGTERM a generation worker takes no new job, lets its running jobs finish this long, then puts
+    # the rest back in the queue without spending one of their attempts. Keep the orchestrator's grace
+    # period (docker stop -t, terminationGracePeriodSeconds) longer.
+    shutdown_grace_seconds: float = 25.0
+    # A worker that finds no GPU refuses to load a model with more weight bytes than this (0: no limit).
+    cpu_model_max_bytes: int = 8 << 30
     # Signs the admin dashboard's session cookies. Empty: a random key per process (sessions end with it,
     # and do not carry across gunicorn workers), so production sets CANVAS_SECRET_KEY.
     secret_key: str = Field(default="", repr=False)
