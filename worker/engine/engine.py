@@ -316,17 +316,21 @@ class Engine:
         """Each tile's random draws. On the CPU a generator draws serially on one core: there the rows are
         drawn in threads, side by side and while the decoder runs; on a GPU they are drawn in line."""
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
-        draws, pending = [], []
-        for tile in tiles:
-            generators = [row.generator for row in rows[tile]]
-            tile_draws = empty_draws(len(generators), C, V, device)
-            draws.append(tile_draws)
-            if self._draw_pool is None:
-                draw_rows(tile_draws, generators, range(len(generators)))
-                pending.append([])
-                continue
-            chunks = [range(i, len(generators), self._draw_threads) for i in range(self._draw_threads)]
-            pending.append([self._draw_pool.submit(draw_rows, tile_draws, generators, c) for c in chunks if c])
+        draws: list[TileDraws] = []
+        pending: list[list[Future]] = []
+        try:
+            for tile in tiles:
+                generators = [row.generator for row in rows[tile]]
+                draws.append(empty_draws(len(generators), C, V, device))
+                if self._draw_pool is None:
+                    draw_rows(draws[-1], generators, range(len(generators)))
+                    pending.append([])
+                    continue
+                chunks = [range(i, len(generators), self._draw_threads) for i in range(self._draw_threads)]
+                pending.append([self._draw_pool.submit(draw_rows, draws[-1], generators, c) for c in chunks if c])
+        except BaseException:  # e.g. out of memory for a later tile: no draw may outlive the pass
+            wait([f for futures in pending for f in futures])
+            raise
         return draws, pending
 
     def _sample(

@@ -172,6 +172,8 @@ class ModelRunner:
 
 def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
     """(1, H, L_i, D) tensors -> (B, H, length, D), each right-aligned (left padding)."""
+    if all(t.shape[-2] == length for t in tensors):
+        return torch.cat(tensors)  # nothing to pad: one copy
     first = tensors[0]
     out = first.new_zeros((len(tensors), first.shape[1], length, first.shape[3]))
     for row, t in enumerate(tensors):

@@ -185,7 +185,9 @@ def mean_free_entropy(entropy: torch.Tensor, c: TileConstraint | None) -> torch.
     return torch.where(free, entropy, 0.0).sum(dim=-1) / free.sum(dim=-1)
 
 
-def left_to_right(sampled: torch.Tensor, argmax: torch.Tensor, state: TileState, renoise: torch.Tensor):
+def left_to_right(
+    sampled: torch.Tensor, argmax: torch.Tensor, state: TileState, renoise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """What an autoregressive decoder does on the same model: at step k the k leftmost free positions are
     locked (they keep their tokens), the next one takes its sample, the rest is noise; pinned positions
     count as given. Commits the locked tokens (the argmax only where the budget ran out).
