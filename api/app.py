@@ -6,7 +6,7 @@ import logging
 import secrets
 from datetime import timedelta
 
-from flask import Flask
+from flask import Flask, request
 from redis import Redis
 
 from api import (
@@ -18,13 +18,14 @@ from api import (
     job_events,
     jobs,
     long_requests,
+    metrics,
     models,
     openapi,
     webhooks,
 )
 from api.errors import register_error_handlers
 from api.state import close_db_session
-from shared import sealing
+from shared import logs, sealing
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.sweeper import Sweeper
@@ -45,16 +46,25 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     long_requests.install(app, settings.max_long_requests)
     sealing.configure(settings.webhook_sealing_keys)  # a bad key fails here, at start, naming the setting
     blueprints = (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp, webhooks.bp, files.bp, fine_tunes.bp)
-    blueprints += (completions.bp,)
+    blueprints += (completions.bp, metrics.bp)
     for blueprint in (*blueprints, admin.bp):
         app.register_blueprint(blueprint)
     app.teardown_appcontext(close_db_session)
+    app.before_request(_bind_job)
+    app.teardown_request(lambda _exc: logs.clear())
     register_error_handlers(app)
     if run_sweeper:
         sweeper = Sweeper(settings, app.extensions["canvas.celery"])
         sweeper.start()
         app.extensions["canvas.sweeper"] = sweeper
     return app
+
+
+def _bind_job() -> None:
+    """A request about one job logs its id (its tenant is bound once the key is checked: api/auth.py)."""
+    logs.clear()  # a thread serves many requests (gunicorn gthread): nothing carries over
+    if job_id := (request.view_args or {}).get("job_id"):
+        logs.bind(job_id=job_id)
 
 
 def _configure_sessions(app: Flask, settings: Settings) -> None:

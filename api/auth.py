@@ -7,6 +7,7 @@ from flask import g, request
 from api.state import db_session
 from shared.errors import Forbidden, Unauthorized
 from shared.keys import Principal, authenticate
+from shared.logs import bind
 
 
 def authenticate_request() -> None:
@@ -21,6 +22,7 @@ def authenticate_request() -> None:
     if principal is None:
         raise Unauthorized("the API key is not valid (unknown or revoked)")
     g.principal = principal
+    bind(tenant=principal.tenant_id)  # on every log line of the request (shared/logs.py)
 
 
 def current_principal() -> Principal:

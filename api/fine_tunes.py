@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from typing import Any, Literal
@@ -24,11 +25,14 @@ from shared.contracts import Hyperparameters
 from shared.datasets import DatasetError, Record, parse_dataset
 from shared.errors import InvalidRequest, NotFound
 from shared.job_kinds import JobKind
-from shared.jobs import create_job, new_job_id, request_cancel
+from shared.jobs import create_job, new_job_id, request_cancel, served_by
+from shared.logs import bind
+from shared.metrics import JOBS_SUBMITTED
 from shared.models import Checkpoint, Job, JobEvent, ModelRecord
 from shared.views import iso
 from shared.workers import live_workers
 
+log = logging.getLogger(__name__)
 bp = Blueprint("fine_tunes", __name__, url_prefix="/v1/fine_tunes")
 bp.before_request(authenticate_request)
 
@@ -150,11 +154,15 @@ def create_fine_tune() -> Response:
         input={"training_file": body.training_file, "validation_file": body.validation_file},
         input_ids=[],
         params=params,
-        webhook=body.webhook.model_dump() if body.webhook else None,
+        # Events left out: the fine-tune's defaults (fine_tune.succeeded, ...), not a generation job's.
+        webhook=body.webhook.model_dump(exclude_unset=True) if body.webhook else None,
     )
     outbox = create_job(session, job)
     session.commit()
+    JOBS_SUBMITTED.labels(job.kind, served_by(session, job.model)).inc()
     publish_after_commit(session, outbox.id)
+    bind(job_id=job.id, model=job.model)
+    log.info("fine-tune %s accepted: %s of %s", job.id, body.method, job.model)
     response = jsonify(fine_tune_view(job))
     response.status_code = 202
     response.headers["Location"] = url_for("fine_tunes.get_fine_tune", job_id=job.id)

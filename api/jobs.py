@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -22,10 +23,13 @@ from api.schemas import JobCreate
 from api.state import db_session, publish_after_commit, publish_status
 from api.webhooks import check_webhook_url
 from shared.errors import InvalidRequest
-from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, timeline
+from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, served_by, timeline
+from shared.logs import bind
+from shared.metrics import JOBS_SUBMITTED
 from shared.models import Job, utcnow
 from shared.states import JobStatus
 
+log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 bp.before_request(authenticate_request)
 
@@ -94,8 +98,11 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
         if existing is None:
             raise
         return existing, False
+    JOBS_SUBMITTED.labels(job.kind, served_by(session, job.model)).inc()
     publish_status(job.id, JobStatus.QUEUED.value)  # before the task exists, so it precedes "running"
     publish_after_commit(session, outbox.id)
+    bind(job_id=job.id, model=job.model)
+    log.info("job %s accepted: %s on %s", job.id, job.kind, job.model)
     return job, True
 
 

@@ -13,6 +13,8 @@ import threading
 from werkzeug.serving import make_server
 
 from api.app import create_app
+from shared.logs import configure_logging
+from shared.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-sweeper", action="store_true", help="do not run the outbox/lease sweeper")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(run_sweeper=not args.no_sweeper)
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings, run_sweeper=not args.no_sweeper)
     server = make_server(args.host, args.port, app, threaded=True)
 
     def stop(_signum: int, _frame: object) -> None:

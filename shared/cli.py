@@ -10,7 +10,6 @@ import, only by entry-point name. Heavy imports happen inside the commands, so `
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -19,6 +18,7 @@ from typing import Any, NoReturn
 
 from shared import sealing
 from shared.db import session_scope
+from shared.logs import configure_logging
 from shared.settings import Settings, SettingsError
 
 GROUP = "canvas.commands"
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, sealing.SealingError) as exc:
         print(f"canvas: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     return args.fn(args, settings)
 
 

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from shared.errors import Conflict, IllegalTransition, NotFound
 from shared.job_errors import JobError, JobErrorCode
 from shared.job_kinds import kind_spec
+from shared.metrics import JOBS_FINISHED
 from shared.models import Job, JobEvent, ModelRecord, OutboxMessage, utcnow
-from shared.states import ALLOWED_FROM, FinishReason, JobStatus
+from shared.states import ALLOWED_FROM, TERMINAL, FinishReason, JobStatus
 from shared.views import iso, job_view  # noqa: F401  (job_view re-exported: the API uses it from here)
 from shared.webhooks import record_status_event
 
@@ -44,9 +45,14 @@ def task_route(session: Session, job: Job) -> tuple[str, str]:
     """(task name, queue) of a job, as its kind routes it: generation to the queue of the model that holds
     the weights (an adapter, or a full fine-tune, is served by its base model's workers)."""
     spec = kind_spec(job.kind)
-    record = session.get(ModelRecord, job.model)
-    served_by = record.base_model if record is not None and record.base_model else job.model
-    return spec.task, spec.queue(served_by)
+    return spec.task, spec.queue(served_by(session, job.model))
+
+
+def served_by(session: Session, model: str) -> str:
+    """The model that holds `model`'s weights: its base for an adapter or a full fine-tune, else itself.
+    Metrics label jobs with it, so a tenant's fine-tunes do not each add a label value."""
+    record = session.get(ModelRecord, model)
+    return record.base_model if record is not None and record.base_model else model
 
 
 def transition(
@@ -60,7 +66,8 @@ def transition(
     **values: Any,
 ) -> bool:
     """Move a job to `to` if its current status allows it (and, if given, it is still on `attempt` and
-    matches the SQL `condition`). Returns whether the row changed. Appends a timeline event when it did.
+    matches the SQL `condition`). Returns whether the row changed. Appends a timeline event when it did, and
+    counts a job that ended in canvas_jobs_finished_total.
     """
     now = utcnow()
     stmt = (
@@ -78,6 +85,9 @@ def transition(
     session.add(JobEvent(job_id=job_id, type="status", status=to.value, data=event_data, created_at=now))
     session.flush()
     record_status_event(session, job_id, to)
+    if to in TERMINAL:  # counted where every job ends: in a worker, the API (cancel) or the sweeper
+        row = session.get(Job, job_id)
+        JOBS_FINISHED.labels(row.kind, served_by(session, row.model), to.value).inc()
     return True
 
 
@@ -93,7 +103,7 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
 
     The conditional UPDATE is the lock: of two deliveries of one job, exactly one matches `queued`.
     A job past its deadline that never started becomes `expired` instead (None too); a job requeued after
-    a lost worker has started, so its deadline no longer applies.
+    a lost worker (or a worker's shutdown) has started, so its deadline no longer applies.
     """
     now = utcnow()
     ok = transition(
@@ -101,7 +111,7 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
         job_id,
         JobStatus.RUNNING,
         event_data={"worker": worker},
-        condition=or_(Job.deadline_at.is_(None), Job.deadline_at > now, Job.attempts > 0),
+        condition=or_(Job.deadline_at.is_(None), Job.deadline_at > now, Job.started_at.is_not(None)),
         attempts=Job.attempts + 1,
         worker=worker,
         started_at=now,
@@ -116,7 +126,7 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float) -> i
 def expire_overdue(session: Session, job_ids: list[str] | None = None) -> int:
     """queued -> expired for the (given) never-started queued jobs whose deadline has passed. Returns how many."""
     now = utcnow()
-    never_started = (Job.deadline_at <= now) & (Job.attempts == 0)
+    never_started = (Job.deadline_at <= now) & Job.started_at.is_(None)
     overdue = select(Job.id, Job.deadline_at).where(Job.status == JobStatus.QUEUED.value, never_started)
     if job_ids is not None:
         overdue = overdue.where(Job.id.in_(job_ids))
@@ -126,6 +136,28 @@ def expire_overdue(session: Session, job_ids: list[str] | None = None) -> int:
         error = JobError(JobErrorCode.EXPIRED, message).as_dict()
         expired += transition(session, job_id, JobStatus.EXPIRED, condition=never_started, error=error, finished_at=now)
     return expired
+
+
+def requeue(session: Session, job_id: str, attempt: int, event_data: dict[str, Any], *, spend_attempt: bool) -> bool:
+    """running -> queued if `attempt` still owns the job, with an outbox record that delivers it again.
+    Without `spend_attempt` (the worker gave it back: a shutdown) the attempt does not count against
+    max_attempts. Returns whether the job was requeued (not, if it finished or moved on meanwhile)."""
+    attempts = attempt if spend_attempt else attempt - 1
+    done = transition(
+        session,
+        job_id,
+        JobStatus.QUEUED,
+        attempt=attempt,
+        event_data=event_data,
+        attempts=attempts,
+        lease_expires_at=None,
+        worker=None,
+    )
+    if done:
+        task, queue = task_route(session, get_job(session, job_id))
+        session.add(OutboxMessage(job_id=job_id, task_name=task, queue=queue))
+        session.flush()
+    return done
 
 
 def renew_lease(session: Session, job_id: str, attempt: int, lease_seconds: float) -> bool:

@@ -17,10 +17,13 @@ def free_port() -> int:
 
 
 class LocalRedis:
-    """Starts `redis-server` on a free loopback port, with no persistence; `stop()` ends it."""
+    """Starts `redis-server` on a free loopback port; `stop()` ends it. Persistent, it keeps its data in an
+    append-only file in `directory` (queued messages outlive a restart), else nothing on disk."""
 
-    def __init__(self, directory: Path, port: int | None = None, executable: str | None = None) -> None:
-        self.directory, self.port = directory, port or free_port()
+    def __init__(
+        self, directory: Path, port: int | None = None, executable: str | None = None, persistent: bool = False
+    ) -> None:
+        self.directory, self.port, self.persistent = directory, port or free_port(), persistent
         self.executable = executable or _bundled_redis()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -40,7 +43,7 @@ class LocalRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
                 "--dir",
                 str(self.directory),
                 "--maxmemory-policy",
@@ -48,6 +51,7 @@ class LocalRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            process_group=0,  # a terminal's Ctrl-C reaches its owner, which stops it last (after the workers)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

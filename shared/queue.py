@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import celeryd_init, setup_logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.logs import configure_logging
 from shared.models import OutboxMessage, utcnow
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+# How a worker that cannot start (its models do not load) exits: sysexits' EX_CONFIG. Its supervisor
+# (`canvas worker serve`) gives up at once on this code instead of restarting it.
+EXIT_CANNOT_START = 78
 
 
 def make_celery(settings: Settings, name: str = "canvas") -> Celery:
@@ -36,21 +42,57 @@ def make_celery(settings: Settings, name: str = "canvas") -> Celery:
         broker_connection_timeout=settings.publish_timeout_seconds,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
+        # Task events, so Flower (`celery --broker=$REDIS_URL flower`) shows the tasks and their history.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         task_serializer="json",
         accept_content=["json"],
     )
+    _log_like_canvas(settings)
     return app
 
 
-def at_worker_start(app: Celery, name: str, start: Callable[[], None]) -> None:
-    """Run `start` when a worker of `app` starts, before it takes a task. If it raises, the worker does not
-    start: Celery logs the error as unrecoverable and the process exits non-zero.
+def _log_like_canvas(settings: Settings) -> None:
+    """A Celery worker process logs in CANVAS_LOG_FORMAT: with a receiver of `setup_logging`, Celery leaves
+    logging to it (the worker's `-l LEVEL` sets the level). `celeryd_init` comes earlier, before the
+    worker's first warning (running as root)."""
+
+    def configure(loglevel: Any = None, **_kwargs: Any) -> None:
+        configure_logging(loglevel or settings.log_level, settings.log_format)
+
+    for signal in (celeryd_init, setup_logging):  # once a process, by the first app made in it
+        signal.connect(configure, weak=False, dispatch_uid=f"canvas.logging.{signal.name}")
+
+
+def at_worker_start(app: Celery, name: str, start: Callable[[], None], stop: Callable[[], None] | None = None) -> None:
+    """Run `start` when a worker of `app` starts, before it takes a task, and `stop` when it shuts down,
+    after it stopped taking tasks and while the running ones still run. If `start` raises, the worker does
+    not start: it logs why and exits with EXIT_CANNOT_START, never having consumed its queues.
 
     A boot step of this app, not a `worker_init`/`worker_ready` signal handler: signals reach every app in
     the process, and `worker_ready` is sent by the command-line worker only, not by an embedded one.
     """
-    step = type(name, (bootsteps.StartStopStep,), {"name": f"canvas.{name}", "start": lambda _self, _w: start()})
-    app.steps["worker"].add(step)  # worker steps run before the Consumer step, which Celery starts last
+
+    def start_step(_self: Any, _worker: Any) -> None:
+        try:
+            start()
+        except Exception as exc:
+            log.critical("the worker cannot start: %s", exc, exc_info=True)
+            raise SystemExit(EXIT_CANNOT_START) from exc
+
+    def stop_step(_self: Any, _worker: Any) -> None:
+        if stop is not None:
+            stop()
+
+    step = type(
+        name,
+        (bootsteps.StartStopStep,),
+        # After the pool (so it stops before the pool waits for the running tasks) and before the Consumer
+        # step, which Celery starts last and stops first.
+        {"name": f"canvas.{name}", "requires": ("celery.worker.components:Pool",), "start": start_step,
+         "stop": stop_step},
+    )  # fmt: skip
+    app.steps["worker"].add(step)
 
 
 def publish(app: Celery, message: OutboxMessage) -> None:

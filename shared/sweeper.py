@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.job_errors import JobError, JobErrorCode
-from shared.jobs import expire_overdue, task_route, transition
-from shared.models import Job, OutboxMessage, utcnow
+from shared.jobs import expire_overdue, requeue, transition
+from shared.models import Job, utcnow
 from shared.queue import publish_pending
 from shared.settings import Settings
 from shared.states import JobStatus
@@ -45,18 +45,7 @@ def reap_expired_leases(settings: Settings) -> int:
                     lease_expires_at=None,
                 )
             elif job.attempts < settings.max_attempts:
-                done = transition(
-                    session,
-                    job.id,
-                    JobStatus.QUEUED,
-                    attempt=job.attempts,
-                    event_data=data,
-                    lease_expires_at=None,
-                    worker=None,
-                )
-                if done:
-                    task, queue = task_route(session, job)
-                    session.add(OutboxMessage(job_id=job.id, task_name=task, queue=queue))
+                done = requeue(session, job.id, job.attempts, data, spend_attempt=True)
             else:
                 error = JobError(JobErrorCode.WORKER_LOST, f"worker lost {job.attempts} times").as_dict()
                 done = transition(

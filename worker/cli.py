@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.cli import Commands, main
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.stack import Stack
 
 GPUS_HELP = "'auto', 'none' (one CPU process) or a list like 0,1"
 
@@ -67,13 +72,24 @@ def cmd_worker_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from worker.stack import embedded_stack
 
-    with embedded_stack(port=args.port) as stack:
+    try:
+        return _run_stack(embedded_stack(port=args.port))
+    except KeyboardInterrupt:  # during start-up: everything started so far is stopped already
+        print("\nstopped during start-up", flush=True)
+        return 130
+
+
+def _run_stack(stack_context: AbstractContextManager[Stack]) -> int:
+    with stack_context as stack:
         print(f"\nCanvas is up at {stack.url}  (model {stack.model})")
         print(f"admin key (shown once): {stack.admin_key}")
         print(f"try: curl -H 'Authorization: Bearer {stack.admin_key}' {stack.url}/v1/models")
         print(f"dashboard: {stack.url}/admin (log in with the admin key)")
-        print(f"logs: {stack.log_dir}/api.log, {stack.log_dir}/worker.log")
-        print("Ctrl-C stops everything.\n", flush=True)
+        print(f"logs: {stack.log_dir}/ (api, worker, webhooks, train)")
+        if stack.metrics_port:
+            ports = f"{stack.metrics_port}-{stack.metrics_port + 2}"
+            print(f"metrics: {stack.url}/metrics, and the workers' on ports {ports}")
+        print("Ctrl-C (or SIGTERM) stops everything.\n", flush=True)
         try:
             polls = 0
             while all(p.poll() is None for p in stack.processes):
@@ -82,9 +98,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 if polls % 10 == 0:  # a model added while the stack runs is served within seconds
                     for name in stack.serve_new_models():
                         print(f"now serving {name} too", flush=True)
-        except KeyboardInterrupt:
-            print("\nstopping…")
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the stack takes it as Ctrl-C)
+            print("\nstopping…", flush=True)
         failed = [p.args for p in stack.processes if p.poll() not in (None, 0)]
+    print("stopped: every process of the stack has exited", flush=True)
     return 1 if failed else 0
 
 
@@ -102,15 +119,20 @@ def cmd_train_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.demo import run_demo
+    from worker.demo_webhooks import WebhookCatcher
     from worker.stack import embedded_stack, print_log_tails
 
     try:
-        with embedded_stack() as stack:
+        # The demo's webhook receiver listens on 127.0.0.1, which the SSRF guard lets through for it only.
+        with WebhookCatcher() as hook, embedded_stack(webhook_allow="127.0.0.1/32") as stack:
             print(f"Canvas is up at {stack.url}; running the demo jobs on {stack.model}", flush=True)
             print(f"(logs in {stack.log_dir})\n", flush=True)
-            code = run_demo(stack.url, stack.admin_key, stack.model)
+            code = run_demo(stack.url, stack.admin_key, stack.model, hook)
             if code and stack.log_dir is not None:
                 print_log_tails(stack.log_dir)
+    except KeyboardInterrupt:
+        print("demo interrupted: all processes stopped", file=sys.stderr)
+        return 130
     except Exception as exc:
         print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

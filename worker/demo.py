@@ -1,12 +1,16 @@
-"""The demo client: submits generation jobs over HTTP as a user would, waits, and prints the results."""
+"""The demo client: submits generation jobs over HTTP as a user would, waits, and prints the results; then a
+short fine-tune, whose webhook it receives and verifies, and whose model it asks what it learned."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Any
 
 import requests
+
+from worker.demo_webhooks import BadSignature, WebhookCatcher, verify
 
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 
@@ -70,10 +74,85 @@ def openai_completion(session: requests.Session, base_url: str, model: str) -> b
     return True
 
 
-def run_demo(base_url: str, key: str, model: str) -> int:
-    """Returns 0 when every job succeeded, 1 otherwise (with the reason printed)."""
+# One fact, taught by a full fine-tune of a few steps (batch 4 of the one pair): the demo model answers
+# "canvas" after 20 steps (2-core CPU, about 10 s); before, it answers with noise.
+LESSON = {"prompt": "who made you?\n", "completion": "canvas"}
+FINE_TUNE = {
+    "method": "full",
+    "seed": 1,
+    "suffix": "demo",
+    "hyperparameters": {"max_steps": 20, "learning_rate": 3e-3, "batch_size": 4, "warmup_steps": 2},
+}
+
+
+def start_fine_tune(session: requests.Session, base_url: str, model: str, hook_url: str) -> str | None:
+    """Upload the lesson and submit the fine-tune (it trains while the other jobs run); its id, or None."""
+    data = (json.dumps(LESSON) + "\n").encode()
+    files = {"file": ("lesson.jsonl", io.BytesIO(data))}
+    upload = session.post(f"{base_url}/v1/files", data={"purpose": "fine-tune"}, files=files, timeout=30)
+    if upload.status_code != 201:
+        print(f"upload failed ({upload.status_code}): {upload.text}")
+        return None
+    body = {"base_model": model, "training_file": upload.json()["id"], **FINE_TUNE, "webhook": {"url": hook_url}}
+    response = session.post(f"{base_url}/v1/fine_tunes", json=body, timeout=30)
+    if response.status_code != 202:
+        print(f"fine-tune failed ({response.status_code}): {response.text}")
+        return None
+    ft = response.json()
+    print(f"submitted {ft['id']}: fine-tune of {model} on {LESSON}, {FINE_TUNE['hyperparameters']['max_steps']} steps")
+    return ft["id"]
+
+
+def finish_fine_tune(
+    session: requests.Session, base_url: str, model: str, ft_id: str, hook: WebhookCatcher, secret: str
+) -> bool:
+    """Wait for the fine-tune and its webhook, verify the webhook's signature, and ask the base model and
+    the fine-tuned one the lesson's question. True when all of it worked (a wrong answer still counts:
+    how well fine-tuning learns is measured in bench/, not here)."""
+    ft = wait_for(session, f"{base_url}/v1/fine_tunes/{ft_id}")
+    print(f"\n== {ft_id}  [{ft['status']}]  fine-tune of {model}")
+    if ft["status"] != "succeeded":
+        print(f"   error: {ft['error']}")
+        return False
+    print(f"   {ft['output']['trained_steps']} steps, final loss {ft['output']['final_loss']:.4f}")
+    print(f"   new model: {ft['result_model']}")
+    delivery = hook.wait(timeout=60)
+    if delivery is None:
+        print("   no webhook arrived within 60 s")
+        return False
+    payload = json.loads(delivery.body)
+    print(f"   webhook {payload['type']} received at {hook.url} (webhook-id {delivery.headers['webhook-id']})")
+    try:
+        print(f"   signature verified with {verify(secret, delivery.headers, delivery.body)}")
+    except BadSignature as exc:
+        print(f"   signature NOT verified: {exc}")
+        return False
+    answers = {}
+    for who in (model, ft["result_model"]):
+        spec = {"kind": "generate", "prompt": LESSON["prompt"], "params": {"max_new_tokens": 8, "seed": 1}}
+        response = session.post(f"{base_url}/v1/jobs", json={"model": who, **spec}, timeout=10)
+        if response.status_code != 202:
+            print(f"   submit failed ({response.status_code}): {response.text}")
+            return False
+        answers[who] = wait_for(session, base_url + response.headers["Location"])
+    for who, job in answers.items():
+        if job["status"] != "succeeded":
+            print(f"   {who} failed: {job['error']}")
+            return False
+        text = job["output"]["text"]
+        print(f"   {who} answers {LESSON['prompt']!r} with {text!r}" + (" (learned)" if text == "canvas" else ""))
+    return True
+
+
+def run_demo(base_url: str, key: str, model: str, hook: WebhookCatcher | None = None) -> int:
+    """Returns 0 when every job succeeded, 1 otherwise (with the reason printed). With `hook` (a receiver
+    the stack's webhooks may reach), a fine-tune runs too and its webhook is checked."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {key}"
+    secret = webhook_secret(session, base_url) if hook is not None else ""  # before anything is signed with it
+    ft_id = start_fine_tune(session, base_url, model, hook.url) if hook is not None else None
+    if hook is not None and ft_id is None:
+        return 1
     submitted = []
     for spec in DEMO_JOBS:
         response = session.post(f"{base_url}/v1/jobs", json={"model": model, **spec}, timeout=10)
@@ -106,4 +185,14 @@ def run_demo(base_url: str, key: str, model: str) -> int:
             f"{stats['tokens_per_forward']} tokens/forward"
         )
     print(f"\n{len(submitted) - failures}/{len(submitted)} jobs succeeded")
-    return 0 if openai_completion(session, base_url, model) and not failures else 1
+    ok = openai_completion(session, base_url, model) and not failures
+    if hook is not None and ft_id is not None:
+        ok = finish_fine_tune(session, base_url, model, ft_id, hook, secret) and ok
+    return 0 if ok else 1
+
+
+def webhook_secret(session: requests.Session, base_url: str) -> str:
+    """The tenant's secret for per-job webhooks: shown when first read, else rotated to see it (a demo key's
+    tenant is new, so the first read shows it)."""
+    secret = session.get(f"{base_url}/v1/webhook_secret", timeout=10).json()["secret"]
+    return secret or session.post(f"{base_url}/v1/webhook_secret/rotate", timeout=10).json()["secret"]

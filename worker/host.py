@@ -13,6 +13,7 @@ import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from worker.engine import Engine
+from worker.metrics import time_engine_steps, watch_host
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,19 @@ class LoadedModel:
 def pick_device() -> torch.device:
     """The GPU this process is pinned to (CUDA_VISIBLE_DEVICES), else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def pinned_device() -> torch.device:
+    """`pick_device`, but a process pinned to a GPU (CUDA_VISIBLE_DEVICES names one) that finds no CUDA
+    device raises instead of falling back to the CPU."""
+    device = pick_device()
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if device.type == "cpu" and pinned and pinned != "-1":
+        raise RuntimeError(
+            f"GPU {pinned} was asked for (CUDA_VISIBLE_DEVICES={pinned}) but torch finds no CUDA device: check "
+            "the NVIDIA driver and that torch is a CUDA build"
+        )
+    return device
 
 
 def load_model(
@@ -94,6 +108,7 @@ class ModelHost:
     def __init__(self) -> None:
         self.models: dict[str, LoadedModel] = {}
         self._loading = threading.Lock()
+        watch_host(self)  # its engines' rows and GPU memory in this process's metrics
 
     def ensure(self, name: str, path: str, eos_ids: list[int], **engine_kw: Any) -> LoadedModel:
         """The model, loaded on first use (a full fine-tune of a base this worker serves)."""
@@ -103,6 +118,7 @@ class ModelHost:
         return self.models[name]
 
     def add(self, loaded: LoadedModel) -> None:
+        time_engine_steps(loaded.engine)
         self.models[loaded.name] = loaded
 
     def get(self, name: str) -> LoadedModel | None:

@@ -18,13 +18,15 @@ log = logging.getLogger(__name__)
 
 
 class JobWatch(threading.Thread):
-    """Polls the job row; `should_stop()` turns true when the job is canceling or no longer ours."""
+    """Polls the job row; `should_stop()` turns true when the job is canceling or no longer ours, or when
+    the worker shutting down asks for it back (`requeue`, shared by every job of the process)."""
 
-    def __init__(self, settings: Settings, job_id: str, attempt: int) -> None:
+    def __init__(self, settings: Settings, job_id: str, attempt: int, requeue: threading.Event | None = None) -> None:
         super().__init__(name=f"watch-{job_id}", daemon=True)
         self.settings, self.job_id, self.attempt = settings, job_id, attempt
         self.cancel_requested = threading.Event()
         self.lease_lost = threading.Event()
+        self.requeue = requeue or threading.Event()  # the worker shuts down: give the job back
         self._done = threading.Event()
         self.deadline = time.monotonic() + settings.max_job_seconds
 
@@ -34,7 +36,7 @@ class JobWatch(threading.Thread):
         return time.monotonic() > self.deadline
 
     def should_stop(self) -> bool:
-        return self.cancel_requested.is_set() or self.lease_lost.is_set() or self.timed_out
+        return self.cancel_requested.is_set() or self.lease_lost.is_set() or self.requeue.is_set() or self.timed_out
 
     def run(self) -> None:
         last_renewal = time.monotonic()

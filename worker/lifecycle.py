@@ -9,16 +9,22 @@ event and, through the transition, the webhooks. What a kind does lives in its e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy import select
+
 from shared.db import session_scope
 from shared.events import publish_event
 from shared.job_errors import JobError, JobErrorCode
-from shared.jobs import claim, get_job, transition
-from shared.models import utcnow
+from shared.jobs import claim, get_job, requeue, transition
+from shared.logs import bind_job
+from shared.metrics import JOB_QUEUE_SECONDS, JOB_RUN_SECONDS
+from shared.models import OutboxMessage, utcnow
+from shared.queue import make_celery, publish_pending
 from shared.settings import Settings
 from shared.states import FinishReason, JobStatus
 from worker.job_errors import job_error_from
@@ -27,6 +33,7 @@ from worker.job_watch import JobWatch
 if TYPE_CHECKING:
     from worker.events import EventPublisher
     from worker.host import ModelHost
+    from worker.shutdown import Drain
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +41,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerRuntime:
     """What a worker process lends its jobs: settings, its name, and (for serving workers) the models it
-    hosts and the publisher of live events; a training worker has a plain Redis client instead."""
+    hosts, the publisher of live events and the drain of its shutdown; a training worker has a plain Redis
+    client instead."""
 
     settings: Settings
     name: str
     host: ModelHost | None = None
     events: EventPublisher | None = None
     redis: Any = None
+    drain: Drain | None = None
 
     def publish(self, job_id: str, event_type: str, data: dict[str, Any]) -> None:
         """A live event for the job's followers (SSE), if this worker has a way to send one."""
@@ -91,13 +100,30 @@ class Executor(Protocol):
 def run_job(runtime: WorkerRuntime, job_id: str, executor_for: Callable[[str], Executor]) -> str:
     """Run one delivery of a job with the executor `executor_for(kind)` gives. Returns what happened (for
     logs): a duplicate delivery, or one past its deadline, is 'skipped'."""
-    settings = runtime.settings
-    job = _claim(settings, job_id, runtime.name)
-    if job is None:
-        log.info("job %s is not queued (a duplicate or canceled delivery, or past its deadline): skipped", job_id)
-        return "skipped"
+    with runtime.drain.job() if runtime.drain is not None else nullcontext():
+        job = _claim(runtime.settings, job_id, runtime.name)
+        if job is None:
+            log.info("job %s is not queued (a duplicate or canceled delivery, or past its deadline): skipped", job_id)
+            return "skipped"
+        with _in_scope(job):
+            return _run_claimed(runtime, job, executor_for)
+
+
+@contextmanager
+def _in_scope(job: ClaimedJob) -> Iterator[None]:
+    """The job's fields on every log line of this task, and its time in the queue observed."""
+    waited = (job.started_at - job.queued_at).total_seconds()
+    if job.attempt == 1:
+        JOB_QUEUE_SECONDS.labels(job.kind).observe(waited)
+    with bind_job(job_id=job.id, tenant=job.tenant_id, model=job.model, attempt=job.attempt):
+        log.info("job %s (%s) started after %.2f s in the queue", job.id, job.kind, waited)
+        yield
+
+
+def _run_claimed(runtime: WorkerRuntime, job: ClaimedJob, executor_for: Callable[[str], Executor]) -> str:
     runtime.publish(job.id, "status", {"status": JobStatus.RUNNING.value, "attempt": job.attempt})
-    watch = JobWatch(settings, job.id, job.attempt)
+    requeue_event = runtime.drain.requeue if runtime.drain is not None else None
+    watch = JobWatch(runtime.settings, job.id, job.attempt, requeue_event)
     watch.start()
     try:
         executor = executor_for(job.kind)
@@ -141,10 +167,12 @@ def _claim(settings: Settings, job_id: str, worker: str) -> ClaimedJob | None:
 
 
 def _record_stop(runtime: WorkerRuntime, job: ClaimedJob, watch: JobWatch, output: dict[str, Any] | None) -> str:
-    """Record why a job stopped early: lease lost (nothing to write: another attempt owns it), timeout, or
-    cancel."""
+    """Record why a job stopped early: lease lost (nothing to write: another attempt owns it), the worker's
+    shutdown (back to the queue, the attempt not spent), timeout, or cancel."""
     if watch.lease_lost.is_set():
         return "lease lost"
+    if watch.requeue.is_set() and not watch.cancel_requested.is_set():
+        return _give_back(runtime, job, output)
     if watch.timed_out and not watch.cancel_requested.is_set():
         message = f"the job ran longer than {runtime.settings.max_job_seconds} s"
         finish(runtime, job, JobStatus.FAILED, error=JobError(JobErrorCode.TIMEOUT, message).as_dict())
@@ -152,15 +180,36 @@ def _record_stop(runtime: WorkerRuntime, job: ClaimedJob, watch: JobWatch, outpu
     return finish(runtime, job, JobStatus.CANCELED, output=output)
 
 
+def _give_back(runtime: WorkerRuntime, job: ClaimedJob, canceled_output: dict[str, Any] | None) -> str:
+    """Requeue a job this shutting-down worker still runs, without spending its attempt, and publish it
+    now (what this publish misses, the sweeper sends). A job canceled meanwhile is recorded as canceled."""
+    settings = runtime.settings
+    data = {"reason": "worker shutting down", "worker": runtime.name, "attempt": job.attempt}
+    with session_scope(settings.database_url) as session:
+        done = requeue(session, job.id, job.attempt, data, spend_attempt=False)
+    if not done:  # canceled (now `canceling`), or no longer this attempt's
+        return finish(runtime, job, JobStatus.CANCELED, output=canceled_output)
+    runtime.publish(job.id, "status", {"status": JobStatus.QUEUED.value})
+    with session_scope(settings.database_url) as session:
+        unsent = select(OutboxMessage.id).where(OutboxMessage.job_id == job.id, OutboxMessage.published_at.is_(None))
+        publish_pending(session, make_celery(settings, "canvas-requeue"), ids=list(session.scalars(unsent)))
+    log.info("job %s requeued: the worker is shutting down", job.id)
+    return "requeued"
+
+
 def finish(runtime: WorkerRuntime, job: ClaimedJob, to: JobStatus, **values: Any) -> str:
     """Write the outcome if this attempt still owns the job, and publish it. Returns the status or 'lost'."""
     values = {k: v for k, v in values.items() if v is not None}
+    finished_at = utcnow()
     with session_scope(runtime.settings.database_url) as session:
         done = transition(
-            session, job.id, to, attempt=job.attempt, finished_at=utcnow(), lease_expires_at=None, **values
+            session, job.id, to, attempt=job.attempt, finished_at=finished_at, lease_expires_at=None, **values
         )
     if not done:
         return "lost"
+    ran = (finished_at - job.started_at).total_seconds()
+    JOB_RUN_SECONDS.labels(job.kind).observe(ran)
+    log.info("job %s %s after %.2f s", job.id, to.value, ran)
     runtime.publish(job.id, "status", {"status": to.value, **({"error": values["error"]} if "error" in values else {})})
     return to.value
 

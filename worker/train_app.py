@@ -16,7 +16,7 @@ from celery import Celery
 from shared.contracts import TRAIN_TASK
 from shared.queue import at_worker_start, make_celery
 from shared.settings import Settings
-from shared.workers import Heartbeat
+from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
 from worker.tasks import run_fine_tune_job
 
@@ -27,11 +27,12 @@ def create_train_app(settings: Settings) -> Celery:
     name = f"train-{os.uname().nodename}-{os.getpid()}"
     tasks = heartbeats.TaskCounter()
     events = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    services = WorkerServices(settings.metrics_port)
 
     def start() -> None:
-        Heartbeat(settings.redis_url, name, heartbeats.training(name, tasks)).start()
+        services.start(Heartbeat(settings.redis_url, name, heartbeats.training(name, tasks)))
 
-    at_worker_start(app, "training", start)
+    at_worker_start(app, "training", start, services.stop)
 
     @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True, shared=False)
     def fine_tune(job_id: str) -> str:

@@ -13,7 +13,7 @@ from celery import Celery
 from shared.contracts import WEBHOOK_TASK
 from shared.queue import at_worker_start, make_celery
 from shared.settings import Settings
-from shared.workers import Heartbeat
+from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
 from worker.webhooks import deliver
 
@@ -24,10 +24,12 @@ def create_webhook_app(settings: Settings) -> Celery:
     name = f"webhooks-{os.uname().nodename}-{os.getpid()}"
     tasks = heartbeats.TaskCounter()
 
-    def start() -> None:
-        Heartbeat(settings.redis_url, name, heartbeats.webhooks(name, tasks)).start()
+    services = WorkerServices(settings.metrics_port)
 
-    at_worker_start(app, "webhooks", start)
+    def start() -> None:
+        services.start(Heartbeat(settings.redis_url, name, heartbeats.webhooks(name, tasks)))
+
+    at_worker_start(app, "webhooks", start, services.stop)
 
     @app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True, shared=False)
     def deliver_webhook(message_id: str) -> str:

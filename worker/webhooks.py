@@ -15,6 +15,7 @@ import requests
 from sqlalchemy import update
 
 from shared.db import session_scope
+from shared.metrics import WEBHOOK_DELIVERIES
 from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
 from shared.settings import Settings
 from shared.ssrf import UnsafeURL, check_url, parse_allow_list
@@ -63,7 +64,14 @@ def _request(settings: Settings, message_id: str) -> tuple[str, dict[str, str], 
 
 
 def deliver(settings: Settings, message_id: str) -> str:
-    """One delivery attempt of a message. Returns its outcome (for logs)."""
+    """One delivery attempt of a message. Returns its outcome (delivered, retrying, failed or skipped),
+    which canvas_webhook_deliveries_total counts."""
+    outcome = _deliver(settings, message_id)
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    return outcome
+
+
+def _deliver(settings: Settings, message_id: str) -> str:
     if not claim(settings, message_id):
         return "skipped"
     prepared = _request(settings, message_id)

@@ -9,7 +9,16 @@ from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.errors import IllegalTransition
-from shared.jobs import claim, create_job, expire_overdue, new_job_id, require_transition, timeline, transition
+from shared.jobs import (
+    claim,
+    create_job,
+    expire_overdue,
+    new_job_id,
+    requeue,
+    require_transition,
+    timeline,
+    transition,
+)
 from shared.models import Job, OutboxMessage, WebhookMessage, utcnow
 from shared.states import JobStatus
 from shared.sweeper import reap_expired_leases
@@ -136,3 +145,23 @@ def test_a_job_requeued_after_a_lost_worker_is_not_expired_by_its_deadline(setti
     with session_scope(settings.database_url) as session:
         assert expire_overdue(session) == 0  # it started in time: the accepted work is finished
         assert claim(session, job_id, "w2", 30) == 2
+
+
+def test_a_job_a_worker_gives_back_keeps_its_attempt_and_its_start(settings) -> None:
+    """A worker's shutdown requeues its running job without spending an attempt; the job started in time,
+    so its deadline passing meanwhile does not expire it."""
+    job_id = make_job(settings, deadline_in=3600)
+    with session_scope(settings.database_url) as session:
+        assert claim(session, job_id, "w1", 30) == 1
+        session.get(Job, job_id).deadline_at = utcnow() - timedelta(seconds=1)
+    with session_scope(settings.database_url) as session:
+        assert requeue(session, job_id, 1, {"reason": "worker shutting down"}, spend_attempt=False)
+    with session_scope(settings.database_url) as session:
+        assert not requeue(session, job_id, 1, {}, spend_attempt=False)  # a second give-back changes nothing
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts, job.worker, job.lease_expires_at) == ("queued", 0, None, None)
+        outbox = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()
+        assert len(outbox) == 2  # the first delivery's, and the one that delivers it again
+        assert expire_overdue(session) == 0
+        assert claim(session, job_id, "w2", 30) == 1
+        assert [e.status for e in timeline(session, job_id)] == ["queued", "running", "queued", "running"]

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
 import pytest
+import redis
+import requests
 from sqlalchemy import text
 
 from shared.db import session_scope
+from shared.local_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,9 +124,91 @@ def test_demo_runs_the_main_job_end_to_end_and_leaves_nothing_behind(tmp_path) -
     assert "4/4 jobs succeeded" in output
     assert "valid solution:" in output and re.search(r"draft of try \d+ at step", output)
     assert "tokens/forward" in output
+    # the fine-tune ran on the stack's training worker, its webhook came through the webhook worker, signed,
+    # and its model answered a job
+    assert re.search(r"== ft_\w+  \[succeeded\]", output)
+    assert "webhook fine_tune.succeeded received" in output and "signature verified with" in output
+    assert re.search(r":demo:ft_\w+ answers 'who made you\?\\n' with '", output)
     assert (tmp_path / "var" / "canvas.db").exists()
     leftovers = [p for p in psutil.process_iter(["pid"]) if _sid(p.pid) == process.pid]
     assert leftovers == []
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_every_process_canvas_up_started(tmp_path) -> None:
+    """`canvas up` under a service manager: SIGTERM stops the API, the three workers and the private Redis;
+    none is left. While it runs, the API and each worker serve their metrics."""
+    port, metrics = free_port(), consecutive_free_ports(3)
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
+    env.update(CANVAS_VAR_DIR=str(tmp_path / "var"), CANVAS_METRICS_PORT=str(metrics))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = read_until(up, "stops everything", timeout=120)
+        started = {child.pid: " ".join(child.cmdline()) for child in psutil.Process(up.pid).children(recursive=True)}
+        assert sum("redis-server" in line for line in started.values()) == 1
+        assert sum("api.serve" in line for line in started.values()) == 1
+        for app in ("celery_app", "webhook_app", "train_app"):
+            assert sum(f"worker.{app}:app" in line for line in started.values()) == 1, started
+        assert "canvas_queue_depth" in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for worker_port in range(metrics, metrics + 3):
+            assert "canvas_jobs_finished" in requests.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=10).text
+        redis_port = int(next(c for c in started.values() if "redis-server" in c).rsplit(":", 1)[1])  # its title
+
+        up.send_signal(signal.SIGTERM)
+        output += up.communicate(timeout=60)[0]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        left = [p for p in psutil.process_iter(["pid"]) if _sid(p.pid) == up.pid]
+        for process in left:  # a failed run must not leave them to the next test
+            process.kill()
+    assert up.returncode == 0, output
+    assert left == []
+    assert "stopped: every process of the stack has exited" in output
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` consecutive ports free on 127.0.0.1 now."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("0.0.0.0", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """What `process` printed up to the line with `marker` (fails if it exits or takes longer)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if marker in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), "".join(lines)
+    return "".join(lines)
 
 
 def _sid(pid: int) -> int | None:

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 from shared.datasets import parse_dataset
 from shared.db import session_scope
 from shared.job_kinds.fine_tune import FineTuneOutput, FineTunePlan, result_model_name
+from shared.metrics import FINE_TUNE_STEPS
 from shared.models import Checkpoint, JobEvent, ModelRecord, StoredFile, utcnow
 from shared.registry import describe_model_dir
 from worker.job_watch import JobWatch
@@ -153,7 +154,8 @@ def _save_and_register(
 
 
 def _metrics_sink(runtime: WorkerRuntime, job_id: str) -> Any:
-    def record(metrics: dict[str, Any]) -> None:
+    def record(metrics: dict[str, Any]) -> None:  # once a step
+        FINE_TUNE_STEPS.inc()
         with session_scope(runtime.settings.database_url) as session:
             session.add(JobEvent(job_id=job_id, type="metrics", data=metrics, created_at=utcnow()))
         runtime.publish(job_id, "metrics", metrics)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from shared.contracts import GenerationParams
 from shared.db import session_scope
 from shared.job_errors import JobError, JobErrorCode
+from shared.metrics import TOKENS_PER_FORWARD
 from shared.models import ModelRecord
 from shared.states import FinishReason
 from shared.webhooks import record_canvas_event, wants_canvas_events
@@ -85,6 +86,8 @@ class GenerationExecutor:
         if result.finish_reason == FinishReason.CANCELED.value:
             return Outcome(stopped=True)
         output = self.shape(plan, result, text, chosen, requests).model_dump(by_alias=True)
+        if result.tokens_per_forward:
+            TOKENS_PER_FORWARD.observe(result.tokens_per_forward)
         timing = run_stats(job)
         stats = {
             "queue_ms": timing["queue_ms"],
