@@ -20,6 +20,8 @@ def run_generation_job(
     return run_job(WorkerRuntime(settings, host.hostname, host=host, events=events, drain=drain), job_id, executor_for)
 
 
-def run_fine_tune_job(settings: Settings, job_id: str, worker_name: str, redis_client: Any = None) -> str:
+def run_fine_tune_job(
+    settings: Settings, job_id: str, worker_name: str, redis_client: Any = None, drain: Drain | None = None
+) -> str:
     """A fine-tune on this training worker; `redis_client` carries its live metrics events."""
-    return run_job(WorkerRuntime(settings, worker_name, redis=redis_client), job_id, executor_for)
+    return run_job(WorkerRuntime(settings, worker_name, redis=redis_client, drain=drain), job_id, executor_for)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 def own_redis(settings, backend: str):
     """These settings on a Redis database of their own (no other test's worker takes their tasks)."""
-    return settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 6}")
+    return settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 9}")
 
 
 def children(pid: int) -> list[int]:
