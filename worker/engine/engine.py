@@ -21,7 +21,16 @@ from worker.engine.output import find_end
 from worker.engine.params import Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
 from worker.engine.runner import ModelRunner, to_device
-from worker.engine.sampler import CONVERGED, NONFINITE, TileDraws, TileOutput, denoise_tile, draw_rows, empty_draws
+from worker.engine.sampler import (
+    CONVERGED,
+    NONFINITE,
+    TileDraws,
+    TileOutput,
+    denoise_tile,
+    draw_noise,
+    draw_rows,
+    empty_draws,
+)
 from worker.engine.scheduler import MemoryModel, Scheduler
 from worker.engine.slots import Slots
 
@@ -285,9 +294,9 @@ class Engine:
     def _pass(self, rows: list[Row]) -> torch.Tensor:
         """Decoder pass, then the sampler tile by tile; the rows' slots change only once every tile has
         run, so a failure leaves them as they were. Returns (B, 1 + C): flags and argmax canvases."""
-        C, device = self.runner.canvas_length, self.runner.device
+        C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
         tiles = [slice(lo, lo + self.tile_rows) for lo in range(0, len(rows), self.tile_rows)]
-        draws, pending = self._start_draws(rows, tiles)
+        drawn, pending = self._draw_ahead(rows, tiles)
         try:
             slots = [row.slot for row in rows]
             index = to_device(slots, device)  # (B,)
@@ -299,39 +308,40 @@ class Engine:
             self.stats["decoder_passes"] += 1
             self.stats["rows_in_decoder"] += len(rows)
             results = []
-            for tile, tile_draws in zip(tiles, draws, strict=True):
-                futures = pending.pop(0)
-                wait(futures)
-                for future in futures:
+            for i, tile in enumerate(tiles):
+                wait(pending[i])
+                for future in pending[i]:
                     future.result()  # a draw's error, if any, is this pass's
-                results.append(self._sample(hidden[tile], index[tile], slots[tile], tile_draws))
+                draws = drawn[i] or draw_noise([row.generator for row in rows[tile]], C, V, device)
+                drawn[i] = None
+                results.append(self._sample(hidden[tile], index[tile], slots[tile], draws))
+                del draws
         finally:  # no draw may still run when a failed pass rewinds the generators
-            for futures in pending:
-                wait(futures)
+            wait([future for futures in pending for future in futures])
         for (out, soft), tile in zip(results, tiles, strict=True):
             self.slots.store(index[tile], out, soft)
         return torch.cat([torch.cat([out.flags[:, None].long(), out.argmax], dim=1) for out, _ in results])
 
-    def _start_draws(self, rows: list[Row], tiles: list[slice]) -> tuple[list[TileDraws], list[list[Future]]]:
-        """Each tile's random draws. On the CPU a generator draws serially on one core: there the rows are
-        drawn in threads, side by side and while the decoder runs; on a GPU they are drawn in line."""
+    def _draw_ahead(self, rows: list[Row], tiles: list[slice]) -> tuple[list[TileDraws | None], list[list[Future]]]:
+        """On the CPU a generator draws serially, on one core: there every tile's draws start now, in
+        threads, row ranges side by side, while the decoder runs. On a GPU nothing is drawn ahead (each
+        tile draws just before its step, so only one tile's draws exist at a time)."""
+        if self._draw_pool is None:
+            return [None] * len(tiles), [[] for _ in tiles]
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
-        draws: list[TileDraws] = []
+        drawn: list[TileDraws | None] = []
         pending: list[list[Future]] = []
         try:
             for tile in tiles:
                 generators = [row.generator for row in rows[tile]]
-                draws.append(empty_draws(len(generators), C, V, device))
-                if self._draw_pool is None:
-                    draw_rows(draws[-1], generators, range(len(generators)))
-                    pending.append([])
-                    continue
+                draws = empty_draws(len(generators), C, V, device)
+                drawn.append(draws)
                 chunks = [range(i, len(generators), self._draw_threads) for i in range(self._draw_threads)]
-                pending.append([self._draw_pool.submit(draw_rows, draws[-1], generators, c) for c in chunks if c])
+                pending.append([self._draw_pool.submit(draw_rows, draws, generators, c) for c in chunks if c])
         except BaseException:  # e.g. out of memory for a later tile: no draw may outlive the pass
-            wait([f for futures in pending for f in futures])
+            wait([future for futures in pending for future in futures])
             raise
-        return draws, pending
+        return drawn, pending
 
     def _sample(
         self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], draws: TileDraws
@@ -340,7 +350,6 @@ class Engine:
         state = self.slots.gather(index, slots)
         logits = self.runner.logits(hidden)  # (B, C, V)
         out, probs = denoise_tile(logits, state, draws)
-        del draws
         return out, self.runner.soft_embeddings(logits, probs)  # logits now hold the processed logits
 
     # ---- update ----------------------------------------------------------------------------------------

@@ -407,3 +407,15 @@ def test_a_denoising_tick_reads_the_device_once(model) -> None:
         assert len(engine.rows) == 4 and all(row.step > 0 for row in engine.rows)
         assert reads.calls[0] == "cpu" and reads.calls.count("cpu") == 1, reads.calls
         assert set(reads.calls[1:]) <= {"tolist"}, reads.calls
+
+
+def test_tiles_and_where_the_draws_happen_do_not_change_outputs(model) -> None:
+    """Sampler tiles of two rows, draws in line (as on a GPU) instead of in threads ahead of the decoder
+    pass (as on the CPU): the same tokens."""
+    requests = mixed_requests()
+    expected = [r.token_ids for r in run(model, requests, max_rows=8)]
+    engine = Engine(model, max_rows=8)
+    engine.tile_rows, engine._draw_pool = 2, None
+    handles = [engine.submit(r) for r in requests]
+    engine.run_until_idle()
+    assert [h.wait(0).token_ids for h in handles] == expected
