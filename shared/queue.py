@@ -5,6 +5,7 @@ The API publishes by task name through this module and never imports worker code
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -128,3 +129,16 @@ def publish_pending(session: Session, app: Celery, ids: list[int] | None = None,
         sent += 1
     session.flush()
     return sent
+
+
+def app_from_env(module: str, factory: Callable[[Settings], Celery]) -> Callable[[str], Celery]:
+    """A module `__getattr__` that gives `app`: the app of this process's environment, made by `factory` on
+    first use (for `celery -A module:app`), not at import."""
+    build = functools.cache(lambda: factory(Settings.from_env()))
+
+    def __getattr__(name: str) -> Celery:
+        if name == "app":
+            return build()
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

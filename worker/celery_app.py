@@ -11,7 +11,6 @@ engine, which batches them. Cancellation is cooperative through the job row.
 
 from __future__ import annotations
 
-import functools
 import os
 
 from celery import Celery
@@ -19,7 +18,7 @@ from celery import Celery
 from shared.contracts import GENERATE_TASK
 from shared.db import session_scope
 from shared.models import ModelRecord
-from shared.queue import at_worker_start, make_celery
+from shared.queue import app_from_env, at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
@@ -93,13 +92,4 @@ def check_cpu_fits(name: str, weight_bytes: int | None, device: str, limit: int)
         )
 
 
-def __getattr__(name: str) -> Celery:
-    """`app`: the app of this process's environment, made on first use (for `celery -A`), not at import."""
-    if name == "app":
-        return _app_from_env()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.cache
-def _app_from_env() -> Celery:
-    return create_worker_app(Settings.from_env())
+__getattr__ = app_from_env(__name__, create_worker_app)

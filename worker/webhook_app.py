@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 from celery import Celery
 
 from shared.contracts import WEBHOOK_TASK
-from shared.queue import at_worker_start, make_celery
+from shared.queue import app_from_env, at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
@@ -38,13 +37,4 @@ def create_webhook_app(settings: Settings) -> Celery:
     return app
 
 
-def __getattr__(name: str) -> Celery:
-    """`app`: the app of this process's environment, made on first use (for `celery -A`), not at import."""
-    if name == "app":
-        return _app_from_env()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.cache
-def _app_from_env() -> Celery:
-    return create_webhook_app(Settings.from_env())
+__getattr__ = app_from_env(__name__, create_webhook_app)
