@@ -26,6 +26,8 @@ from api.errors import error_response
 from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.jobs import accept_job
 from api.long_requests import take_slot
+from api.openapi import describe
+from api.response_schemas import OpenAICompletion
 from api.state import events_client, settings
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
@@ -64,11 +66,20 @@ def usage(job: dict[str, Any]) -> dict[str, int]:
 
 
 @bp.post("/completions")
+@describe(
+    "A text completion (OpenAI-compatible)", body=CompletionCreate, responses={200: OpenAICompletion}, also_events=True
+)
 def create_completion() -> Response:
     return _serve(CompletionCreate, chat=False)
 
 
 @bp.post("/chat/completions")
+@describe(
+    "A chat completion (OpenAI-compatible)",
+    body=ChatCompletionCreate,
+    responses={200: OpenAICompletion},
+    also_events=True,
+)
 def create_chat_completion() -> Response:
     return _serve(ChatCompletionCreate, chat=True)
 

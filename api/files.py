@@ -10,6 +10,9 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
 from api.auth import authenticate_request, current_principal
+from api.openapi import describe
+from api.response_schemas import File, FileList
+from api.schemas import FileUpload
 from api.state import db_session, settings
 from shared.errors import InvalidRequest, NotFound
 from shared.models import StoredFile
@@ -41,6 +44,7 @@ def get_file(file_id: str, param: str = "id") -> StoredFile:
 
 
 @bp.post("")
+@describe("Upload a file", form=FileUpload, responses={201: File})
 def upload_file() -> Response:
     request.max_content_length = settings().max_file_bytes  # files may be larger than JSON bodies
     purpose = request.form.get("purpose")
@@ -71,6 +75,7 @@ def upload_file() -> Response:
 
 
 @bp.get("")
+@describe("List files", responses={200: FileList})
 def list_files() -> Response:
     stmt = select(StoredFile).where(StoredFile.tenant_id == current_principal().tenant_id)
     rows = db_session().scalars(stmt.order_by(StoredFile.created_at.desc()).limit(100))
@@ -78,11 +83,13 @@ def list_files() -> Response:
 
 
 @bp.get("/<file_id>")
+@describe("Get a file's description", responses={200: File})
 def get_file_route(file_id: str) -> Response:
     return jsonify(file_view(get_file(file_id)))
 
 
 @bp.delete("/<file_id>")
+@describe("Delete a file", responses={204: None})
 def delete_file(file_id: str) -> Response:
     row = get_file(file_id)
     session = db_session()

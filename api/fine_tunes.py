@@ -17,6 +17,9 @@ from api.bodies import read_json_object
 from api.files import get_file
 from api.limits import check_submission
 from api.models import visible_model
+from api.openapi import describe
+from api.response_schemas import CheckpointList, FineTune, FineTuneEventList, FineTuneList
+from api.schemas import FineTuneEventsQuery
 from api.state import db_session, events_client, publish_after_commit
 from api.tokenization import tokenizer_for
 from api.webhook_schemas import WebhookTarget
@@ -128,6 +131,7 @@ def _require_gpu_trainer(quantization: str) -> None:
 
 
 @bp.post("")
+@describe("Create a fine-tune", body=FineTuneCreate, responses={202: FineTune})
 def create_fine_tune() -> Response:
     body = FineTuneCreate.model_validate(read_json_object())
     principal = current_principal()
@@ -177,11 +181,13 @@ def _job(job_id: str) -> Job:
 
 
 @bp.get("/<job_id>")
+@describe("Get a fine-tune", responses={200: FineTune})
 def get_fine_tune(job_id: str) -> Response:
     return jsonify(fine_tune_view(_job(job_id)))
 
 
 @bp.get("")
+@describe("List fine-tunes", responses={200: FineTuneList})
 def list_fine_tunes() -> Response:
     stmt = select(Job).where(Job.tenant_id == current_principal().tenant_id, Job.kind == JobKind.FINE_TUNE.value)
     rows = db_session().scalars(stmt.order_by(Job.created_at.desc()).limit(100))
@@ -189,6 +195,7 @@ def list_fine_tunes() -> Response:
 
 
 @bp.post("/<job_id>/cancel")
+@describe("Cancel a fine-tune", responses={200: FineTune})
 def cancel_fine_tune(job_id: str) -> Response:
     session = db_session()
     job = _job(job_id)
@@ -197,6 +204,7 @@ def cancel_fine_tune(job_id: str) -> Response:
 
 
 @bp.get("/<job_id>/events")
+@describe("Training metrics and status changes", query=FineTuneEventsQuery, responses={200: FineTuneEventList})
 def fine_tune_events(job_id: str) -> Response:
     """Training metrics per step (step, loss, learning rate, eval loss, tokens/s) and status changes."""
     job = _job(job_id)
@@ -218,6 +226,7 @@ def fine_tune_events(job_id: str) -> Response:
 
 
 @bp.get("/<job_id>/checkpoints")
+@describe("Saved checkpoints", responses={200: CheckpointList})
 def fine_tune_checkpoints(job_id: str) -> Response:
     job = _job(job_id)
     rows = db_session().scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step))

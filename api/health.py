@@ -6,6 +6,8 @@ from flask import Blueprint, Response, jsonify
 from redis import Redis
 from sqlalchemy import text
 
+from api.openapi import describe
+from api.response_schemas import Health
 from api.state import db_session, settings
 
 bp = Blueprint("health", __name__)
@@ -20,6 +22,7 @@ def _check(fn) -> str:
 
 
 @bp.get("/healthz")
+@describe("Database and Redis health", responses={200: Health, 503: Health}, public=True)
 def healthz() -> Response:
     def ping_redis() -> None:
         client = Redis.from_url(settings().redis_url, socket_connect_timeout=1, socket_timeout=1)

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from api.auth import authenticate_request, current_principal
 from api.long_requests import take_slot
+from api.openapi import EVENTS, LAST_EVENT_ID, describe
 from api.state import db_session, events_client, settings
 from shared.db import session_scope
 from shared.events import read_events
@@ -80,6 +81,7 @@ def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str
 
 
 @bp.get("/<job_id>/events")
+@describe("A job's events, live (server-sent events)", responses={200: EVENTS}, headers=[LAST_EVENT_ID])
 def stream_job_events(job_id: str) -> Response:
     job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
     after = request.headers.get("Last-Event-ID") or "0-0"

@@ -18,8 +18,11 @@ from api.bodies import read_json_object
 from api.job_kinds import plan_job
 from api.limits import check_submission
 from api.models import visible_model
+from api.openapi import IDEMPOTENCY_KEY, describe
 from api.pagination import decode_cursor, encode_cursor, parse_limit
-from api.schemas import JobCreate
+from api.response_schemas import Job as JobShape
+from api.response_schemas import JobList
+from api.schemas import JobCreate, JobListQuery
 from api.state import db_session, publish_after_commit, publish_status
 from api.webhooks import check_webhook_url
 from shared.errors import InvalidRequest
@@ -52,6 +55,7 @@ def _replay_idempotent(session: Session, tenant_id: str, key: str, digest: str) 
 
 
 @bp.post("")
+@describe("Submit a job", body=JobCreate, responses={202: JobShape, 200: JobShape}, headers=[IDEMPOTENCY_KEY])
 def submit_job() -> Response:
     raw = read_json_object()
     job, created = accept_job(JobCreate.model_validate(raw), raw)
@@ -107,6 +111,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
 
 
 @bp.get("/<job_id>")
+@describe("Get a job, with its timeline", responses={200: JobShape})
 def get_job_route(job_id: str) -> Response:
     session = db_session()
     return _job_response(session, get_job(session, job_id, current_principal().tenant_id))
@@ -127,6 +132,7 @@ def _filters(args: Any) -> list[Any]:
 
 
 @bp.get("")
+@describe("List jobs, newest first", query=JobListQuery, responses={200: JobList})
 def list_jobs() -> Response:
     unknown = set(request.args) - {"status", "model", "kind", "limit", "cursor"}
     if unknown:
@@ -146,6 +152,7 @@ def list_jobs() -> Response:
 
 
 @bp.post("/<job_id>/cancel")
+@describe("Cancel a job", responses={200: JobShape})
 def cancel_job(job_id: str) -> Response:
     """A queued job is canceled at once; a running one becomes `canceling` until the worker stops it."""
     session = db_session()

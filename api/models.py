@@ -7,6 +7,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from api.auth import authenticate_request, current_principal
+from api.openapi import describe
+from api.response_schemas import Model, ModelList
 from api.state import db_session
 from shared.errors import NotFound
 from shared.models import ModelRecord
@@ -35,6 +37,7 @@ def model_view(model: ModelRecord) -> dict[str, object]:
 
 
 @bp.get("")
+@describe("List models", responses={200: ModelList})
 def list_models() -> Response:
     tenant = current_principal().tenant_id
     stmt = select(ModelRecord).where(or_(ModelRecord.tenant_id.is_(None), ModelRecord.tenant_id == tenant))
@@ -43,5 +46,6 @@ def list_models() -> Response:
 
 
 @bp.get("/<path:name>")
+@describe("Get a model", responses={200: Model})
 def get_model(name: str) -> Response:
     return jsonify(model_view(visible_model(db_session(), name)))

@@ -52,3 +52,28 @@ class JobCreate(BaseModel):
 
     def given_inputs(self) -> list[str]:
         return [name for name in ("prompt", "input_ids", "messages") if getattr(self, name) is not None]
+
+
+class JobListQuery(BaseModel):
+    """GET /v1/jobs query parameters (read by the view; this model describes them in the OpenAPI document)."""
+
+    status: Literal["queued", "running", "canceling", "succeeded", "failed", "canceled", "expired"] | None = None
+    model: str | None = None
+    kind: str | None = None
+    limit: int | None = Field(None, ge=1, le=100, description="page size (default 20)")
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class DeliveriesQuery(BaseModel):
+    status: Literal["pending", "delivering", "delivered", "failed"] | None = None
+
+
+class FineTuneEventsQuery(BaseModel):
+    after: int | None = Field(None, ge=0, description="only events with a greater id")
+
+
+class FileUpload(BaseModel):
+    """POST /v1/files, a multipart form."""
+
+    purpose: Literal["fine-tune"]
+    file: bytes = Field(description="the file (JSON lines for fine-tuning)")

@@ -12,6 +12,10 @@ from sqlalchemy.orm import Session
 
 from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
+from api.openapi import describe
+from api.response_schemas import WebhookDeliveryList, WebhookEndpointList, WebhookSecret
+from api.response_schemas import WebhookEndpoint as EndpointShape
+from api.schemas import DeliveriesQuery
 from api.state import db_session, settings
 from api.webhook_schemas import EndpointCreate, EndpointUpdate
 from shared.errors import InvalidRequest, NotFound
@@ -105,6 +109,7 @@ def _endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
 
 
 @bp.post("/v1/webhook_endpoints")
+@describe("Create a webhook endpoint", body=EndpointCreate, responses={201: EndpointShape})
 def create_endpoint() -> Response:
     body = EndpointCreate.model_validate(read_json_object())
     check_webhook_url(body.url, "url")
@@ -127,6 +132,7 @@ def create_endpoint() -> Response:
 
 
 @bp.get("/v1/webhook_endpoints")
+@describe("List webhook endpoints", responses={200: WebhookEndpointList})
 def list_endpoints() -> Response:
     stmt = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == current_principal().tenant_id)
     rows = db_session().scalars(stmt.order_by(WebhookEndpoint.created_at.desc()))
@@ -134,11 +140,13 @@ def list_endpoints() -> Response:
 
 
 @bp.get("/v1/webhook_endpoints/<endpoint_id>")
+@describe("Get a webhook endpoint", responses={200: EndpointShape})
 def get_endpoint(endpoint_id: str) -> Response:
     return jsonify(endpoint_view(_endpoint(db_session(), endpoint_id)))
 
 
 @bp.patch("/v1/webhook_endpoints/<endpoint_id>")
+@describe("Update a webhook endpoint", body=EndpointUpdate, responses={200: EndpointShape})
 def update_endpoint(endpoint_id: str) -> Response:
     body = EndpointUpdate.model_validate(read_json_object())
     session = db_session()
@@ -160,6 +168,7 @@ def update_endpoint(endpoint_id: str) -> Response:
 
 
 @bp.delete("/v1/webhook_endpoints/<endpoint_id>")
+@describe("Delete a webhook endpoint", responses={204: None})
 def delete_endpoint(endpoint_id: str) -> Response:
     session = db_session()
     session.delete(_endpoint(session, endpoint_id))
@@ -168,6 +177,7 @@ def delete_endpoint(endpoint_id: str) -> Response:
 
 
 @bp.post("/v1/webhook_endpoints/<endpoint_id>/rotate_secret")
+@describe("Rotate an endpoint's secret", responses={200: EndpointShape})
 def rotate_endpoint_secret(endpoint_id: str) -> Response:
     """A new secret, shown once; the previous one keeps signing (a second signature) for a while."""
     session = db_session()
@@ -180,6 +190,7 @@ def rotate_endpoint_secret(endpoint_id: str) -> Response:
 
 
 @bp.get("/v1/webhook_endpoints/<endpoint_id>/deliveries")
+@describe("An endpoint's deliveries", query=DeliveriesQuery, responses={200: WebhookDeliveryList})
 def endpoint_deliveries(endpoint_id: str) -> Response:
     session = db_session()
     endpoint = _endpoint(session, endpoint_id)
@@ -187,6 +198,7 @@ def endpoint_deliveries(endpoint_id: str) -> Response:
 
 
 @bp.post("/v1/webhook_endpoints/<endpoint_id>/deliveries/<message_id>/replay")
+@describe("Send a delivery again", responses={200: WebhookDeliveryList})
 def replay_delivery(endpoint_id: str, message_id: str) -> Response:
     """Send a message again (same webhook-id, so receivers can deduplicate), with a fresh retry schedule."""
     session = db_session()
@@ -200,6 +212,7 @@ def replay_delivery(endpoint_id: str, message_id: str) -> Response:
 
 
 @bp.get("/v1/jobs/<job_id>/deliveries")
+@describe("A job's webhook deliveries", query=DeliveriesQuery, responses={200: WebhookDeliveryList})
 def job_deliveries(job_id: str) -> Response:
     session = db_session()
     job = get_job(session, job_id, current_principal().tenant_id)
@@ -216,6 +229,7 @@ def _secret_view(row: Any, shown: bool) -> dict[str, Any]:
 
 
 @bp.get("/v1/webhook_secret")
+@describe("The tenant's default webhook secret", responses={200: WebhookSecret})
 def get_webhook_secret() -> Response:
     """The tenant's default secret for per-job webhooks: shown in full only when this call creates it."""
     session = db_session()
@@ -225,6 +239,7 @@ def get_webhook_secret() -> Response:
 
 
 @bp.post("/v1/webhook_secret/rotate")
+@describe("Rotate the default webhook secret", responses={200: WebhookSecret})
 def rotate_webhook_secret() -> Response:
     session = db_session()
     row, _ = tenant_secret(session, current_principal().tenant_id)
