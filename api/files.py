@@ -7,14 +7,14 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from api.auth import authenticate_request, current_principal
 from api.openapi import describe
 from api.response_schemas import File, FileList
 from api.schemas import FileUpload
 from api.state import db_session, settings
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest, NotFound, QuotaExceeded
 from shared.models import StoredFile
 from shared.views import iso
 
@@ -56,6 +56,7 @@ def upload_file() -> Response:
     content = upload.read()
     if not content:
         raise InvalidRequest("the file is empty", "file")
+    check_quota(current_principal().tenant_id, len(content))
     row = StoredFile(
         id="file_" + uuid.uuid4().hex[:24],
         tenant_id=current_principal().tenant_id,
@@ -72,6 +73,23 @@ def upload_file() -> Response:
     response = jsonify(file_view(row))
     response.status_code = 201
     return response
+
+
+def check_quota(tenant_id: str, adding: int) -> None:
+    """Raise QuotaExceeded if the tenant's files plus `adding` bytes would pass CANVAS_FILE_QUOTA_BYTES.
+    (Two uploads at the same moment may both pass: the quota can be overshot by one upload each.)"""
+    quota = settings().file_quota_bytes
+    if quota <= 0:
+        return
+    held = db_session().scalar(
+        select(func.coalesce(func.sum(StoredFile.bytes), 0)).where(StoredFile.tenant_id == tenant_id)
+    )
+    if held + adding > quota:
+        raise QuotaExceeded(
+            f"this file ({adding} bytes) does not fit the file storage quota: the tenant holds {held} of "
+            f"{quota} bytes; delete files (DELETE /v1/files/{{id}}) to make room",
+            "file",
+        )
 
 
 @bp.get("")

@@ -34,6 +34,12 @@ class Forbidden(CanvasError):
     type = "permission_error"
 
 
+class QuotaExceeded(CanvasError):
+    """A tenant's stored data would pass its quota (413): the message says how much is held and allowed."""
+
+    type = "quota_exceeded_error"
+
+
 class IllegalTransition(CanvasError):
     type = "conflict_error"
 

@@ -84,6 +84,24 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     worker_models: Annotated[tuple[str, ...], NoDecode] = ()  # the models a generation worker serves
     api_sweeper: bool = True  # whether each API process (api/wsgi.py) runs the outbox and lease sweeper
+    # Retention (shared/retention.py; the sweeper applies it at most every retention_interval_seconds, at
+    # most retention_batch_rows rows per table each time). Finished jobs go with their events, outbox
+    # rows, webhook messages, attempts and checkpoints after retention_job_days (a fine-tune whose model
+    # is registered stays); finished webhook messages and their attempts after retention_webhook_days;
+    # published outbox rows of finished jobs after retention_outbox_hours; idempotency keys after
+    # retention_idempotency_hours (a replay after that makes a new job). 0: keep forever.
+    retention_job_days: float = 30.0
+    retention_webhook_days: float = 30.0
+    retention_outbox_hours: float = 24.0
+    retention_idempotency_hours: float = 24.0
+    retention_batch_rows: int = 500
+    retention_interval_seconds: float = 60.0
+    checkpoint_keep: int = 2  # a fine-tune keeps its last N checkpoints (each with optimizer state)
+    file_quota_bytes: int = 1 << 30  # bytes of /v1/files one tenant may hold (0: no limit)
+    # Memory for models and LoRA adapters a generation worker loads on demand (fine-tunes of the models it
+    # serves), evicted least recently used; what a running job uses is never evicted. 0: half the GPU's
+    # free memory when the first is loaded, or 8 GiB on a CPU worker.
+    model_cache_bytes: int = 0
 
     @field_validator("webhook_schedule", "worker_models", mode="before")
     @classmethod

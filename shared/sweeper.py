@@ -17,6 +17,7 @@ from shared.job_errors import JobError, JobErrorCode
 from shared.jobs import expire_overdue, requeue, transition
 from shared.models import Job, utcnow
 from shared.queue import publish_pending
+from shared.retention import apply_if_due
 from shared.settings import Settings
 from shared.states import JobStatus
 from shared.webhook_dispatch import sweep_webhooks
@@ -70,6 +71,7 @@ def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
     with session_scope(settings.database_url) as session:
         published = publish_pending(session, app)
     _recovered, dispatched = sweep_webhooks(settings, app)
+    apply_if_due(settings)  # retention: old finished rows, in bounded batches
     return reaped, published + dispatched
 
 

@@ -49,6 +49,15 @@ EVERY_FIELD: dict[str, Any] = {
     "var_dir": Path("/srv/canvas/var"),
     "worker_models": ("canvas-demo", "canvas-tiny"),
     "api_sweeper": False,
+    "retention_job_days": 7.0,
+    "retention_webhook_days": 3.0,
+    "retention_outbox_hours": 2.0,
+    "retention_idempotency_hours": 1.0,
+    "retention_batch_rows": 50,
+    "retention_interval_seconds": 5.0,
+    "checkpoint_keep": 3,
+    "file_quota_bytes": 10_000,
+    "model_cache_bytes": 1 << 28,
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from shared.datasets import parse_dataset
@@ -53,16 +53,16 @@ class FineTuneExecutor:
         trainer = Trainer(
             model, examples, train_plan, eight_bit_optimizer=plan.quantization != "none", validation=validation
         )
-        if inputs["checkpoint"] is not None:
-            trainer.restore(inputs["checkpoint"])
+        if inputs["checkpoint"] is not None and trainer.restore(inputs["checkpoint"]):
             log.info("job %s resumes from step %d", job.id, trainer.step)
         out_dir = runtime.settings.var_dir / "fine_tunes" / job.id
         try:
             result = trainer.run(
                 _metrics_sink(runtime, job.id),
-                _checkpoint_sink(runtime.settings.database_url, job.id),
+                _checkpoint_sink(runtime.settings.database_url, job.id, runtime.settings.checkpoint_keep),
                 out_dir / "checkpoints",
                 watch.should_stop,
+                runtime.settings.checkpoint_keep,
             )
         except TrainingCanceled:
             return Outcome(stopped=True)
@@ -163,9 +163,15 @@ def _metrics_sink(runtime: WorkerRuntime, job_id: str) -> Any:
     return record
 
 
-def _checkpoint_sink(database_url: str, job_id: str) -> Any:
+def _checkpoint_sink(database_url: str, job_id: str, keep: int) -> Any:
+    """Records a saved checkpoint, and forgets those the trainer pruned (all but the newest `keep`)."""
+
     def record(step: int, loss: float, path: Path) -> None:
         with session_scope(database_url) as session:
             session.add(Checkpoint(job_id=job_id, step=step, path=str(path.resolve()), train_loss=loss))
+            if keep > 0:
+                newest = select(Checkpoint.step).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())
+                kept = list(session.scalars(newest.limit(keep)))
+                session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step.not_in(kept)))
 
     return record

@@ -162,8 +162,12 @@ class Trainer:
         tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint
         return path
 
-    def restore(self, path: Path) -> None:
+    def restore(self, path: Path) -> bool:
+        """Continue from a checkpoint; False (nothing restored) for one a finished run stripped of its
+        optimizer state (prune_optimizer_state): such a run starts afresh."""
         state = torch.load(path, weights_only=False)
+        if "optimizer" not in state:
+            return False
         missing = self.model.load_state_dict(state["params"], strict=False)
         assert not [k for k in state["params"] if k in missing.unexpected_keys], "checkpoint does not fit the model"
         self.optimizer.load_state_dict(state["optimizer"])
@@ -171,6 +175,7 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.coins.setstate(state["coins"])
         self.step = state["step"]
+        return True
 
     # ---- the loop ------------------------------------------------------------------------------------
 
@@ -247,10 +252,14 @@ class Trainer:
     def run(
         self,
         on_metrics: Callable[[Metrics], None],
-        on_checkpoint: Callable[[int, float], None],
+        on_checkpoint: Callable[[int, float, Path], None],
         checkpoint_dir: Path,
         should_stop: Callable[[], bool] = lambda: False,
+        keep_checkpoints: int = 2,
     ) -> TrainResult:
+        """Train to the plan's last step. Every `checkpoint_every` steps a checkpoint is saved (and
+        reported) and only the newest `keep_checkpoints` stay on disk; once the run ends, those lose their
+        optimizer state (they were kept to resume; a finished run does not resume)."""
         result = TrainResult(steps=self.step)
         while self.step < self.plan.total_steps:
             if should_stop():
@@ -266,8 +275,36 @@ class Trainer:
                     result.eval_loss = metrics["eval_loss"]
                 if not last:
                     path = self.save(checkpoint_dir / f"step_{self.step:07d}.pt")
+                    prune_checkpoints(checkpoint_dir, keep_checkpoints)
                     on_checkpoint(self.step, metrics["loss"], path)
             on_metrics(metrics)
+        prune_optimizer_state(checkpoint_dir)
         result.steps = self.step
         self.model.eval()
         return result
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The checkpoints saved in `directory`, oldest first (their names sort by step)."""
+    return sorted(directory.glob("step_*.pt"))
+
+
+def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints in `directory` (keep 0: none is deleted). Returns
+    the deleted paths."""
+    doomed = checkpoint_files(directory)[:-keep] if keep > 0 else []
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+def prune_optimizer_state(directory: Path) -> None:
+    """Rewrite each checkpoint in `directory` with its trained parameters and step only: the optimizer's
+    moments (twice the trained parameters with AdamW) serve a resume, which a finished run never needs."""
+    for path in checkpoint_files(directory):
+        state = torch.load(path, weights_only=True)
+        if "optimizer" not in state:
+            continue
+        tmp = path.with_suffix(".tmp")
+        torch.save({"step": state["step"], "params": state["params"]}, tmp)
+        tmp.replace(path)
