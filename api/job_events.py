@@ -50,11 +50,17 @@ def follow_job(
     finished job's view) and the end. ("keepalive", None, None) every `keepalive` seconds of quiet, and
     ("error", None, {"message"}) while Redis does not answer (the database still decides the end)."""
     last_keepalive = time.monotonic()
+    drafts_after = after  # drafts are a stream of their own (shared/events.py), read from the same time on
     while True:
         got_any = False
         try:
-            for event_id, kind, data in read_events(client, job_id, after, block_ms=1000):
-                after, got_any = event_id, True
+            for event_id, kind, data in read_events(client, job_id, after, block_ms=1000, drafts_after=drafts_after):
+                got_any = True
+                if kind == "draft":  # no SSE id: a Last-Event-ID names an event, never a passing draft
+                    drafts_after = event_id
+                    yield kind, None, data
+                    continue
+                after = event_id
                 yield kind, event_id, data
                 if kind == "status" and data.get("status") in TERMINAL_VALUES:
                     yield "done", None, _finished_job(database_url, job_id) or {"status": data["status"]}
