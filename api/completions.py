@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, stream_with_context
@@ -29,40 +28,10 @@ from api.long_requests import take_slot
 from api.openapi import describe
 from api.response_schemas import OpenAICompletion
 from api.state import events_client, settings
+from shared.openai_responses import Shape, completion_body, error_status, final_text, job_error, usage
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
-FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-
-
-@dataclass(frozen=True)
-class Shape:
-    """How one request's answer is written: a text completion or a chat completion."""
-
-    chat: bool
-    job_id: str
-    model: str
-    created: int
-
-    def envelope(self, chunk: bool) -> dict[str, Any]:
-        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
-        prefix = "chatcmpl-" if self.chat else "cmpl-"
-        return {"id": prefix + self.job_id, "object": kind, "created": self.created, "model": self.model}
-
-    def choice(self, text: str | None, finish: str | None, chunk: bool) -> dict[str, Any]:
-        if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        if chunk:
-            delta = {"content": text} if text else {}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        message = {"role": "assistant", "content": text or ""}
-        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-
-
-def usage(job: dict[str, Any]) -> dict[str, int]:
-    stats = job.get("stats") or {}
-    prompt, completion = stats.get("prompt_tokens", 0), stats.get("output_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @bp.post("/completions")
@@ -116,24 +85,13 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, raw: dict[str, Any], 
         return no_retry(error_response(504, "timeout", message))
     if finished["status"] != "succeeded":
         return no_retry(_job_error(finished))
-    text, finish = final_text(finished["output"])
-    answer = {
-        **shape.envelope(chunk=False),
-        "choices": [shape.choice(text, finish, chunk=False)],
-        "usage": usage(finished),
-    }
-    return jsonify(answer)
+    return jsonify(completion_body(shape, finished))
 
 
 def no_retry(response: Response) -> Response:
     """OpenAI's SDKs retry 409 and 5xx by resubmitting, which here would make a second job: they honour this."""
     response.headers["x-should-retry"] = "false"
     return response
-
-
-def final_text(output: dict[str, Any]) -> tuple[str, str]:
-    """(text, OpenAI finish_reason) of a finished job's output: the worker cut it at the first stop string."""
-    return output["text"], FINISH.get(output["finish_reason"], "stop")
 
 
 def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, Any] | None:
@@ -146,16 +104,9 @@ def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, 
     return None
 
 
-def job_error(job: dict[str, Any]) -> tuple[str, str]:
-    """(type, message) naming a job that did not succeed, and why (the view may lack its id: see follow_job)."""
-    error = job.get("error") or {}
-    name = " ".join(str(part) for part in ("job", job.get("id"), job["status"]) if part)
-    return error.get("type") or f"job_{job['status']}", name + (f": {error['message']}" if error.get("message") else "")
-
-
 def _job_error(job: dict[str, Any]) -> Response:
     """A job that did not succeed, as an error response: canceled 409, expired 504, failed 500."""
-    return error_response({"canceled": 409, "expired": 504}.get(job["status"], 500), *job_error(job))
+    return error_response(error_status(job), *job_error(job))
 
 
 def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, with_usage: bool) -> Iterator[str]:
