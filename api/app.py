@@ -11,6 +11,7 @@ from redis import Redis
 
 from api import (
     admin,
+    batches,
     completions,
     files,
     fine_tunes,
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     long_requests.install(app, settings.max_long_requests)
     sealing.configure(settings.webhook_sealing_keys)  # a bad key fails here, at start, naming the setting
     blueprints = (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp, webhooks.bp, files.bp, fine_tunes.bp)
-    blueprints += (completions.bp, metrics.bp)
+    blueprints += (completions.bp, metrics.bp, batches.bp)
     for blueprint in (*blueprints, admin.bp):
         app.register_blueprint(blueprint)
     app.teardown_appcontext(close_db_session)

@@ -57,6 +57,11 @@ def _loc(loc: tuple[Any, ...], prefix: str) -> str:
 
 def validation_error(exc: ValidationError, prefix: str = "") -> Response:
     """422 naming the first offending field (dotted path, e.g. `params.t_min`)."""
+    return error_response(422, "invalid_request_error", *describe_validation_error(exc, prefix))
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> tuple[str, str | None]:
+    """(message, param) for the first offending field of `exc`, its path under `prefix`."""
     first = exc.errors(include_url=False)[0]
     param = _loc(first["loc"], prefix) or None
     if first["type"] == "extra_forbidden":
@@ -65,7 +70,7 @@ def validation_error(exc: ValidationError, prefix: str = "") -> Response:
         message = f"{param}: {first['msg']}"
     else:
         message = first["msg"].removeprefix("Value error, ")
-    return error_response(422, "invalid_request_error", message.replace("Value error, ", ""), param)
+    return message.replace("Value error, ", ""), param
 
 
 def register_error_handlers(app: Flask) -> None:

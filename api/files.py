@@ -1,9 +1,7 @@
-"""/v1/files: uploads (multipart), per tenant, with size limit and sha256; list, get, delete."""
+"""/v1/files: uploads (multipart), per tenant, with size limit and sha256; list, get, content, delete."""
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -15,12 +13,13 @@ from api.response_schemas import File, FileList
 from api.schemas import FileUpload
 from api.state import db_session, settings
 from shared.errors import InvalidRequest, NotFound, QuotaExceeded
+from shared.files import new_file
 from shared.models import StoredFile
 from shared.views import iso
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
 bp.before_request(authenticate_request)
-PURPOSES = ("fine-tune",)
+PURPOSES = ("fine-tune", "batch")  # uploads; the Batch API writes "batch_output" files itself
 
 
 def file_view(f: StoredFile) -> dict[str, Any]:
@@ -57,16 +56,7 @@ def upload_file() -> Response:
     if not content:
         raise InvalidRequest("the file is empty", "file")
     check_quota(current_principal().tenant_id, len(content))
-    row = StoredFile(
-        id="file_" + uuid.uuid4().hex[:24],
-        tenant_id=current_principal().tenant_id,
-        purpose=purpose,
-        filename=(upload.filename or "upload.jsonl")[:300],
-        bytes=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
-        lines=content.count(b"\n") + (not content.endswith(b"\n")),
-        content=content,
-    )
+    row = new_file(current_principal().tenant_id, purpose, upload.filename or "upload.jsonl", content)
     session = db_session()
     session.add(row)
     session.commit()
@@ -104,6 +94,14 @@ def list_files() -> Response:
 @describe("Get a file's description", responses={200: File})
 def get_file_route(file_id: str) -> Response:
     return jsonify(file_view(get_file(file_id)))
+
+
+@bp.get("/<file_id>/content")
+@describe("Get a file's content (a batch's output or error file: JSON lines)", responses={200: None})
+def file_content(file_id: str) -> Response:
+    """The file's bytes: an upload as sent, or a batch's output or error file (JSONL)."""
+    row = get_file(file_id)
+    return Response(row.content, mimetype="application/jsonl" if row.filename.endswith(".jsonl") else None)
 
 
 @bp.delete("/<file_id>")

@@ -34,7 +34,9 @@ def check_submission(session: Session, tenant_id: str) -> None:
     config = settings()
     if config.max_active_jobs > 0:
         lock_tenant(session, tenant_id)
-        active = session.scalar(select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE)))
+        # A batch's lines are not counted: they wait in SQL and are released a few at a time (api/batches.py).
+        interactive = (Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), Job.batch_id.is_(None))
+        active = session.scalar(select(func.count()).where(*interactive))
         if active is not None and active >= config.max_active_jobs:
             raise RateLimited(
                 f"{active} jobs are queued or running for this tenant, the most allowed at once "

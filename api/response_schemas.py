@@ -240,3 +240,58 @@ class OpenAICompletion(BaseModel):
     model: str
     choices: list[dict[str, Any]]
     usage: dict[str, int] | None = None
+
+
+class BatchRequestCounts(_Shape):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchError(_Shape):
+    """A bad line of the input file (`line` counts from 1)."""
+
+    code: str
+    message: str
+    param: str | None
+    line: int | None
+
+
+class BatchErrors(_Shape):
+    object: Literal["list"]
+    data: list[BatchError]
+
+
+class Batch(_Shape):
+    """OpenAI's Batch object; times in Unix seconds."""
+
+    id: str
+    object: Literal["batch"]
+    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: Literal[
+        "validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"
+    ]
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: BatchRequestCounts
+    metadata: dict[str, str] | None
+
+
+class BatchList(_Shape):
+    object: Literal["list"]
+    data: list[Batch]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

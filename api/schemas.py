@@ -75,5 +75,5 @@ class FineTuneEventsQuery(BaseModel):
 class FileUpload(BaseModel):
     """POST /v1/files, a multipart form."""
 
-    purpose: Literal["fine-tune"]
-    file: bytes = Field(description="the file (JSON lines for fine-tuning)")
+    purpose: Literal["fine-tune", "batch"]
+    file: bytes = Field(description="the file (JSON lines: fine-tuning examples, or a batch's requests)")

@@ -11,6 +11,7 @@ from shared.webhooks import DEFAULT_EVENTS
 EventType = Literal[
     "job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired", "job.canvas",
     "fine_tune.started", "fine_tune.succeeded", "fine_tune.failed", "fine_tune.canceled",
+    "batch.completed", "batch.failed", "batch.expired", "batch.cancelled",
 ]  # fmt: skip
 
 

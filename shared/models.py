@@ -115,6 +115,7 @@ class Job(Base):
         Index("ix_jobs_finished", "finished_at"),
         Index("ix_jobs_status_deadline", "status", "deadline_at"),  # the sweeper expires overdue queued jobs (0005)
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
+        Index("ix_jobs_batch_status", "batch_id", "status"),  # a batch's counts, release and finalization (0008)
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
@@ -137,6 +138,11 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per-job target: {"url", "events"}
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # not started by then: expired
+    # A line of a batch (0008): its batch, the client's custom_id and its line in the input file. Batch
+    # jobs have no outbox record until the sweeper releases them (shared/batch_release.py), a few at a time.
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    batch_line: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobEvent(Base):
@@ -155,7 +161,10 @@ class OutboxMessage(Base):
     """A task to publish, written in the job's transaction and published only after it commits."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_unpublished", "published_at", "id"),
+        Index("ix_outbox_job", "job_id"),  # whether a batch job was released (0008)
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     task_name: Mapped[str] = mapped_column(String(200))
@@ -268,3 +277,51 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(Text)
     train_loss: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+BATCH_STATUSES = (
+    "validating",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "failed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+BATCH_STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s}'" for s in BATCH_STATUSES))
+
+
+class Batch(Base):
+    """An OpenAI-style batch: an input file whose every line became a job (`jobs.batch_id`), and once they
+    all ended, an output file and an error file. Counts are written at finalization; before, they are
+    counted from the jobs."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint(BATCH_STATUS_CHECK, name="status"),
+        Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_batches_status", "status"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    batch_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # the input's bad lines, if any
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

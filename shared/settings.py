@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # or running at once. Past either, a submission gets 429 with Retry-After; nothing is recorded.
     rate_limit_per_minute: int = 600
     max_active_jobs: int = 10_000
+    # The Batch API: lines in one input file, and per model the batch jobs released to its queue at once
+    # (interactive jobs queue behind at most these; shared/batch_release.py).
+    max_batch_lines: int = 50_000
+    batch_max_in_flight: int = 16
     sync_wait_seconds: float = 600.0  # how long an OpenAI-style request waits for its job before a 504
     # Per API process: requests that hold a thread for long (completions waiting or streaming, job event
     # streams). Past it they get 503 with Retry-After, so short requests always find a thread: keep it

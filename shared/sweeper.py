@@ -1,4 +1,5 @@
-"""The maintenance loop: publishes outbox messages that missed the broker, and reaps expired leases.
+"""The maintenance loop: publishes outbox messages that missed the broker, reaps expired leases, releases
+batch jobs behind interactive ones and finalizes batches whose lines all ended.
 
 It runs as a thread beside the API (or as `canvas sweeper`). Several sweepers may run at once: the
 outbox rows are taken with SKIP LOCKED on PostgreSQL, and every job change is a conditional UPDATE.
@@ -12,6 +13,8 @@ import threading
 from celery import Celery
 from sqlalchemy import select
 
+from shared.batch_finalizer import sweep_batches
+from shared.batch_release import release_batch_jobs
 from shared.db import session_scope
 from shared.job_errors import JobError, JobErrorCode
 from shared.jobs import expire_overdue, requeue, transition
@@ -68,8 +71,11 @@ def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
     reaped = reap_expired_leases(settings)
     with session_scope(settings.database_url) as session:
         expire_overdue(session)  # queued jobs past their deadline, even where no worker would claim them
+    sweep_batches(settings)  # expires overdue batches' lines, finalizes batches whose lines all ended
     with session_scope(settings.database_url) as session:
         published = publish_pending(session, app)
+    with session_scope(settings.database_url) as session:
+        published += release_batch_jobs(session, app, settings.batch_max_in_flight)
     _recovered, dispatched = sweep_webhooks(settings, app)
     apply_if_due(settings)  # retention: old finished rows, in bounded batches
     return reaped, published + dispatched

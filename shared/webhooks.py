@@ -27,7 +27,8 @@ from shared.views import job_view
 
 JOB_EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired", "job.canvas")
 FINE_TUNE_EVENTS = ("fine_tune.started", "fine_tune.succeeded", "fine_tune.failed", "fine_tune.canceled")
-EVENT_TYPES = frozenset(JOB_EVENTS + FINE_TUNE_EVENTS)
+BATCH_EVENTS = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")  # OpenAI's names
+EVENT_TYPES = frozenset(JOB_EVENTS + FINE_TUNE_EVENTS + BATCH_EVENTS)
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "job.expired")  # the terminal ones
 DEFAULT_FINE_TUNE_EVENTS = ("fine_tune.succeeded", "fine_tune.failed", "fine_tune.canceled")
 STATUS_EVENTS = {
@@ -107,17 +108,41 @@ def destinations(session: Session, job: Job, event_type: str) -> list[tuple[str 
 
 def record_event(session: Session, job: Job, event_type: str, data: dict[str, Any]) -> list[WebhookMessage]:
     """Write one pending message per destination of this event; the caller's transaction commits them."""
+    found = destinations(session, job, event_type)
+    return _add_messages(session, job.tenant_id, job.id, found, event_type, payload_for(event_type, data, job.id))
+
+
+def record_tenant_event(
+    session: Session, tenant_id: str, event_type: str, data: dict[str, Any]
+) -> list[WebhookMessage]:
+    """Messages for an event about no job (batch.completed, ...): one per enabled endpoint of the tenant
+    subscribed to it. The caller's transaction commits them."""
+    stmt = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.status == "enabled")
+    endpoints = session.scalars(stmt.order_by(WebhookEndpoint.created_at))
+    found: list[tuple[str | None, str]] = [(e.id, e.url) for e in endpoints if event_type in e.events]
+    payload = {"type": event_type, "timestamp": utcnow().isoformat().replace("+00:00", "Z"), "data": data}
+    return _add_messages(session, tenant_id, None, found, event_type, payload)
+
+
+def _add_messages(
+    session: Session,
+    tenant_id: str,
+    job_id: str | None,
+    found: list[tuple[str | None, str]],
+    event_type: str,
+    payload: dict[str, Any],
+) -> list[WebhookMessage]:
     messages = []
     now = utcnow()
-    for endpoint_id, url in destinations(session, job, event_type):
+    for endpoint_id, url in found:
         message = WebhookMessage(
             id="msg_" + uuid.uuid4().hex,
-            tenant_id=job.tenant_id,
-            job_id=job.id,
+            tenant_id=tenant_id,
+            job_id=job_id,
             endpoint_id=endpoint_id,
             url=url,
             event_type=event_type,
-            payload=payload_for(event_type, data, job.id),
+            payload=payload,
             status="pending",
             attempts=0,
             next_attempt_at=now,
@@ -135,7 +160,7 @@ def record_status_event(session: Session, job_id: str, status: JobStatus) -> Non
     if event_type is None:
         return
     job = session.get(Job, job_id, populate_existing=True)  # the UPDATE bypassed the identity map
-    if job is None:
+    if job is None or job.batch_id is not None:  # a batch's lines are reported by its batch.* events
         return
     if job.kind == "fine_tune":
         event_type = event_type.replace("job.", "fine_tune.")

@@ -28,6 +28,7 @@ from shared.keys import create_key
 from shared.migrate import upgrade
 from shared.models import (
     ApiKey,
+    Batch,
     Job,
     JobEvent,
     OutboxMessage,
@@ -107,6 +108,7 @@ def settings(base_settings: Settings) -> Iterator[Settings]:
             OutboxMessage,
             JobEvent,
             Job,
+            Batch,
             ApiKey,
         ):
             session.execute(delete(table))
