@@ -58,6 +58,8 @@ EVERY_FIELD: dict[str, Any] = {
     "checkpoint_keep": 3,
     "file_quota_bytes": 10_000,
     "model_cache_bytes": 1 << 28,
+    "max_batch_lines": 1_000,
+    "batch_max_in_flight": 4,
 }
 
 
