@@ -33,6 +33,7 @@ from shared.batches import (
     batch_view,
     cancel_batch,
     completion_window,
+    counts_of,
     insert_lines,
     new_batch_id,
     request_counts,
@@ -185,7 +186,8 @@ def list_batches() -> Response:
         stmt = stmt.where(older)
     rows = list(session.scalars(stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)))
     page = rows[:limit]
-    data = [batch_view(b, request_counts(session, b)) for b in page]
+    counts = counts_of(session, page)
+    data = [batch_view(b, counts[b.id]) for b in page]
     first, last_id = (page[0].id, page[-1].id) if page else (None, None)
     return jsonify(
         {"object": "list", "data": data, "first_id": first, "last_id": last_id, "has_more": len(rows) > limit}

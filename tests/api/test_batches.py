@@ -13,6 +13,7 @@ from shared.batch_release import release_batch_jobs
 from shared.db import session_scope
 from shared.models import Job, OutboxMessage
 from shared.queue import make_celery
+from tests.api.test_admin_access import admin_login
 from tests.conftest import TINY, auth
 
 
@@ -117,3 +118,20 @@ def test_a_file_uploaded_for_fine_tuning_or_another_tenants_file_is_refused(clie
     assert create(client, keys["b"], mine).status_code == 404
     assert client.get(f"/v1/files/{mine}/content", headers=auth(keys["b"])).status_code == 404
     assert create(client, keys["a"], mine, completion_window="48h").status_code == 422
+
+
+def test_the_dashboard_lists_batches_with_their_progress(client, keys, settings) -> None:
+    running = create(client, keys["a"], upload(client, keys["a"], [chat_line(f"r{i}") for i in range(3)])).get_json()
+    failed = create(client, keys["b"], upload(client, keys["b"], ["{bad"])).get_json()
+    with session_scope(settings.database_url) as session:
+        session.execute(
+            Job.__table__.update().where(Job.batch_id == running["id"], Job.batch_line <= 2).values(status="succeeded")
+        )
+    admin_login(client, keys["admin"])
+    page = client.get("/admin/batches").text
+    assert f'<tr data-id="{running["id"]}" data-status="in_progress">' in page
+    assert f'<tr data-id="{failed["id"]}" data-status="failed">' in page
+    assert 'value="2"' in page and "2 / 3" in page  # two of three lines ended
+    only_failed = client.get("/admin/batches?status=failed").text
+    assert failed["id"] in only_failed and running["id"] not in only_failed
+    assert "No batch is cancelled" in client.get("/admin/batches?status=cancelled").text
