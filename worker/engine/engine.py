@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from worker.engine.constraints import canvas_constraint
+from worker.engine.fast_sampler import fast_tile, noise_key
 from worker.engine.output import find_end
 from worker.engine.params import Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
@@ -267,7 +268,7 @@ class Engine:
             for row in rows:
                 self._finish(row, error=exc)
             return []
-        return self._denoise_rows(rows)
+        return self._denoise_rows(sorted(rows, key=is_fast))  # exact rows first: tiles of one mode each
 
     def _denoise_rows(self, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor]]:
         """One step of `rows`. Out of memory, they retry in halves (random streams rewound, so a retried
@@ -295,7 +296,7 @@ class Engine:
         """Decoder pass, then the sampler tile by tile; the rows' slots change only once every tile has
         run, so a failure leaves them as they were. Returns (B, 1 + C): flags and argmax canvases."""
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
-        tiles = [slice(lo, lo + self.tile_rows) for lo in range(0, len(rows), self.tile_rows)]
+        tiles = mode_tiles(rows, self.tile_rows)
         drawn, pending = self._draw_ahead(rows, tiles)
         try:
             slots = [row.slot for row in rows]
@@ -309,6 +310,9 @@ class Engine:
             self.stats["rows_in_decoder"] += len(rows)
             results = []
             for i, tile in enumerate(tiles):
+                if is_fast(rows[tile.start]):
+                    results.append(self._sample_fast(hidden[tile], index[tile], slots[tile], rows[tile]))
+                    continue
                 wait(pending[i])
                 for future in pending[i]:
                     future.result()  # a draw's error, if any, is this pass's
@@ -333,6 +337,10 @@ class Engine:
         pending: list[list[Future]] = []
         try:
             for tile in tiles:
+                if is_fast(rows[tile.start]):  # counter-based noise: nothing to draw
+                    drawn.append(None)
+                    pending.append([])
+                    continue
                 generators = [row.generator for row in rows[tile]]
                 draws = empty_draws(len(generators), C, V, device)
                 drawn.append(draws)
@@ -351,6 +359,15 @@ class Engine:
         logits = self.runner.logits(hidden)  # (B, C, V)
         out, probs = denoise_tile(logits, state, draws)
         return out, self.runner.soft_embeddings(logits, probs)  # logits now hold the processed logits
+
+    def _sample_fast(
+        self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], rows: list[Row]
+    ) -> tuple[TileOutput, torch.Tensor]:
+        """The fast sampler's step of one tile (fast_sampler.py): from the lm_head's logits as they are."""
+        state = self.slots.gather(index, slots)
+        keys = to_device([noise_key(row.request.params.seed, row.canvases) for row in rows], self.runner.device)
+        embed = self.runner.decoder.embed_tokens
+        return fast_tile(self.runner.head(hidden), state, keys, self.runner.softcap, embed.weight, embed.embed_scale)
 
     # ---- update ----------------------------------------------------------------------------------------
 
@@ -410,6 +427,20 @@ class Engine:
                 row.handle.finish(result)
                 return
         row.handle.finish(error=error)
+
+
+def is_fast(row: Row) -> bool:
+    return row.request.params.sampler == "fast"
+
+
+def mode_tiles(rows: list[Row], tile_rows: int) -> list[slice]:
+    """Tiles of at most `tile_rows` rows, each of one sampler mode (`rows` hold the exact ones first)."""
+    split = sum(not is_fast(row) for row in rows)
+    return [
+        slice(lo, min(lo + tile_rows, end))
+        for start, end in ((0, split), (split, len(rows)))
+        for lo in range(start, end, tile_rows)
+    ]
 
 
 def sampler_tile_rows(runner: ModelRunner, budget_bytes: int | None) -> int:

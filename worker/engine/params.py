@@ -27,6 +27,7 @@ class SamplingParams:
     confidence_threshold: float = 0.005
     seed: int = 0
     order: str = "entropy"  # "entropy": lowest-entropy positions first; "left_to_right": one per step, leftmost
+    sampler: str = "exact"  # "exact": generate()'s kernels and random stream; "fast": fast_sampler.py
 
     def validate(self) -> SamplingParams:
         checks = [
@@ -38,6 +39,7 @@ class SamplingParams:
             ("stability_threshold", self.stability_threshold >= 0, "must be at least 0"),
             ("confidence_threshold", self.confidence_threshold > 0, "must be positive"),
             ("order", self.order in ("entropy", "left_to_right"), "must be 'entropy' or 'left_to_right'"),
+            ("sampler", self.sampler in ("exact", "fast"), "must be 'exact' or 'fast'"),
         ]
         for name, ok, message in checks:
             if not ok:

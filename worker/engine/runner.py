@@ -152,9 +152,14 @@ class ModelRunner:
         return self.decoder.norm(hidden)
 
     @torch.inference_mode()
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The lm_head's logits in the weights' dtype, not soft-capped (the fast sampler's input). (B, C, V)"""
+        return self.model.lm_head(hidden)
+
+    @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Soft-capped fp32 logits, with the model forward's kernels (in place). (B, C, H) -> (B, C, V)."""
-        logits = self.model.lm_head(hidden).to(torch.float32)
+        logits = self.head(hidden).to(torch.float32)
         if self.softcap is not None:
             logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits

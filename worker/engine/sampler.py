@@ -140,12 +140,21 @@ def constrain(logits: torch.Tensor, state: TileState) -> torch.Tensor:
     for banned in (c.banned_by_pins, c.banned_by_commits):
         if banned is not None:
             ban_where_possible(logits, token_mask(banned, V))
-    if c.peers is not None:
-        free = ~c.pinned
-        kept = c.peers & free[:, :, None] & (state.held & free)[:, None, :]  # (B, C, C): position, peer
-        tokens = torch.where(kept, state.canvas[:, None, :], V)  # (B, C, C)
+    tokens = peer_tokens(state, V)
+    if tokens is not None:
         ban_where_possible(logits, token_mask(tokens, V))
     return logits
+
+
+def peer_tokens(state: TileState, V: int) -> torch.Tensor | None:
+    """The third tier of bans: for each free position, the tokens of its free group peers whose sample the
+    previous step kept, V-padded (B, C, C); None when the tile has no groups."""
+    c = state.constraint
+    if c is None or c.peers is None:
+        return None
+    free = ~c.pinned
+    kept = c.peers & free[:, :, None] & (state.held & free)[:, None, :]  # (B, C, C): position, peer
+    return torch.where(kept, state.canvas[:, None, :], V)
 
 
 def exponential_race(probs: torch.Tensor, exponential: torch.Tensor) -> torch.Tensor:
@@ -215,9 +224,16 @@ def denoise_tile(logits: torch.Tensor, state: TileState, draws: TileDraws) -> tu
     sampled = exponential_race(probs, draws.exponential)  # (B, C)
     argmax = processed.argmax(dim=-1)  # (B, C)
     entropy = categorical_entropy(processed, work=draws.exponential)  # (B, C)
+    return finish_step(sampled, argmax, entropy, state, draws.renoise), probs
 
+
+def finish_step(
+    sampled: torch.Tensor, argmax: torch.Tensor, entropy: torch.Tensor, state: TileState, renoise: torch.Tensor
+) -> TileOutput:
+    """What a step decides from each position's sample, argmax and entropy (B, C): which positions it
+    accepts, the next canvas (`renoise` elsewhere), the stop test. Shared by the exact and fast modes."""
     accepted = accept_lowest_entropy(entropy, state.params.entropy_bound)  # (B, C)
-    canvas = torch.where(accepted, sampled, draws.renoise)
+    canvas = torch.where(accepted, sampled, renoise)
     run = torch.where((argmax == state.argmax).all(dim=-1), state.run + 1, 1)  # (B,)
     stable = run > state.params.stability  # the argmax equals each of the last `stability` ones
     mean = mean_free_entropy(entropy, state.constraint)
@@ -226,11 +242,11 @@ def denoise_tile(logits: torch.Tensor, state: TileState, draws: TileDraws) -> tu
 
     if state.any_left_to_right:
         l2r = state.params.left_to_right  # (B,)
-        l2r_canvas, committed, l2r_accepted, done = left_to_right(sampled, argmax, state, draws.renoise)
+        l2r_canvas, committed, l2r_accepted, done = left_to_right(sampled, argmax, state, renoise)
         canvas = torch.where(l2r[:, None], l2r_canvas, canvas)
         argmax = torch.where(l2r[:, None], committed, argmax)
         accepted = torch.where(l2r[:, None], l2r_accepted, accepted)
         converged = torch.where(l2r, done, converged)
     nonfinite = entropy.isnan().any(dim=-1)  # NaN logits make NaN entropies
     flags = converged.to(torch.uint8) | (nonfinite.to(torch.uint8) * NONFINITE)
-    return TileOutput(canvas, argmax, accepted, state.step + 1, run, flags), probs
+    return TileOutput(canvas, argmax, accepted, state.step + 1, run, flags)
