@@ -38,6 +38,8 @@ class GenerationParams(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[StrictStr] | None = Field(None, max_length=4)  # the output ends before the first one
     order: Literal["entropy", "left_to_right"] = "entropy"  # left_to_right: one position per step (a baseline)
+    # fast: fused passes over the bf16 logits, the same distribution, not generate()'s random stream
+    sampler: Literal["exact", "fast"] = "exact"
 
     @field_validator("stop")
     @classmethod

@@ -112,6 +112,14 @@ def test_order_is_a_validated_parameter(client, keys) -> None:
     assert status == 422 and "order" in message
 
 
+def test_the_sampler_is_a_validated_parameter_recorded_with_the_job(client, keys) -> None:
+    ok = submit(client, keys["a"], kind="sudoku", grid=PUZZLE, params={"sampler": "fast"})
+    assert ok.status_code == 202 and ok.get_json()["params"]["sampler"] == "fast"
+    assert submit(client, keys["a"], prompt="hi").get_json()["params"]["sampler"] == "exact"
+    status, field, message = error(submit(client, keys["a"], prompt="hi", params={"sampler": "quick"}))
+    assert status == 422 and field == "params.sampler" and "'exact' or 'fast'" in message
+
+
 def test_a_sudoku_job_records_its_tries(client, keys) -> None:
     assert submit(client, keys["a"], kind="sudoku", grid=PUZZLE).get_json()["input"]["tries"] == 1
     assert submit(client, keys["a"], kind="sudoku", grid=PUZZLE, tries=4).get_json()["input"]["tries"] == 4
