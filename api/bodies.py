@@ -15,14 +15,35 @@ class MalformedBody(CanvasError):
 
 
 def read_json_object() -> dict[str, Any]:
-    """The body as a JSON object. Oversized bodies raise 413 (MAX_CONTENT_LENGTH) before parsing."""
+    """The body as a JSON object. Oversized bodies raise 413 (MAX_CONTENT_LENGTH) before parsing; bodies
+    Python's json cannot take (an integer of over 4,300 digits, nesting deeper than its recursion limit)
+    and strings with a NUL character (no database column can store one) are a 400."""
     raw = request.get_data(cache=True)
     if not raw:
         raise MalformedBody("the request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and int() past its digit limit
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise MalformedBody("the request body must be a JSON object")
+    if (where := _nul_character_at(body)) is not None:
+        raise MalformedBody(f"{where or 'a key'}: strings may not contain the NUL character (\\u0000)", where)
     return body
+
+
+def _nul_character_at(body: dict[str, Any]) -> str | None:
+    """The dotted path of the first string (key or value) holding a NUL character, else None."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return path
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            if isinstance(key, str) and "\x00" in key:
+                return path
+            stack.append((f"{path}.{key}" if path else str(key), item))
+    return None

@@ -27,7 +27,7 @@ from api.jobs import accept_job
 from api.long_requests import take_slot
 from api.openapi import describe
 from api.response_schemas import OpenAICompletion
-from api.state import events_client, settings
+from api.state import events_client, release_db_session, settings
 from shared.openai_responses import Shape, completion_body, error_status, final_text, job_error, usage
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
@@ -71,6 +71,7 @@ def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bo
 
 def _answer(body: CompletionCreate | ChatCompletionCreate, raw: dict[str, Any], chat: bool) -> Response:
     job, _created = accept_job(body.job(), raw)
+    release_db_session()  # the wait or the stream below must not hold a database connection
     shape = Shape(chat, job.id, job.model, int(job.created_at.timestamp()))  # UTCDateTime: always aware
     quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)

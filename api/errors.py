@@ -7,7 +7,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, make_response, request
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from api.bodies import MalformedBody
@@ -27,8 +28,16 @@ from shared.errors import (
 
 log = logging.getLogger(__name__)
 
+
+class InvalidHeader(CanvasError):
+    """A request header with a value we cannot take (400, naming the header)."""
+
+    type = "invalid_request_error"
+
+
 STATUS_BY_ERROR: dict[type[CanvasError], int] = {
     MalformedBody: 400,
+    InvalidHeader: 400,
     InvalidRequest: 422,
     NotFound: 404,
     Conflict: 409,
@@ -91,6 +100,21 @@ def register_error_handlers(app: Flask) -> None:
         response = error_response(503, "service_unavailable", "the database is unavailable; retry shortly")
         response.headers["Retry-After"] = "5"
         return response
+
+    @app.errorhandler(PoolTimeout)
+    def _pool_exhausted(exc: PoolTimeout) -> Response:
+        log.warning("database pool exhausted: %s", exc)
+        message = "every database connection of this API process is in use; retry shortly"
+        response = error_response(503, "service_unavailable", message)
+        response.headers["Retry-After"] = "2"
+        return response
+
+    @app.errorhandler(DataError)
+    def _unstorable(exc: DataError) -> Response:
+        """A value the database refuses (a NUL character, a number out of its range): the client's."""
+        log.info("database refused a value of the request: %s", exc.orig)
+        message = "a value of this request cannot be stored (out of range, or a character such as NUL)"
+        return error_response(400, "invalid_request_error", message)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

@@ -209,7 +209,7 @@ def fine_tune_events(job_id: str) -> Response:
     """Training metrics per step (step, loss, learning rate, eval loss, tokens/s) and status changes."""
     job = _job(job_id)
     after = request.args.get("after", "0")
-    if not after.isdigit():
+    if not (after.isascii() and after.isdigit()) or len(after) > 18:
         raise InvalidRequest("after must be an event id (an integer)", "after")
     stmt = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.id > int(after)).order_by(JobEvent.id).limit(1000)
     events = [

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, request, stream_with_context
 from api.auth import authenticate_request, current_principal
 from api.long_requests import take_slot
 from api.openapi import EVENTS, LAST_EVENT_ID, describe
-from api.state import db_session, events_client, settings
+from api.state import db_session, events_client, release_db_session, settings
 from shared.db import session_scope
 from shared.events import read_events
 from shared.jobs import get_job, job_view
@@ -90,6 +90,7 @@ def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str
 @describe("A job's events, live (server-sent events)", responses={200: EVENTS}, headers=[LAST_EVENT_ID])
 def stream_job_events(job_id: str) -> Response:
     job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
+    release_db_session()  # the stream must not hold a database connection
     after = request.headers.get("Last-Event-ID") or "0-0"
     return events_response(job.id, after)
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
+from api.errors import InvalidHeader
 from api.job_kinds import plan_job
 from api.limits import check_submission
 from api.models import visible_model
@@ -34,6 +35,7 @@ from shared.states import JobStatus
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+MAX_IDEMPOTENCY_KEY = 200  # the column's length (jobs.idempotency_key)
 bp.before_request(authenticate_request)
 
 
@@ -54,6 +56,25 @@ def _replay_idempotent(session: Session, tenant_id: str, key: str, digest: str) 
     return job
 
 
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key: None when absent; an empty, over-long or NUL-holding one is a 400
+    (an empty header is a client bug, not "no key": treating it as a key would join unrelated requests)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key.strip():
+        raise InvalidHeader(
+            "Idempotency-Key is empty: send 1 to 200 characters, or leave the header out", "Idempotency-Key"
+        )
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidHeader(
+            f"Idempotency-Key has {len(key)} characters; at most {MAX_IDEMPOTENCY_KEY}", "Idempotency-Key"
+        )
+    if "\x00" in key:
+        raise InvalidHeader("Idempotency-Key may not contain the NUL character", "Idempotency-Key")
+    return key
+
+
 @bp.post("")
 @describe("Submit a job", body=JobCreate, responses={202: JobShape, 200: JobShape}, headers=[IDEMPOTENCY_KEY])
 def submit_job() -> Response:
@@ -72,7 +93,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
     principal = current_principal()
     session = db_session()
     model = visible_model(session, body.model)
-    key = request.headers.get("Idempotency-Key")
+    key = idempotency_key()
     digest = _request_hash(raw)
     if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):
         return existing, False
@@ -93,12 +114,12 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
         request_hash=digest if key else None,
         deadline_at=utcnow() + timedelta(seconds=body.deadline_seconds) if body.deadline_seconds else None,
     )
-    outbox = create_job(session, job)
     try:
+        outbox = create_job(session, job)  # flushes: a duplicate key fails here, or at the commit
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
         session.rollback()
-        existing = _replay_idempotent(session, principal.tenant_id, key or "", digest)
+        existing = _replay_idempotent(session, principal.tenant_id, key, digest) if key else None
         if existing is None:
             raise
         return existing, False

@@ -48,6 +48,13 @@ def close_db_session(_exc: BaseException | None) -> None:
         session.close()
 
 
+def release_db_session() -> None:
+    """End the request's session now (rolling back anything uncommitted) and give its connection back to
+    the pool: a request that goes on to wait or stream must not hold one (a later db_session() opens a new
+    session). Rows already loaded stay readable (sessions do not expire them on commit)."""
+    close_db_session(None)
+
+
 def publish_after_commit(session: Session, outbox_id: int) -> None:
     """Publish a committed job's outbox message now if the broker answers; if not (or the database
     hiccups), the job stays accepted and the sweeper publishes it."""

@@ -164,3 +164,75 @@ def test_bad_stop_sequences_are_422(client, keys, stop) -> None:
     response = submit(client, keys["a"], {"model": TINY, "prompt": "hi", "params": {"stop": stop}})
     assert response.status_code == 422
     assert error_of(response)["param"].startswith("params.stop")
+
+
+def test_an_integer_past_pythons_digit_limit_is_400(client, keys) -> None:
+    raw = '{"model": "tiny", "prompt": "hi", "params": {"seed": ' + "9" * 5000 + "}}"
+    response = client.post("/v1/jobs", data=raw, headers=auth(keys["a"]), content_type="application/json")
+    assert response.status_code == 400
+    assert "digits" in error_of(response)["message"]
+
+
+def test_json_nested_past_the_recursion_limit_is_400(client, keys) -> None:
+    raw = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = client.post("/v1/jobs", data=raw, headers=auth(keys["a"]), content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+
+
+def test_a_nul_character_is_400_naming_where_on_both_databases(client, keys) -> None:
+    response = submit(client, keys["a"], {"model": "tiny", "prompt": "a\x00b"})
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "prompt"
+    response = submit(client, keys["a"], {"model": "t\x00iny", "prompt": "x"})
+    assert response.status_code == 400 and error_of(response)["param"] == "model"
+    # In a path: PostgreSQL refuses the value; that is the client's error, not the server's.
+    response = client.get("/v1/jobs/job_%00x", headers=auth(keys["a"]))
+    assert response.status_code in (400, 404), response.get_data(as_text=True)
+    error_of(response)
+
+
+def test_a_forged_cursor_with_a_naive_datetime_is_422(client, keys) -> None:
+    import base64
+
+    for payload in (["2026-01-01T00:00:00", "job_x"], ["2026-01-01T00:00:00+00:00", 7], [1, 2]):
+        cursor = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+        response = client.get(f"/v1/jobs?cursor={cursor}", headers=auth(keys["a"]))
+        assert response.status_code == 422, (payload, response.get_data(as_text=True))
+        assert error_of(response)["param"] == "cursor"
+
+
+@pytest.mark.parametrize("limit", ["\u00b2", "\u0661\u0660", "1e3"])  # superscript two, Arabic-Indic ten
+def test_a_limit_of_non_ascii_digits_is_422(client, keys, limit) -> None:
+    response = client.get(f"/v1/jobs?limit={limit}", headers=auth(keys["a"]))
+    assert response.status_code == 422 and error_of(response)["param"] == "limit"
+
+
+@pytest.mark.parametrize(("key", "why"), [("", "empty"), ("   ", "empty"), ("k" * 201, "201 characters")])
+def test_a_bad_idempotency_key_is_400_naming_the_header(client, keys, key, why) -> None:
+    body = {"model": TINY, "prompt": "hello"}
+    response = client.post("/v1/jobs", json=body, headers={**auth(keys["a"]), "Idempotency-Key": key})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["param"] == "Idempotency-Key" and why in error["message"]
+    # Nothing was recorded, and later requests (with or without a key) are unaffected.
+    assert submit(client, keys["a"], body).status_code == 202
+    ok = client.post("/v1/jobs", json=body, headers={**auth(keys["a"]), "Idempotency-Key": "k" * 200})
+    assert ok.status_code == 202
+
+
+def test_concurrent_submissions_with_one_idempotency_key_make_one_job(app, keys) -> None:
+    """One request wins the insert; the others replay its job (before: 500s from the unique index)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {**auth(keys["a"]), "Idempotency-Key": "same-key"}
+    body = json.dumps({"model": TINY, "prompt": "hello"})
+
+    def post(_: int):
+        return app.test_client().post("/v1/jobs", data=body, headers=headers, content_type="application/json")
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(post, range(8)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses[-1] < 500, [r.get_data(as_text=True) for r in responses if r.status_code >= 500]
+    assert statuses.count(202) == 1 and statuses.count(200) == 7, statuses
+    assert len({r.get_json()["id"] for r in responses}) == 1
