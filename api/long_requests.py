@@ -1,38 +1,52 @@
 """Slots for requests that hold a server thread for long: completions waiting for their job or streaming it,
 and job event streams. A WSGI server gives each request a thread until its response ends, so without a
 limit enough slow clients would take every thread and the API would stop answering anything, health
-checks included. Past `CANVAS_MAX_LONG_REQUESTS` in this process such a request gets 503 with Retry-After
-before anything is recorded; short requests are never counted. Knows Flask's app, not what is waited on."""
+checks included. Past `CANVAS_MAX_LONG_REQUESTS` in this process, or past
+`CANVAS_MAX_LONG_REQUESTS_PER_TENANT` held by the request's tenant (so one tenant cannot take every slot
+from the others), such a request gets 503 with Retry-After before anything is recorded; short requests are
+never counted. Knows Flask's app and the request's tenant, not what is waited on."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 from flask import Flask, current_app
 
+from api.auth import current_principal
 from shared.errors import Overloaded
 
 RETRY_SECONDS = 5
+ADVICE = "retry shortly, or submit a job (POST /v1/jobs) and follow it with a webhook"
 
 
 class LongRequestSlots:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_tenant: int = 0) -> None:
         self.limit = limit
+        self.per_tenant = per_tenant
         self.held = 0
+        self.by_tenant: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def take(self) -> Callable[[], None]:
-        """Take a slot or raise Overloaded; returns its release (safe to call more than once)."""
+    def take(self, tenant: str) -> Callable[[], None]:
+        """Take a slot for `tenant` or raise Overloaded; returns its release (safe to call more than once)."""
         with self._lock:
             if self.limit > 0 and self.held >= self.limit:
                 raise Overloaded(
                     f"this API process already serves {self.held} waiting or streaming requests, the most "
-                    f"it holds at once (CANVAS_MAX_LONG_REQUESTS={self.limit}); retry shortly, or submit a "
-                    "job (POST /v1/jobs) and follow it with a webhook",
+                    f"it holds at once (CANVAS_MAX_LONG_REQUESTS={self.limit}); {ADVICE}",
+                    RETRY_SECONDS,
+                )
+            if self.per_tenant > 0 and self.by_tenant[tenant] >= self.per_tenant:
+                raise Overloaded(
+                    f"this API process already serves {self.by_tenant[tenant]} waiting or streaming requests "
+                    f"of your tenant, the most one tenant may hold (CANVAS_MAX_LONG_REQUESTS_PER_TENANT="
+                    f"{self.per_tenant}); {ADVICE}",
                     RETRY_SECONDS,
                 )
             self.held += 1
+            self.by_tenant[tenant] += 1
         held = [True]
 
         def release() -> None:
@@ -40,15 +54,18 @@ class LongRequestSlots:
                 if held[0]:
                     held[0] = False
                     self.held -= 1
+                    self.by_tenant[tenant] -= 1
+                    if not self.by_tenant[tenant]:
+                        del self.by_tenant[tenant]
 
         return release
 
 
-def install(app: Flask, limit: int) -> None:
-    app.extensions["canvas.long_requests"] = LongRequestSlots(limit)
+def install(app: Flask, limit: int, per_tenant: int = 0) -> None:
+    app.extensions["canvas.long_requests"] = LongRequestSlots(limit, per_tenant)
 
 
 def take_slot() -> Callable[[], None]:
-    """A slot of the current app (see LongRequestSlots.take)."""
+    """A slot of the current app for the request's (authenticated) tenant (see LongRequestSlots.take)."""
     slots: LongRequestSlots = current_app.extensions["canvas.long_requests"]
-    return slots.take()
+    return slots.take(current_principal().tenant_id)

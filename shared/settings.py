@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # streams). Past it they get 503 with Retry-After, so short requests always find a thread: keep it
     # below the server's threads (deploy/: gunicorn gthread, 64 threads). 0: no limit.
     max_long_requests: int = 48
+    # Of those, the most one tenant may hold at once (0: no per-tenant limit), so one key streaming many
+    # never-ending jobs cannot take every slot of a process from the other tenants.
+    max_long_requests_per_tenant: int = 12
     # Webhooks: retry delays in seconds (one per retry), per-attempt timeout, operator allow-list of
     # CIDRs that the SSRF guard lets through (e.g. "127.0.0.1/32" for tests and internal receivers).
     webhook_schedule: Annotated[tuple[float, ...], NoDecode] = (5, 300, 1800, 7200, 18000, 36000, 36000)

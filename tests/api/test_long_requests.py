@@ -6,9 +6,12 @@ threaded WSGI server on loopback); no worker runs, so jobs stay queued and strea
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import pytest
 import requests
 from werkzeug.serving import make_server
 
@@ -61,3 +64,53 @@ def test_a_completion_that_waits_gives_its_slot_back(settings, keys) -> None:
                 f"{url}/v1/completions", json={"model": TINY, "prompt": "hi"}, headers=auth(keys["a"]), timeout=30
             )
             assert waited.status_code == 504
+
+
+def test_one_tenant_cannot_take_every_slot(settings, keys) -> None:
+    limited = settings.with_(max_long_requests=4, max_long_requests_per_tenant=2, rate_limit_per_minute=0)
+    with serving(limited) as url, requests.Session() as a, requests.Session() as b:
+        a.headers.update(auth(keys["a"]))
+        b.headers.update(auth(keys["b"]))
+        job_a = a.post(f"{url}/v1/jobs", json={"model": TINY, "prompt": "hi"}).json()["id"]
+        job_b = b.post(f"{url}/v1/jobs", json={"model": TINY, "prompt": "hi"}).json()["id"]
+        streams = [a.get(f"{url}/v1/jobs/{job_a}/events", stream=True, timeout=30) for _ in range(2)]
+        assert [s.status_code for s in streams] == [200, 200]
+        refused = a.get(f"{url}/v1/jobs/{job_a}/events", timeout=30)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert "CANVAS_MAX_LONG_REQUESTS_PER_TENANT=2" in refused.json()["error"]["message"]
+        other = b.get(f"{url}/v1/jobs/{job_b}/events", stream=True, timeout=30)  # another tenant still gets one
+        assert other.status_code == 200
+        assert a.post(f"{url}/v1/jobs/{job_a}/cancel", timeout=30).status_code == 200
+        for stream in streams:  # a's streams end and give their slots back to a
+            assert b"event: done" in b"".join(stream.iter_content(None))
+        assert b"event: done" in a.get(f"{url}/v1/jobs/{job_a}/events", timeout=30).content
+        other.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_waiting_replays_hold_no_database_connection(settings, keys) -> None:
+    """24 concurrent replays of one pending completion wait for it (no worker runs) while the pool has 15
+    connections: another tenant's requests stay fast, and nothing fails with a 500 (before: the replays held
+    every connection, idle in transaction, and the others waited 30 s for one, then got a 500)."""
+    slow = settings.with_(sync_wait_seconds=6.0, rate_limit_per_minute=0, max_long_requests_per_tenant=0)
+    body = {"model": TINY, "prompt": "hi"}
+    replay_headers = {**auth(keys["a"]), "Idempotency-Key": "one-completion"}
+    with serving(slow) as url:
+        first = requests.post(f"{url}/v1/jobs", json=body, headers=auth(keys["a"]), timeout=30)
+        assert first.status_code == 202
+
+        def replay(_: int) -> requests.Response:
+            return requests.post(f"{url}/v1/completions", json=body, headers=replay_headers, timeout=60)
+
+        with ThreadPoolExecutor(24) as pool:
+            replays = [pool.submit(replay, i) for i in range(24)]
+            time.sleep(1.5)  # every replay is waiting now
+            latencies = []
+            for _ in range(5):
+                started = time.monotonic()
+                listed = requests.get(f"{url}/v1/models", headers=auth(keys["b"]), timeout=60)
+                latencies.append(time.monotonic() - started)
+                assert listed.status_code == 200
+            statuses = [f.result().status_code for f in replays]
+    assert max(latencies) < 2.0, latencies
+    assert set(statuses) == {504}, statuses  # each waited for the one job, which goes on
