@@ -62,6 +62,19 @@ def test_tenant_secret_is_shown_once_and_rotates(client, keys) -> None:
         "ftp://8.8.8.8/hook",
         "http://user:pw@8.8.8.8/hook",
         "http://no-such-host.invalid/hook",
+        # IPv6 forms that carry an inside IPv4 address, and IPv6 ranges that are not global
+        "http://[64:ff9b::7f00:1]/hook",  # NAT64 of 127.0.0.1
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "http://[64:ff9b:1::a00:1]/hook",  # local-use NAT64
+        "http://[2002:a00:1::1]/hook",  # 6to4 of 10.0.0.1
+        "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+        "http://[::127.0.0.1]/hook",  # IPv4-compatible
+        "http://[::a00:1]/hook",  # IPv4-compatible 10.0.0.1
+        "http://[::]/hook",
+        "http://[fec0::1]/hook",  # site-local
+        "http://[fd00::1]/hook",  # unique local
+        "http://[fe80::1]/hook",  # link-local
+        "http://[2001::1]/hook",  # Teredo
     ],
 )
 def test_the_ssrf_guard_refuses_inside_addresses(settings, keys, url) -> None:
@@ -76,10 +89,58 @@ def test_the_ssrf_guard_refuses_inside_addresses(settings, keys, url) -> None:
     assert job.get_json()["error"]["param"] == "webhook.url"
 
 
-def test_a_public_address_passes_the_guard(settings, keys) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://8.8.8.8/hook",
+        "https://[2606:4700:4700::1111]/hook",
+        "https://[64:ff9b::808:808]/hook",  # NAT64 of a public address
+        "https://[2002:808:808::1]/hook",  # 6to4 of a public address
+    ],
+)
+def test_a_public_address_passes_the_guard(settings, keys, url) -> None:
     client = create_app(settings.with_(webhook_allow="")).test_client()
-    response = client.post("/v1/webhook_endpoints", json={"url": "https://8.8.8.8/hook"}, headers=auth(keys["a"]))
-    assert response.status_code == 201
+    response = client.post("/v1/webhook_endpoints", json={"url": url}, headers=auth(keys["a"]))
+    assert response.status_code == 201, response.get_json()
+
+
+def test_a_refusal_does_not_reveal_what_the_name_resolved_to(settings, keys) -> None:
+    """`localhost` resolves (hosts file, real resolver) to loopback: the error names the host, not the
+    address, as it would not for an internal name that resolves to a private address."""
+    client = create_app(settings.with_(webhook_allow="")).test_client()
+    response = client.post("/v1/webhook_endpoints", json={"url": "http://localhost:8080/hook"}, headers=auth(keys["a"]))
+    assert response.status_code == 422
+    message = response.get_json()["error"]["message"]
+    assert "'localhost'" in message and "not public" in message
+    assert "127.0.0.1" not in message and "::1" not in message
+
+
+def test_a_slow_dns_answer_gives_a_422_within_the_look_up_deadline(settings, keys, monkeypatch) -> None:
+    """The API thread stops waiting for the resolver after the deadline. A DNS server that hangs is outside
+    our control, so `getaddrinfo` is slowed for one name; the rest (API, guard, thread pool) is real."""
+    import socket
+    import time
+
+    from shared import ssrf
+
+    real = socket.getaddrinfo
+
+    def hanging(host, port, *args, **kwargs):
+        if host == "slow-dns.example":
+            time.sleep(3.0)
+            host = "127.0.0.1"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    monkeypatch.setattr(ssrf, "RESOLVE_TIMEOUT_SECONDS", 0.5)
+    client = create_app(settings.with_(webhook_allow="")).test_client()
+    started = time.monotonic()
+    response = client.post(
+        "/v1/webhook_endpoints", json={"url": "https://slow-dns.example/hook"}, headers=auth(keys["a"])
+    )
+    assert time.monotonic() - started < 2.0
+    assert response.status_code == 422
+    assert "did not resolve within 0.5 s" in response.get_json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
