@@ -7,8 +7,8 @@ import logging
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import and_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from shared.contracts import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.models import WebhookMessage, utcnow
@@ -18,26 +18,21 @@ log = logging.getLogger(__name__)
 DISPATCH_GRACE_SECONDS = 60  # a dispatched message is not dispatched again for this long
 
 
-def _blocked(session: Session, message: WebhookMessage) -> bool:
-    """Whether an earlier message of the same job and destination is still undelivered (order per job)."""
-    if message.job_id is None:
-        return False
-    same_destination = (
-        WebhookMessage.endpoint_id == message.endpoint_id
-        if message.endpoint_id
-        else and_(WebhookMessage.endpoint_id.is_(None), WebhookMessage.url == message.url)
+def _first_undelivered() -> ColumnElement[bool]:
+    """True for a message with no earlier undelivered message of the same job and destination: the only
+    one of its (job, destination) that may go out now (order per job). Messages without a job are free."""
+    earlier = aliased(WebhookMessage)
+    same_destination = or_(
+        earlier.endpoint_id == WebhookMessage.endpoint_id,
+        and_(earlier.endpoint_id.is_(None), WebhookMessage.endpoint_id.is_(None), earlier.url == WebhookMessage.url),
     )
-    stmt = (
-        select(WebhookMessage.id)
-        .where(
-            WebhookMessage.job_id == message.job_id,
-            same_destination,
-            WebhookMessage.status.in_(("pending", "delivering")),
-            WebhookMessage.created_at < message.created_at,
-        )
-        .limit(1)
+    blocking = select(earlier.id).where(
+        earlier.job_id == WebhookMessage.job_id,
+        same_destination,
+        earlier.status.in_(("pending", "delivering")),
+        earlier.created_at < WebhookMessage.created_at,
     )
-    return session.scalar(stmt) is not None
+    return or_(WebhookMessage.job_id.is_(None), ~blocking.exists())
 
 
 def recover_stalled(session: Session) -> int:
@@ -52,19 +47,19 @@ def recover_stalled(session: Session) -> int:
 
 
 def dispatch_due(session: Session, app: Celery, limit: int = 200) -> int:
-    """Send the due messages' ids to the webhook queue. Returns how many went out."""
+    """Send the due messages' ids to the webhook queue, oldest first. Only the first undelivered message
+    of each (job, destination) is selected, before the limit: messages waiting behind one (a failing
+    receiver's backlog) never take the places of other tenants' due ones. Returns how many went out."""
     now = utcnow()
     stmt = (
         select(WebhookMessage)
-        .where(WebhookMessage.status == "pending", WebhookMessage.next_attempt_at <= now)
+        .where(WebhookMessage.status == "pending", WebhookMessage.next_attempt_at <= now, _first_undelivered())
         .order_by(WebhookMessage.created_at, WebhookMessage.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     sent = 0
     for message in session.scalars(stmt).all():
-        if _blocked(session, message):
-            continue
         try:
             app.send_task(WEBHOOK_TASK, args=[message.id], queue=WEBHOOK_QUEUE, retry=False)
         except Exception as exc:  # the broker is down: the message stays due, the next sweep retries
