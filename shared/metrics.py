@@ -45,7 +45,8 @@ TOKENS_PER_FORWARD = Histogram(
     buckets=(0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 32),
 )  # fmt: skip
 WEBHOOK_DELIVERIES = Counter(
-    "canvas_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retrying, failed, skipped).",
+    "canvas_webhook_deliveries",
+    "Webhook delivery attempts by outcome (delivered, retrying, failed, skipped, superseded).",
     ["outcome"],
 )  # fmt: skip
 FINE_TUNE_STEPS = Counter("canvas_fine_tune_steps", "Optimizer steps taken by fine-tuning jobs.")

@@ -16,11 +16,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
-from shared.errors import InvalidRequest
+from shared.errors import Conflict, InvalidRequest
 from shared.models import Job, TenantWebhookSecret, WebhookEndpoint, WebhookMessage, utcnow
 from shared.states import JobStatus
 from shared.views import job_view
@@ -92,12 +92,16 @@ def payload_for(event_type: str, data: dict[str, Any], job_id: str) -> dict[str,
 
 
 def destinations(session: Session, job: Job, event_type: str) -> list[tuple[str | None, str]]:
-    """(endpoint id or None for the job's own target, url) for every receiver of this event."""
-    stmt = select(WebhookEndpoint).where(
-        WebhookEndpoint.tenant_id == job.tenant_id, WebhookEndpoint.status == "enabled"
+    """(endpoint id or None for the job's own target, url) for every receiver of this event. Reads only
+    the endpoints' ids, urls and event filters, never their secrets: a process that changes a job's status
+    needs no sealing key (only the webhook worker, which signs, does)."""
+    stmt = (
+        select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events)
+        .where(WebhookEndpoint.tenant_id == job.tenant_id, WebhookEndpoint.status == "enabled")
+        .order_by(WebhookEndpoint.created_at)
     )
     found: list[tuple[str | None, str]] = [
-        (e.id, e.url) for e in session.scalars(stmt.order_by(WebhookEndpoint.created_at)) if event_type in e.events
+        (id_, url) for id_, url, events in session.execute(stmt) if event_type in events
     ]
     target = job.webhook or {}
     defaults = DEFAULT_FINE_TUNE_EVENTS if job.kind == "fine_tune" else DEFAULT_EVENTS
@@ -183,12 +187,20 @@ def wants_canvas_events(session: Session, job_id: str) -> bool:
 
 def replay_message(session: Session, message: WebhookMessage) -> None:
     """Send a message again: the same id (receivers deduplicate on it), a fresh retry schedule. A message
-    to an endpoint needs the endpoint enabled; the caller commits, and the sweeper dispatches it."""
-    endpoint = session.get(WebhookEndpoint, message.endpoint_id) if message.endpoint_id else None
-    if endpoint is not None and endpoint.status != "enabled":
-        raise InvalidRequest("the endpoint is disabled; enable it (PATCH enabled=true) before replaying", "id")
-    message.status, message.attempts, message.next_attempt_at = "pending", 0, utcnow()
-    message.delivered_at = None
+    to an endpoint needs the endpoint enabled; one being delivered right now is refused (Conflict), so the
+    attempt in flight keeps its count and its lease. The caller commits, and the sweeper dispatches it."""
+    if message.endpoint_id:
+        status = session.scalar(select(WebhookEndpoint.status).where(WebhookEndpoint.id == message.endpoint_id))
+        if status is not None and status != "enabled":
+            raise InvalidRequest("the endpoint is disabled; enable it (PATCH enabled=true) before replaying", "id")
+    stmt = (
+        update(WebhookMessage)
+        .where(WebhookMessage.id == message.id, WebhookMessage.status != "delivering")
+        .values(status="pending", attempts=0, next_attempt_at=utcnow(), delivered_at=None)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict("the message is being delivered right now; replay it once this attempt has ended", "id")
+    session.refresh(message)
 
 
 def reseal_secrets(session: Session) -> int:

@@ -9,33 +9,46 @@ import json
 import logging
 import random
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 import requests
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
+from shared import ssrf
 from shared.db import session_scope
 from shared.metrics import WEBHOOK_DELIVERIES
 from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
 from shared.settings import Settings
 from shared.ssrf import UnsafeURL, check_url, parse_allow_list
 from shared.webhooks import signature_header, tenant_secret
-from worker.pinned_http import post_to_first
+from worker.pinned_http import post_within
 
 log = logging.getLogger(__name__)
 EXCERPT_CHARS = 500
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0  # a receiver cannot push a retry further than a day out
 
 
-def claim(settings: Settings, message_id: str) -> bool:
-    """pending -> delivering with a lease; False if another delivery has it or it is done."""
-    lease = utcnow() + timedelta(seconds=2 * settings.webhook_timeout_seconds + 5)
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed delivery is its worker's: longer than everything one attempt may take (the DNS
+    look-up's deadline, the POST's overall deadline), plus room for the database writes around them."""
+    timeout = settings.webhook_timeout_seconds
+    return ssrf.RESOLVE_TIMEOUT_SECONDS + timeout + max(5.0, timeout)
+
+
+def claim(settings: Settings, message_id: str) -> datetime | None:
+    """pending -> delivering with a lease; returns the lease's expiry, which identifies this claim, or None
+    if another delivery has the message or it is done."""
+    lease = utcnow() + timedelta(seconds=lease_seconds(settings))
     with session_scope(settings.database_url) as session:
         stmt = (
             update(WebhookMessage)
             .where(WebhookMessage.id == message_id, WebhookMessage.status == "pending")
             .values(status="delivering", lease_expires_at=lease, attempts=WebhookMessage.attempts + 1)
         )
-        return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+        return lease if session.execute(stmt).rowcount == 1 else None  # type: ignore[attr-defined]
 
 
 def _request(settings: Settings, message_id: str) -> tuple[str, dict[str, str], str, int] | str:
@@ -63,8 +76,20 @@ def _request(settings: Settings, message_id: str) -> tuple[str, dict[str, str], 
         return message.url, headers, body, message.attempts
 
 
+@dataclass
+class Outcome:
+    """What one attempt got: the status code (None if no answer), an error, a body excerpt, Retry-After."""
+
+    status: int | None = None
+    error: str | None = None
+    excerpt: str | None = None
+    retry_after: float | None = None
+    latency_ms: float = 0.0
+
+
 def deliver(settings: Settings, message_id: str) -> str:
-    """One delivery attempt of a message. Returns its outcome (delivered, retrying, failed or skipped),
+    """One delivery attempt of a message. Returns its outcome (delivered, retrying, failed, skipped or
+    superseded),
     which canvas_webhook_deliveries_total counts."""
     outcome = _deliver(settings, message_id)
     WEBHOOK_DELIVERIES.labels(outcome).inc()
@@ -72,95 +97,117 @@ def deliver(settings: Settings, message_id: str) -> str:
 
 
 def _deliver(settings: Settings, message_id: str) -> str:
-    if not claim(settings, message_id):
+    lease = claim(settings, message_id)
+    if lease is None:
         return "skipped"
     prepared = _request(settings, message_id)
     if isinstance(prepared, str):
-        _record(settings, message_id, None, 0.0, prepared, None, final=True)
-        return "failed"
+        return _record(settings, message_id, lease, Outcome(error=prepared), final=True)
     url, headers, body, attempt = prepared
     started = time.monotonic()
-    status, error, excerpt, retry_after = None, None, None, None
+    outcome = Outcome()
     try:
         # Again at delivery (DNS may have changed), and the POST goes to the address just checked.
         addresses = check_url(url, parse_allow_list(settings.webhook_allow))
-        response = post_to_first(
+        reply = post_within(
             url,
             [str(a) for a in addresses],
+            settings.webhook_timeout_seconds,
             data=body.encode(),
             headers=headers,
-            timeout=settings.webhook_timeout_seconds,
             allow_redirects=False,
         )
-        status, excerpt = response.status_code, response.text[:EXCERPT_CHARS]
-        retry_after = _retry_after(response.headers.get("Retry-After"))
+        outcome.status = reply.status_code
+        outcome.excerpt = reply.body_start.decode("utf-8", "replace")[:EXCERPT_CHARS]
+        outcome.retry_after = retry_after_seconds(reply.headers.get("Retry-After"))
     except UnsafeURL as exc:
-        error = f"refused by the SSRF guard: {exc}"
+        outcome.error = f"refused by the SSRF guard: {exc}"
     except requests.RequestException as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
-    latency_ms = round((time.monotonic() - started) * 1000, 1)
-    return _record(settings, message_id, status, latency_ms, error, excerpt, attempt=attempt, retry_after=retry_after)
+        outcome.error = f"{type(exc).__name__}: {exc}"[:500]
+    outcome.latency_ms = round((time.monotonic() - started) * 1000, 1)
+    return _record(settings, message_id, lease, outcome, attempt=attempt)
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (delay-seconds or an HTTP date) in seconds from now, at most
+    MAX_RETRY_AFTER_SECONDS; None if absent or unreadable."""
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max((when - utcnow()).total_seconds(), 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _record(
-    settings: Settings,
-    message_id: str,
-    status: int | None,
-    latency_ms: float,
-    error: str | None,
-    excerpt: str | None,
-    *,
-    attempt: int = 0,
-    retry_after: float | None = None,
-    final: bool = False,
+    settings: Settings, message_id: str, lease: datetime, outcome: Outcome, *, attempt: int = 0, final: bool = False
 ) -> str:
-    """Log the attempt and move the message (and its endpoint) to what the answer means."""
+    """Log the attempt and move the message (and its endpoint) to what the answer means, if this delivery
+    still holds the message's lease. A delivery that outlived its lease (the message was recovered, and
+    maybe delivered again since) only logs its attempt: the newer state stands."""
     now = utcnow()
     with session_scope(settings.database_url) as session:
+        held = (
+            update(WebhookMessage)  # first: takes the row's write lock, so no recovery can come between
+            .where(
+                WebhookMessage.id == message_id,
+                WebhookMessage.status == "delivering",
+                WebhookMessage.lease_expires_at == lease,
+            )
+            .values(lease_expires_at=None, last_status_code=outcome.status)
+        )
+        current = session.execute(held).rowcount == 1  # type: ignore[attr-defined]
         message = session.get(WebhookMessage, message_id)
         assert message is not None
         session.add(
             WebhookAttempt(
                 message_id=message_id,
                 attempt=attempt or message.attempts,
-                status_code=status,
-                latency_ms=latency_ms,
-                error=error,
-                response_excerpt=excerpt,
+                status_code=outcome.status,
+                latency_ms=outcome.latency_ms,
+                error=outcome.error,
+                response_excerpt=outcome.excerpt,
                 created_at=now,
             )
         )
-        message.last_status_code = status
-        message.lease_expires_at = None
-        endpoint = session.get(WebhookEndpoint, message.endpoint_id) if message.endpoint_id else None
-        if status is not None and 200 <= status < 300:
-            message.status, message.delivered_at = "delivered", now
-            if endpoint is not None:
-                endpoint.failing_since = None
-            return "delivered"
-        if status == 410:
-            message.status = "failed"
-            if endpoint is not None:
-                _disable(endpoint, "the receiver answered 410 Gone")
-            return "failed"
+        if not current:
+            log.warning("webhook message %s: a delivery that outlived its lease; its result is only logged", message_id)
+            return "superseded"
+        return _settle(settings, session, message, outcome, now, final)
+
+
+def _settle(
+    settings: Settings, session: Session, message: WebhookMessage, outcome: Outcome, now: datetime, final: bool
+) -> str:
+    """The message's next state after an attempt it held: delivered, failed, or pending for a retry."""
+    status = outcome.status
+    endpoint = session.get(WebhookEndpoint, message.endpoint_id) if message.endpoint_id else None
+    if status is not None and 200 <= status < 300:
+        message.status, message.delivered_at = "delivered", now
         if endpoint is not None:
-            endpoint.failing_since = endpoint.failing_since or now
-            if (now - endpoint.failing_since).total_seconds() > settings.webhook_disable_after_seconds:
-                _disable(endpoint, f"every delivery failed for {settings.webhook_disable_after_seconds:.0f} s")
-        retries = settings.webhook_schedule
-        if final or message.attempts > len(retries):
-            message.status = "failed"
-            return "failed"
-        delay = retries[message.attempts - 1] * random.uniform(0.9, 1.1)  # jitter spreads retries of many messages
-        message.status = "pending"
-        message.next_attempt_at = now + timedelta(seconds=max(delay, retry_after or 0.0))
-        return "retrying"
+            endpoint.failing_since = None
+        return "delivered"
+    if status == 410:
+        message.status = "failed"
+        if endpoint is not None:
+            _disable(endpoint, "the receiver answered 410 Gone")
+        return "failed"
+    if endpoint is not None:
+        endpoint.failing_since = endpoint.failing_since or now
+        if (now - endpoint.failing_since).total_seconds() > settings.webhook_disable_after_seconds:
+            _disable(endpoint, f"every delivery failed for {settings.webhook_disable_after_seconds:.0f} s")
+    retries = settings.webhook_schedule
+    if final or message.attempts > len(retries):
+        message.status = "failed"
+        return "failed"
+    delay = retries[message.attempts - 1] * random.uniform(0.9, 1.1)  # jitter spreads retries of many messages
+    message.status = "pending"
+    message.next_attempt_at = now + timedelta(seconds=max(delay, outcome.retry_after or 0.0))
+    return "retrying"
 
 
 def _disable(endpoint: WebhookEndpoint, reason: str) -> None:
