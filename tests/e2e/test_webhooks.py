@@ -9,6 +9,7 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
+from shared import sealing
 from tests.conftest import REDIS_DB, TINY
 from tests.e2e.live import ApiServer, Client, Worker, serving_worker, webhook_worker
 from tests.e2e.receiver import Answer, Receiver
@@ -154,3 +155,30 @@ def test_killing_the_webhook_worker_mid_delivery_loses_nothing(settings, keys, b
     hung, retried = receiver.at("/hang")[:2]
     assert hung.headers["webhook-id"] == retried.headers["webhook-id"] == delivery["id"]
     verified(ep["secret"], retried)
+
+
+def test_a_generation_worker_without_the_sealing_key_runs_jobs_of_a_tenant_with_an_endpoint(
+    settings, keys, backend, tmp_path
+) -> None:
+    """Only the API (which shows secrets) and the webhook worker (which signs) hold the sealing key. The
+    generation worker, a process of its own without it, finds the job's receivers without reading their
+    secrets (before: every job of this tenant failed there, unable to unseal the endpoint's secret)."""
+    key = sealing.new_key()
+    sealed = settings.with_(
+        webhook_sealing_keys=key, redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 5}"
+    )
+    receiver = Receiver()
+    generation = Worker(sealed.with_(webhook_sealing_keys=""), TINY, tmp_path / "serve.log").wait_ready()
+    try:
+        with webhook_worker(sealed), ApiServer(sealed) as api:  # the API configures the key in this process
+            client = Client(api.url, keys["a"])
+            ep = endpoint(client, receiver.script("/sealed"), ["job.started", "job.succeeded"])
+            job = client.submit(model=TINY, prompt="keyless", params={"max_new_tokens": 8})
+            assert client.wait(job["id"])["status"] == "succeeded"
+            received = receiver.wait_for("/sealed", 2)
+    finally:
+        generation.stop()
+        receiver.close()
+        sealing.configure("")
+    assert [verified(ep["secret"], r)["type"] for r in received] == ["job.started", "job.succeeded"]
+    assert b"sealed:v1:" not in b"".join(r.body for r in received)
