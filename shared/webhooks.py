@@ -91,18 +91,21 @@ def payload_for(event_type: str, data: dict[str, Any], job_id: str) -> dict[str,
     return payload
 
 
-def destinations(session: Session, job: Job, event_type: str) -> list[tuple[str | None, str]]:
-    """(endpoint id or None for the job's own target, url) for every receiver of this event. Reads only
-    the endpoints' ids, urls and event filters, never their secrets: a process that changes a job's status
-    needs no sealing key (only the webhook worker, which signs, does)."""
+def endpoint_destinations(session: Session, tenant_id: str, event_type: str) -> list[tuple[str | None, str]]:
+    """(id, url) of the tenant's enabled endpoints subscribed to this event, oldest first. Reads only their
+    ids, urls and event filters, never their secrets: a process that records events (every one that
+    changes a job's status) needs no sealing key; only the webhook worker, which signs, does."""
     stmt = (
         select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events)
-        .where(WebhookEndpoint.tenant_id == job.tenant_id, WebhookEndpoint.status == "enabled")
+        .where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.status == "enabled")
         .order_by(WebhookEndpoint.created_at)
     )
-    found: list[tuple[str | None, str]] = [
-        (id_, url) for id_, url, events in session.execute(stmt) if event_type in events
-    ]
+    return [(id_, url) for id_, url, events in session.execute(stmt) if event_type in events]
+
+
+def destinations(session: Session, job: Job, event_type: str) -> list[tuple[str | None, str]]:
+    """(endpoint id or None for the job's own target, url) for every receiver of this event."""
+    found = endpoint_destinations(session, job.tenant_id, event_type)
     target = job.webhook or {}
     defaults = DEFAULT_FINE_TUNE_EVENTS if job.kind == "fine_tune" else DEFAULT_EVENTS
     if target.get("url") and event_type in (target.get("events") or defaults):
@@ -121,9 +124,7 @@ def record_tenant_event(
 ) -> list[WebhookMessage]:
     """Messages for an event about no job (batch.completed, ...): one per enabled endpoint of the tenant
     subscribed to it. The caller's transaction commits them."""
-    stmt = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.status == "enabled")
-    endpoints = session.scalars(stmt.order_by(WebhookEndpoint.created_at))
-    found: list[tuple[str | None, str]] = [(e.id, e.url) for e in endpoints if event_type in e.events]
+    found = endpoint_destinations(session, tenant_id, event_type)
     payload = {"type": event_type, "timestamp": utcnow().isoformat().replace("+00:00", "Z"), "data": data}
     return _add_messages(session, tenant_id, None, found, event_type, payload)
 
