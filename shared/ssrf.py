@@ -12,6 +12,7 @@ checks a URL. Refusals name the host, never the addresses it resolved to (intern
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as LookupTimeout
@@ -27,9 +28,19 @@ _OPAQUE = (
     ipaddress.ip_network("64:ff9b:1::/48"),  # RFC 8215 local-use NAT64: a private translator, any layout
     ipaddress.ip_network("2001::/32"),  # Teredo: the client address inside is obfuscated and NAT-mapped
 )
-# getaddrinfo cannot be interrupted; look-ups run here so the caller can stop waiting. A look-up that
-# hangs holds one of these threads until the system resolver gives up, never the caller's.
-_resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ssrf-dns")
+_resolver: ThreadPoolExecutor
+
+
+def _new_resolver() -> None:
+    """getaddrinfo cannot be interrupted; look-ups run on these threads so the caller can stop waiting. One
+    that hangs holds a pool thread until the system resolver gives up, never the caller's. A forked child
+    (gunicorn, Celery's prefork pool) gets a pool of its own: the parent's threads do not exist there."""
+    global _resolver
+    _resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ssrf-dns")
+
+
+_new_resolver()
+os.register_at_fork(after_in_child=_new_resolver)
 
 
 class UnsafeURL(ValueError):
