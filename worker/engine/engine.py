@@ -18,8 +18,9 @@ import torch
 
 from worker.engine.constraints import canvas_constraint
 from worker.engine.fast_sampler import fast_tile, noise_key
+from worker.engine.kv import SlotKV, layer_shapes, slot_bytes
 from worker.engine.output import find_end
-from worker.engine.params import Request
+from worker.engine.params import InvalidParams, Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
 from worker.engine.runner import ModelRunner, to_device
 from worker.engine.sampler import (
@@ -32,10 +33,13 @@ from worker.engine.sampler import (
     draw_rows,
     empty_draws,
 )
-from worker.engine.scheduler import MemoryModel, Scheduler
+from worker.engine.scheduler import Scheduler
 from worker.engine.slots import Slots
 
 log = logging.getLogger(__name__)
+
+CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of KV slots on the CPU unless `memory_budget_bytes` says otherwise
+DEFAULT_MAX_CONTEXT = 8192  # prompt plus output tokens per row, unless `max_context` says otherwise
 
 
 class NonFiniteLogits(RuntimeError):
@@ -51,34 +55,51 @@ class Engine:
         memory_budget_bytes: int | None = None,
         prefill_chunk: int = 512,
         sampler_bytes: int | None = None,
+        max_context: int | None = None,
     ) -> None:
-        self.runner = ModelRunner(model)
-        self.memory = memory_model(self.runner)
-        self.scheduler: Scheduler[Row] = Scheduler(max_rows, memory_budget_bytes)
-        r = self.runner
-        self.slots = Slots(max_rows, r.canvas_length, r.hidden_size, r.vocab_size, r.dtype, r.device)
+        """`max_rows` rows at most, fewer if their K/V slots do not fit `memory_budget_bytes` (default: half
+        the GPU memory free after the weights; on the CPU `CPU_MEMORY_BUDGET`). A row holds up to
+        `max_context` tokens of prompt and output (default: the model's positions, at most
+        `DEFAULT_MAX_CONTEXT`); longer requests are refused at `submit`."""
+        self.runner = r = ModelRunner(model)
+        self.max_context = max_context or min(r.text_config.max_position_embeddings, DEFAULT_MAX_CONTEXT)
+        self.prefill_chunk = prefill_chunk
+        shapes = layer_shapes(
+            r.text_config, r.layer_types, r.window, self.max_context, max(r.canvas_length, prefill_chunk)
+        )
+        self.slot_bytes = slot_bytes(shapes, r.dtype.itemsize) + row_state_bytes(r)
+        rows = max(1, min(max_rows, kv_budget(r, memory_budget_bytes) // self.slot_bytes))
+        self.kv = SlotKV(shapes, rows, r.window, r.dtype, r.device)
+        self.scheduler: Scheduler[Row] = Scheduler(rows, None)  # a slot per row: its bytes are preallocated
+        self.slots = Slots(rows, r.canvas_length, r.hidden_size, r.vocab_size, r.dtype, r.device)
         self.tile_rows = sampler_tile_rows(r, sampler_bytes)
         self._draw_threads = torch.get_num_threads() if r.device.type == "cpu" else 0
         self._draw_pool = ThreadPoolExecutor(self._draw_threads, "canvas-draws") if self._draw_threads else None
-        self.prefill_chunk = prefill_chunk
         self.rows: list[Row] = []
         self._lock = threading.Condition()
         self._cancels: set[str] = set()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._calls: list[tuple[Callable[[], Any], RequestHandle]] = []
-        self.stats = {"ticks": 0, "decoder_passes": 0, "rows_in_decoder": 0}
+        self.stats = {"ticks": 0, "decoder_passes": 0, "rows_in_decoder": 0, "encoder_passes": 0}
 
     # ---- the thread-safe surface -------------------------------------------------------------------
 
     def submit(self, request: Request, on_event: EventCallback | None = None) -> RequestHandle:
         request.validate(self.runner.vocab_size)
+        C = self.runner.canvas_length
+        context = len(request.prompt_ids) + -(-request.params.max_new_tokens // C) * C
+        if context > self.max_context:
+            raise InvalidParams(
+                "max_new_tokens",
+                f"the prompt ({len(request.prompt_ids)} tokens) and the output, in canvases of {C}, need {context} "
+                f"tokens: more than this engine's context of {self.max_context}",
+            )
         handle = RequestHandle(request.request_id)
         generator = torch.Generator(device=self.runner.device).manual_seed(request.params.seed)
-        cost = self.memory.row_bytes(len(request.prompt_ids), request.params.max_new_tokens)
-        row = Row(request, handle, cost, self.runner.new_cache(), generator, on_event)
+        row = Row(request, handle, self.slot_bytes, generator, on_event)
         with self._lock:
-            self.scheduler.add(row, cost)
+            self.scheduler.add(row, row.cost)
             self._lock.notify()
         return handle
 
@@ -206,31 +227,77 @@ class Engine:
 
     def _encode(self) -> None:
         """Commits of converged canvases, then at most `prefill_chunk` prompt tokens (oldest first), so a
-        long new prompt never stalls the running rows for more than about one step."""
-        for row in [r for r in self.rows if r.phase is Phase.COMMIT]:
-            self._guarded(row, self._encode_commit)
+        long new prompt never stalls the running rows for more than about one step: all of them in one
+        encoder pass per adapter."""
+        work: list[tuple[Row, int]] = [(r, self.runner.canvas_length) for r in self.rows if r.phase is Phase.COMMIT]
         budget = self.prefill_chunk
         for row in [r for r in self.rows if r.phase is Phase.PREFILL]:
             if budget <= 0:
                 break
             take = min(budget, len(row.request.prompt_ids) - row.prompt_done)
             budget -= take
-            self._guarded(row, lambda r, n=take: self._encode_prompt(r, n))
+            work.append((row, take))
+        groups: dict[str | None, list[tuple[Row, int]]] = {}
+        for row, take in work:
+            groups.setdefault(row.request.adapter, []).append((row, take))
+        for adapter, items in groups.items():
+            try:
+                self.runner.use_adapter(adapter)
+            except Exception as exc:  # a missing adapter fails the rows that asked for it
+                for row, _ in items:
+                    self._finish(row, error=exc)
+                continue
+            self._encode_rows(items)
 
-    def _encode_commit(self, row: Row) -> None:
-        self.runner.use_adapter(row.request.adapter)
-        self.runner.encode(row.cache, self.slots.argmax[row.slot : row.slot + 1], row.encoded)
-        row.encoded += self.runner.canvas_length
-        self._start_canvas(row)
+    def _encode_rows(self, items: list[tuple[Row, int]]) -> None:
+        """One encoder pass over `items` (row, new tokens); out of memory, they retry in halves and a row
+        that runs out alone fails alone (a failed pass leaves every row's K/V as it was)."""
+        try:
+            self._encode_pass(items)
+        except torch.OutOfMemoryError as exc:
+            if len(items) == 1:
+                self._finish(items[0][0], error=exc)
+                return
+            log.warning("out of memory in an encoder pass of %d rows: retrying in halves", len(items))
+            half = len(items) // 2
+            self._encode_rows(items[:half])
+            self._encode_rows(items[half:])
+        except Exception as exc:
+            log.exception("encoder pass of %d rows failed", len(items))
+            for row, _ in items:
+                self._finish(row, error=exc)
+            return
+        for row, take in items:
+            self._guarded(row, lambda r, n=take: self._encoded(r, n))
 
-    def _encode_prompt(self, row: Row, take: int) -> None:
-        prompt = row.request.prompt_ids
-        ids = torch.tensor([prompt[row.prompt_done : row.prompt_done + take]], device=self.runner.device)
-        self.runner.use_adapter(row.request.adapter)
-        self.runner.encode(row.cache, ids, row.prompt_done)
-        row.prompt_done += take
+    def _encode_pass(self, items: list[tuple[Row, int]]) -> None:
+        """Prompt chunks and committed canvases (the slot's argmax) right-padded into one (B, n) batch."""
+        width, device = max(take for _, take in items), self.runner.device
+        host = torch.zeros((len(items), width), dtype=torch.long)
+        commits = []
+        for b, (row, take) in enumerate(items):
+            if row.phase is Phase.COMMIT:
+                commits.append((b, row.slot))
+            else:
+                host[b, :take] = torch.tensor(row.request.prompt_ids[row.prompt_done : row.prompt_done + take])
+        ids = host.to(device)
+        if commits:
+            rows, slots = (to_device(list(c), device) for c in zip(*commits, strict=True))
+            ids[rows, : self.runner.canvas_length] = self.slots.argmax[slots]
+        slots, counts = [row.slot for row, _ in items], [take for _, take in items]
+        cache, masks, positions = self.kv.encoder(slots, counts, width)
+        self.runner.encode(cache, ids, self.runner.masks(masks), positions)
+        self.kv.advance(slots, counts)
+        self.stats["encoder_passes"] += 1
+
+    def _encoded(self, row: Row, take: int) -> None:
+        """A row's tokens are in its slot: a commit starts the next canvas, and so does the last prompt chunk."""
         row.encoded += take
-        if row.prompt_done == len(prompt):
+        if row.phase is Phase.COMMIT:
+            self._start_canvas(row)
+            return
+        row.prompt_done += take
+        if row.prompt_done == len(row.request.prompt_ids):
             self._start_canvas(row)
 
     def _start_canvas(self, row: Row) -> None:
@@ -293,18 +360,22 @@ class Engine:
             return []
 
     def _pass(self, rows: list[Row]) -> torch.Tensor:
-        """Decoder pass, then the sampler tile by tile; the rows' slots change only once every tile has
-        run, so a failure leaves them as they were. Returns (B, 1 + C): flags and argmax canvases."""
+        """Decoder pass over the slot range of `rows` (slots between them that are not in the pass are
+        computed and dropped), then the sampler tile by tile; the rows' slots change only
+        once every tile has run, so a failure leaves them as they were. Returns (B, 1 + C): flags and
+        argmax canvases."""
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
         tiles = mode_tiles(rows, self.tile_rows)
         drawn, pending = self._draw_ahead(rows, tiles)
         try:
             slots = [row.slot for row in rows]
             index = to_device(slots, device)  # (B,)
-            kv, masks = self.runner.gather([row.cache for row in rows])
-            offsets = torch.arange(C, dtype=torch.int32, device=device)
-            positions = to_device([row.encoded for row in rows], device, torch.int32)[:, None] + offsets  # (B, C)
-            hidden = self.runner.decode(self.slots.canvas[index], self.slots.soft[index], kv, masks, positions)
+            lo, hi = min(slots), max(slots) + 1
+            kv, masks, positions = self.kv.decoder(lo, hi, C)
+            canvas, soft = self.slots.canvas[lo:hi], self.slots.soft[lo:hi]
+            hidden = self.runner.decode(canvas, soft, kv, self.runner.masks(masks), positions)
+            if slots != list(range(lo, hi)):  # idle slots in the range, or another order: the rows' hidden
+                hidden = hidden.index_select(0, index - lo)
             del kv, masks
             self.stats["decoder_passes"] += 1
             self.stats["rows_in_decoder"] += len(rows)
@@ -413,9 +484,9 @@ class Engine:
         if row in self.rows:
             self.rows.remove(row)
             self.slots.release(row.slot)
+            self.kv.reset(row.slot)
             with self._lock:
                 self.scheduler.release(row.cost)
-        row.cache = None  # type: ignore[assignment]  # free the KV at once
         if error is None:
             result = self._result(row, reason)
             try:
@@ -453,18 +524,18 @@ def sampler_tile_rows(runner: ModelRunner, budget_bytes: int | None) -> int:
     return max(1, (budget_bytes or 256 * 2**20) // per_row)
 
 
-def memory_model(runner: ModelRunner) -> MemoryModel:
-    """Per-row bytes from the config: K and V of every full layer per token, sliding layers capped."""
-    text, itemsize = runner.text_config, runner.dtype.itemsize
-    per_full = per_sliding = 0
-    for index, layer_type in enumerate(runner.layer_types):
-        layer = text.per_layer_config[index] if hasattr(text, "per_layer_config") else text
-        kv = 2 * layer.num_key_value_heads * layer.head_dim * itemsize
-        if layer_type == "sliding_attention":
-            per_sliding += kv
-        else:
-            per_full += kv
+def row_state_bytes(runner: ModelRunner) -> int:
+    """A slot's canvas-sized state besides its K/V: self-conditioning input (C, H) and a few (C,) tensors."""
     C, H = runner.canvas_length, runner.hidden_size
-    window = getattr(text, "sliding_window", 0) or 0
-    row_state = C * H * itemsize + 4 * C * 8
-    return MemoryModel(per_full, per_sliding * window, C, row_state)
+    return C * H * runner.dtype.itemsize + 8 * C * 8
+
+
+def kv_budget(runner: ModelRunner, budget_bytes: int | None) -> int:
+    """Bytes the K/V slots may take: `budget_bytes`, or half the GPU memory free now (after the weights;
+    the other half is left to the passes' activations and the sampler's tiles), or on the CPU
+    `CPU_MEMORY_BUDGET`."""
+    if budget_bytes is not None:
+        return budget_bytes
+    if runner.device.type == "cuda":
+        return torch.cuda.mem_get_info(runner.device)[0] // 2
+    return CPU_MEMORY_BUDGET

@@ -9,7 +9,6 @@ from enum import Enum
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from worker.engine.params import Request
 
@@ -69,12 +68,11 @@ class RequestHandle:
 @dataclass
 class Row:
     """A request inside the engine: host-side bookkeeping. Its tensors (canvas, argmax, self-conditioning,
-    stop state, constraints) live in the engine's `Slots` at index `slot`."""
+    stop state, constraints) live in the engine's `Slots`, its K/V in the engine's `SlotKV`, at index `slot`."""
 
     request: Request
     handle: RequestHandle
     cost: int
-    cache: DynamicCache
     generator: torch.Generator
     on_event: EventCallback | None
     slot: int = -1  # set at admission

@@ -1,31 +1,16 @@
-"""The model side of the engine: encoder passes into per-row caches, batched decoder passes over rows
-with different cache lengths, logits and self-conditioning embeddings for tiles of rows.
+"""The model side of the engine: batched encoder passes into the static KV slots, batched decoder passes
+over rows with different prefix lengths, logits and self-conditioning embeddings for tiles of rows.
 
 It uses transformers' DiffusionGemma modules but not `generate()`; it knows nothing of requests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-
-@dataclass
-class _LayerKV:
-    keys: torch.Tensor  # (B, H_kv, L, D)
-    values: torch.Tensor
-
-
-class GatheredKV:
-    """Several rows' encoder caches, left-padded into one batch, read-only (the decoder never writes)."""
-
-    is_compileable = False
-
-    def __init__(self, layers: list[_LayerKV]) -> None:
-        self.layers = layers
+from worker.engine.kv import DecoderKV, EncoderKV, install
 
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")  # the decoder masks below are right for these only
@@ -65,6 +50,8 @@ class ModelRunner:
                 f"attention implementation {self.attn_implementation!r}: the engine builds decoder masks for "
                 f"{' and '.join(SUPPORTED_ATTENTION)} only; load the model with attn_implementation='sdpa'"
             )
+        self.window: int = getattr(self.text_config, "sliding_window", None) or 2**31 - 1
+        install(self.decoder)
         self.adapters: Any = None  # the PeftModel wrapping `model` once an adapter is loaded
         self.active_adapter: str | None = None
 
@@ -81,59 +68,30 @@ class ModelRunner:
             self.adapters.base_model.set_adapter(name)
         self.active_adapter = name
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.text_config)
+    def masks(self, masks: dict[bool, torch.Tensor | None]) -> dict[str, Any]:
+        """Boolean masks by `sliding` -> what the attention implementation takes, by layer type: SDPA takes
+        them as they are, eager attention as additive float masks."""
+        out: dict[str, Any] = {}
+        for layer_type, sliding in (("full_attention", False), ("sliding_attention", True)):
+            keep = masks[sliding]
+            if keep is not None and self.attn_implementation != "sdpa":
+                keep = torch.zeros(keep.shape, dtype=self.dtype, device=self.device).masked_fill(
+                    ~keep, torch.finfo(self.dtype).min
+                )
+            out[layer_type] = keep
+        return out
 
     @torch.inference_mode()
-    def encode(self, cache: DynamicCache, ids: torch.Tensor, start: int) -> None:
-        """Append `ids` (1, n) at positions start.. to `cache`, with causal masks as generate() builds them."""
-        n = ids.shape[1]
-        positions = torch.arange(start, start + n, dtype=torch.int32, device=self.device)[None]
-        dummy = torch.empty((1, n, 0), dtype=self.dtype, device=self.device)
-        attention_mask = torch.ones((1, start + n), dtype=torch.bool, device=self.device)
-        masks = self.encoder.create_masks_for_generate(
-            config=self.config,
-            inputs_embeds=dummy,
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            position_ids=positions,
-        )
+    def encode(self, cache: EncoderKV, ids: torch.Tensor, masks: dict[str, Any], positions: torch.Tensor) -> None:
+        """One encoder pass over rows' new tokens: ids (B, n), positions (B, n); their K/V land in `cache`."""
         self.encoder(input_ids=ids, attention_mask=masks, past_key_values=cache, position_ids=positions)
-
-    def gather(self, caches: list[DynamicCache]) -> tuple[GatheredKV | DynamicCache, dict[str, Any]]:
-        """Rows' caches as one left-padded batch, and the decoder masks per layer type (None: no padding)."""
-        if len(caches) == 1:
-            return caches[0], dict.fromkeys(self.layer_types)
-        layers, masks = [], {}
-        for index, layer_type in enumerate(self.layer_types):
-            keys = [c.layers[index].keys for c in caches]
-            values = [c.layers[index].values for c in caches]
-            lengths = [k.shape[-2] for k in keys]
-            longest = max(lengths)
-            layers.append(_LayerKV(_left_pad(keys, longest), _left_pad(values, longest)))
-            if layer_type not in masks:
-                masks[layer_type] = self._decoder_mask(lengths, longest)
-        return GatheredKV(layers), masks
-
-    def _decoder_mask(self, lengths: list[int], longest: int) -> torch.Tensor | None:
-        if all(n == longest for n in lengths):
-            return None
-        C = self.canvas_length
-        key_index = torch.arange(longest + C, device=self.device)  # (L + C,)
-        starts = torch.tensor([longest - n for n in lengths], device=self.device)[:, None]  # (B, 1)
-        keep = (key_index[None] >= starts)[:, None, None, :].expand(-1, 1, C, -1)  # (B, 1, C, L + C)
-        if self.attn_implementation == "sdpa":
-            return keep
-        return torch.zeros(keep.shape, dtype=self.dtype, device=self.device).masked_fill(
-            ~keep, torch.finfo(self.dtype).min
-        )
 
     @torch.inference_mode()
     def decode(
         self,
         canvas: torch.Tensor,
         soft: torch.Tensor,
-        kv: GatheredKV | DynamicCache,
+        kv: DecoderKV,
         masks: dict[str, Any],
         positions: torch.Tensor,
     ) -> torch.Tensor:
@@ -173,14 +131,3 @@ class ModelRunner:
         if probs is None or weight.dtype != torch.float32:
             probs = processed.to(weight.dtype).softmax(dim=-1, dtype=torch.float32)
         return torch.matmul(probs.to(weight.dtype), weight) * self.decoder.embed_tokens.embed_scale.to(weight.dtype)
-
-
-def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
-    """(1, H, L_i, D) tensors -> (B, H, length, D), each right-aligned (left padding)."""
-    if all(t.shape[-2] == length for t in tensors):
-        return torch.cat(tensors)  # nothing to pad: one copy
-    first = tensors[0]
-    out = first.new_zeros((len(tensors), first.shape[1], length, first.shape[3]))
-    for row, t in enumerate(tensors):
-        out[row, :, length - t.shape[-2] :] = t[0]
-    return out

@@ -49,7 +49,9 @@ class Slots:
     # ---- host side: admission and canvas starts (never inside a step) -----------------------------------
 
     def acquire(self, params: SamplingParams) -> int:
-        slot = self.free.pop()
+        """The lowest free slot (so running rows stay packed and decoder passes cover few idle slots)."""
+        slot = min(self.free)
+        self.free.remove(slot)
         values = {
             "steps": params.max_denoising_steps,
             "t_min": params.t_min,
