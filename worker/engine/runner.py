@@ -12,7 +12,6 @@ import torch
 
 from worker.engine.kv import DecoderKV, EncoderKV, install
 
-
 SUPPORTED_ATTENTION = ("sdpa", "eager")  # the decoder masks below are right for these only
 
 
