@@ -151,3 +151,37 @@ def test_attention_the_masks_are_not_built_for_is_refused_at_load(model) -> None
             ModelRunner(model)
     finally:
         text._attn_implementation = saved
+
+
+def test_out_of_memory_in_an_encoder_pass_retries_the_rows_in_halves(model, expected) -> None:
+    """The first tick's encoder pass (every row's prompt) runs out of memory whenever it holds more than
+    one row: the rows prefill one by one, and every output is what it would have been."""
+    engine = Engine(model, max_rows=8)
+    encode = engine.runner.encode
+    failures: list[int] = []
+
+    def encode_or_run_out(cache, ids, *args):
+        if engine.stats["ticks"] == 1 and ids.shape[0] > 1:
+            failures.append(ids.shape[0])
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return encode(cache, ids, *args)
+
+    engine.runner.encode = encode_or_run_out
+    got = run_all(engine, requests())
+    assert failures[0] == 5 and len(failures) > 2
+    assert got == expected
+
+
+def test_a_row_whose_encoder_pass_runs_out_of_memory_alone_fails_alone(model, expected) -> None:
+    engine = Engine(model, max_rows=8)
+    encode_pass = engine._encode_pass
+
+    def run_out_with_r3(items):
+        if any(row.request_id == "r3" for row, _ in items):
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return encode_pass(items)
+
+    engine._encode_pass = run_out_with_r3
+    got = run_all(engine, requests())
+    assert isinstance(got["r3"], torch.OutOfMemoryError)
+    healthy_others_unchanged(got, expected, "r3")
