@@ -194,7 +194,8 @@ def bench_engine(
         stats["decoder_passes"],
         device,
         mean_rows_per_pass=mean_rows,
-        row_bytes_estimate=engine.memory.row_bytes(len(prompts[0]), params[0].max_new_tokens),
+        slot_bytes=engine.slot_bytes,
+        slots=engine.scheduler.max_rows,
     )
     return result, [h.wait(0).token_ids for h in handles]
 

@@ -537,5 +537,6 @@ def kv_budget(runner: ModelRunner, budget_bytes: int | None) -> int:
     if budget_bytes is not None:
         return budget_bytes
     if runner.device.type == "cuda":
-        return torch.cuda.mem_get_info(runner.device)[0] // 2
+        cached = torch.cuda.memory_reserved(runner.device) - torch.cuda.memory_allocated(runner.device)
+        return (torch.cuda.mem_get_info(runner.device)[0] + cached) // 2
     return CPU_MEMORY_BUDGET

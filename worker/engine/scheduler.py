@@ -6,28 +6,12 @@ Plain Python over request sizes; it knows nothing of tensors. Requests are admit
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class MemoryModel:
-    """Bytes a row holds, from the model's shapes: KV cache, canvas, self-conditioning, sampler chunk."""
-
-    kv_bytes_per_token: int  # full-attention layers: grows with the sequence
-    sliding_kv_bytes: int  # sliding layers: capped at the window
-    canvas_length: int
-    row_state_bytes: int  # canvas ids, argmax, soft embeddings, history
-
-    def row_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
-        canvases = math.ceil(max_new_tokens / self.canvas_length)
-        tokens = prompt_tokens + canvases * self.canvas_length
-        return tokens * self.kv_bytes_per_token + self.sliding_kv_bytes + self.row_state_bytes
 
 
 @dataclass
