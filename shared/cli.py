@@ -10,6 +10,8 @@ import, only by entry-point name. Heavy imports happen inside the commands, so `
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -21,6 +23,7 @@ from shared.db import session_scope
 from shared.logs import configure_logging
 from shared.settings import Settings, SettingsError
 
+log = logging.getLogger(__name__)
 GROUP = "canvas.commands"
 Command = Callable[[argparse.Namespace, Settings], int]
 Register = Callable[["Commands"], None]
@@ -142,11 +145,23 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sweeper(args: argparse.Namespace, settings: Settings) -> int:
+    """Sweep until SIGTERM or SIGINT (docker stop, Kubernetes, Ctrl-C), then finish the sweep under way and
+    exit 0. The signals are blocked in every thread and taken here with `sigtimedwait`, so no handler runs
+    inside a sweep."""
     from shared.queue import make_celery
     from shared.sweeper import Sweeper
 
+    stop_on = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_on)  # before the thread starts: it inherits the mask
     sweeper = Sweeper(settings, make_celery(settings, "canvas-sweeper"))
-    sweeper.run()
+    sweeper.start()
+    received = None
+    while received is None and sweeper.is_alive():
+        received = signal.sigtimedwait(stop_on, 1.0)
+    if received is not None:
+        log.info("%s: stopping after the sweep under way", signal.strsignal(received.si_signo))
+    sweeper.stop()
+    sweeper.join()
     return 0
 
 
