@@ -102,10 +102,11 @@ def test_every_variable_the_files_read_is_documented_in_env_example() -> None:
 
 
 def test_the_gpu_host_file_joins_a_shared_redis_and_postgresql(tmp_path: Path) -> None:
+    """The two URLs are all a GPU host needs: its workers never read a webhook secret, so the sealing
+    keys stay on the main host (its API and webhook worker)."""
     values = {
         "CANVAS_DATABASE_URL": "postgresql+psycopg://canvas:pw@10.0.0.5:5432/canvas",
         "CANVAS_REDIS_URL": "redis://:pw@10.0.0.5:6379/0",
-        "CANVAS_WEBHOOK_SEALING_KEYS": EXAMPLE_SECRETS["CANVAS_WEBHOOK_SEALING_KEYS"],
     }
     files = ("deploy/compose.gpu-host.yml",)
     config = compose_config(write_env(tmp_path / "env", values), files=files, profiles=("train",))
@@ -113,9 +114,22 @@ def test_the_gpu_host_file_joins_a_shared_redis_and_postgresql(tmp_path: Path) -
     for service in config["services"].values():
         assert service["environment"]["DATABASE_URL"] == values["CANVAS_DATABASE_URL"]
         assert service["environment"]["REDIS_URL"] == values["CANVAS_REDIS_URL"]
+        assert not any("SEALING" in name for name in service["environment"])
         assert service["build"]["context"] == str(ROOT)  # paths from the repository's root
     missing = compose("config", "--quiet", env_file=write_env(tmp_path / "empty", {}), files=files)
     # compose names the first missing variable it meets, in no fixed order: any of the required ones
     assert missing.returncode != 0 and any(
         name in missing.stderr for name in ("CANVAS_DATABASE_URL", "CANVAS_REDIS_URL")
     )
+    for required in values:  # each URL alone is refused, naming itself
+        env = write_env(tmp_path / f"without-{required}", {k: v for k, v in values.items() if k != required})
+        result = compose("config", "--quiet", env_file=env, files=files)
+        assert result.returncode != 0 and f"set {required} in .env" in result.stderr, result.stderr
+
+
+def test_the_main_hosts_api_and_webhook_worker_get_the_sealing_keys(config: dict) -> None:
+    """Those two read webhook secrets (the API seals and shows them, the worker signs); without the key in
+    .env compose refuses to start (test_a_missing_secret_stops_compose_and_names_itself)."""
+    for name in ("api", "webhooks"):
+        environment = config["services"][name]["environment"]
+        assert environment["CANVAS_WEBHOOK_SEALING_KEYS"] == EXAMPLE_SECRETS["CANVAS_WEBHOOK_SEALING_KEYS"], name
