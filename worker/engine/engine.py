@@ -22,7 +22,7 @@ from worker.engine.kv import SlotKV, layer_shapes, slot_bytes
 from worker.engine.output import find_end
 from worker.engine.params import InvalidParams, Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
-from worker.engine.runner import ModelRunner, to_device
+from worker.engine.runner import IDLE, ModelRunner, to_device
 from worker.engine.sampler import (
     CONVERGED,
     NONFINITE,
@@ -228,7 +228,7 @@ class Engine:
     def _encode(self) -> None:
         """Commits of converged canvases, then at most `prefill_chunk` prompt tokens (oldest first), so a
         long new prompt never stalls the running rows for more than about one step: all of them in one
-        encoder pass per adapter."""
+        encoder pass, whatever their adapters."""
         work: list[tuple[Row, int]] = [(r, self.runner.canvas_length) for r in self.rows if r.phase is Phase.COMMIT]
         budget = self.prefill_chunk
         for row in [r for r in self.rows if r.phase is Phase.PREFILL]:
@@ -237,17 +237,18 @@ class Engine:
             take = min(budget, len(row.request.prompt_ids) - row.prompt_done)
             budget -= take
             work.append((row, take))
-        groups: dict[str | None, list[tuple[Row, int]]] = {}
-        for row, take in work:
-            groups.setdefault(row.request.adapter, []).append((row, take))
-        for adapter, items in groups.items():
-            try:
-                self.runner.use_adapter(adapter)
-            except Exception as exc:  # a missing adapter fails the rows that asked for it
-                for row, _ in items:
-                    self._finish(row, error=exc)
-                continue
-            self._encode_rows(items)
+        work = [(row, take) for row, take in work if self._adapter_loaded(row)]
+        if work:
+            self._encode_rows(work)
+
+    def _adapter_loaded(self, row: Row) -> bool:
+        """Whether the row's adapter is loaded; a row whose adapter is missing fails (it alone)."""
+        try:
+            self.runner.check_adapter(row.request.adapter)
+        except KeyError as exc:
+            self._finish(row, error=exc)
+            return False
+        return True
 
     def _encode_rows(self, items: list[tuple[Row, int]]) -> None:
         """One encoder pass over `items` (row, new tokens); out of memory, they retry in halves and a row
@@ -286,7 +287,8 @@ class Engine:
             ids[rows, : self.runner.canvas_length] = self.slots.argmax[slots]
         slots, counts = [row.slot for row, _ in items], [take for _, take in items]
         cache, masks, positions = self.kv.encoder(slots, counts, width)
-        self.runner.encode(cache, ids, self.runner.masks(masks), positions)
+        with self.runner.adapters_per_row([row.request.adapter for row, _ in items]):
+            self.runner.encode(cache, ids, self.runner.masks(masks), positions)
         self.kv.advance(slots, counts)
         self.stats["encoder_passes"] += 1
 
@@ -312,30 +314,18 @@ class Engine:
     # ---- execute: decoder passes and the sampler --------------------------------------------------------
 
     def _denoise(self) -> None:
-        """One decoder pass per adapter among the denoising rows, the sampler over tiles of rows, then the
-        step's one read on the host: each row's flags and argmax canvas, in one tensor."""
-        groups: dict[str | None, list[Row]] = {}
-        for row in self.rows:
-            if row.phase is Phase.DENOISE:
-                groups.setdefault(row.request.adapter, []).append(row)
-        stepped: list[tuple[list[Row], torch.Tensor]] = []
-        for adapter, rows in groups.items():
-            stepped += self._denoise_group(adapter, rows)
+        """One decoder pass for all denoising rows (whatever their adapters), the sampler over tiles of
+        rows, then the step's one read on the host: each row's flags and argmax canvas, in one tensor."""
+        rows = [r for r in self.rows if r.phase is Phase.DENOISE and self._adapter_loaded(r)]
+        if not rows:
+            return
+        stepped = self._denoise_rows(sorted(rows, key=is_fast))  # exact rows first: tiles of one mode each
         if not stepped:
             return
         report = torch.cat([r for _, r in stepped]).cpu()  # (rows, 1 + C): flags, then the argmax canvas
         flags = report[:, 0].tolist()
         for i, row in enumerate(row for rows, _ in stepped for row in rows):
             self._guarded(row, lambda r, i=i: self._update(r, flags[i], report[i, 1:]))
-
-    def _denoise_group(self, adapter: str | None, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor]]:
-        try:
-            self.runner.use_adapter(adapter)
-        except Exception as exc:  # a missing adapter fails the rows that asked for it
-            for row in rows:
-                self._finish(row, error=exc)
-            return []
-        return self._denoise_rows(sorted(rows, key=is_fast))  # exact rows first: tiles of one mode each
 
     def _denoise_rows(self, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor]]:
         """One step of `rows`. Out of memory, they retry in halves (random streams rewound, so a retried
@@ -373,7 +363,11 @@ class Engine:
             lo, hi = min(slots), max(slots) + 1
             kv, masks, positions = self.kv.decoder(lo, hi, C)
             canvas, soft = self.slots.canvas[lo:hi], self.slots.soft[lo:hi]
-            hidden = self.runner.decode(canvas, soft, kv, self.runner.masks(masks), positions)
+            adapters: list[Any] = [IDLE] * (hi - lo)
+            for row in rows:
+                adapters[row.slot - lo] = row.request.adapter
+            with self.runner.adapters_per_row(adapters):
+                hidden = self.runner.decode(canvas, soft, kv, self.runner.masks(masks), positions)
             if slots != list(range(lo, hi)):  # idle slots in the range, or another order: the rows' hidden
                 hidden = hidden.index_select(0, index - lo)
             del kv, masks

@@ -6,12 +6,20 @@ It uses transformers' DiffusionGemma modules but not `generate()`; it knows noth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from worker.engine.kv import DecoderKV, EncoderKV, install
 
+
+class Idle:
+    """The adapter of a row that a pass computes but whose output nobody reads (an idle slot)."""
+
+
+IDLE = Idle()
 SUPPORTED_ATTENTION = ("sdpa", "eager")  # the decoder masks below are right for these only
 
 
@@ -53,6 +61,30 @@ class ModelRunner:
         install(self.decoder)
         self.adapters: Any = None  # the PeftModel wrapping `model` once an adapter is loaded
         self.active_adapter: str | None = None
+
+    def check_adapter(self, name: str | None) -> None:
+        """Raise KeyError unless `name` is None (the base weights) or a loaded adapter."""
+        if name is not None and (self.adapters is None or name not in self.adapters.peft_config):
+            raise KeyError(f"adapter {name!r} is not loaded")
+
+    @contextmanager
+    def adapters_per_row(self, names: list[str | Idle | None]) -> Iterator[None]:
+        """Passes inside run row b with adapter names[b] (None: the base weights; IDLE: a row whose output
+        is dropped, any will do). One adapter among the rows: it is simply made active. Several: the
+        adapted layers apply each adapter's delta to its own rows (peft's mixed-adapter batches: the
+        base matmul once for all rows, a LoRA matmul per adapter on its rows' inputs)."""
+        used = {n for n in names if n is not IDLE}
+        if len(used) == 1:
+            self.use_adapter(used.pop())  # type: ignore[arg-type]
+            yield
+            return
+        for name in used:
+            self.check_adapter(name)  # type: ignore[arg-type]
+        self.adapters.base_model.enable_adapter_layers()
+        self.active_adapter = "?"  # the layers' own active adapter is no longer known to be the base's
+        per_row = [n if isinstance(n, str) else "__base__" for n in names]
+        with self.adapters.base_model._enable_peft_forward_hooks(adapter_names=per_row):
+            yield
 
     def use_adapter(self, name: str | None) -> None:
         """Make the next passes use adapter `name` (None: the base weights alone)."""
