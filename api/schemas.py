@@ -10,10 +10,15 @@ from api.webhook_schemas import WebhookTarget
 from shared.contracts import GenerationParams
 from shared.job_kinds.sudoku import MAX_TRIES
 
+ChatRole = Literal["system", "user", "assistant"]
+
 
 class ChatMessage(BaseModel):
+    """One chat turn. The role is one of three (a role is written into the template's markup, so free text
+    there could open turns of its own); the content is text, tokenized as text (api/tokenization.py)."""
+
     model_config = ConfigDict(extra="forbid")
-    role: StrictStr = Field(min_length=1, max_length=64)
+    role: ChatRole
     content: StrictStr
 
 

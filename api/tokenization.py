@@ -1,11 +1,19 @@
 """Prompt tokenization in the API, with the `tokenizers` library and Jinja (no transformers, no torch).
 
 It reads the model directory's tokenizer.json and chat template; it knows nothing of the weights.
+
+User text is always tokenized as text: a prompt or a message that contains "<eos>" or "<start_of_turn>"
+gets the ids of those characters, never the control token (the `tokenizers` option
+`encode_special_tokens`, transformers' `split_special_tokens`). Only what the chat template itself writes
+around the messages becomes control tokens: messages are rendered with unguessable placeholders for
+their text, and the rendered text is tokenized piece by piece.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,10 +26,13 @@ from shared.errors import InvalidRequest
 
 
 class ModelTokenizer:
-    """Encodes prompts and renders chat messages for one model directory."""
+    """Encodes prompts and renders chat messages for one model directory. `tokenizer` encodes text as text
+    (special-token strings included); `_control` is for the chat template's own markup only."""
 
     def __init__(self, directory: Path) -> None:
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer.encode_special_tokens = True  # "<eos>" in user text is five characters, not EOS
+        self._control = Tokenizer.from_file(str(directory / "tokenizer.json"))
         config = _read_json(directory / "tokenizer_config.json")
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
@@ -37,16 +48,40 @@ class ModelTokenizer:
         return self.tokenizer.encode(text).ids
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The messages rendered with the chat template: its markup as control tokens, their text as text."""
         if self.chat_template is None:
             raise InvalidRequest("this model has no chat template; send 'prompt' or 'input_ids'", "messages")
+        nonce = secrets.token_hex(8)
+        texts: dict[str, str] = {}
+        placed = [_with_placeholders(message, nonce, texts) for message in messages]
         try:
-            text = self.chat_template.render(
-                messages=messages, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
+            rendered = self.chat_template.render(
+                messages=placed, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
             )
         except TemplateError as exc:
             raise InvalidRequest(f"the chat template could not render these messages: {exc}", "messages") from None
         # Templates write the BOS themselves, so the post-processor must not add a second one.
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids: list[int] = []
+        for number, piece in enumerate(re.split(f"({PLACEHOLDER.format(nonce=nonce, i=r'[0-9]+')})", rendered)):
+            if number % 2:
+                ids += self.tokenizer.encode(texts[piece], add_special_tokens=False).ids
+            elif piece:
+                ids += self._control.encode(piece, add_special_tokens=False).ids
+        return ids
+
+
+PLACEHOLDER = "\ue000{nonce}:{i}\ue001"  # private-use characters around a per-call nonce: no user can write it
+
+
+def _with_placeholders(message: dict[str, Any], nonce: str, texts: dict[str, str]) -> dict[str, Any]:
+    """The message with each text field (all but `role`, which the schema limits) replaced by a placeholder."""
+    out = dict(message)
+    for field, value in message.items():
+        if field != "role" and isinstance(value, str):
+            placeholder = PLACEHOLDER.format(nonce=nonce, i=len(texts))
+            texts[placeholder] = value
+            out[field] = placeholder
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
