@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import timedelta
 
 from flask import Flask, request
 from redis import Redis
@@ -24,6 +23,7 @@ from api import (
     openapi,
     webhooks,
 )
+from api.admin.session import SESSION_LIFETIME, AdminSessionInterface
 from api.errors import register_error_handlers
 from api.state import close_db_session
 from shared import logs, sealing
@@ -73,10 +73,12 @@ def _configure_sessions(app: Flask, settings: Settings) -> None:
     if not settings.secret_key:
         log.warning("CANVAS_SECRET_KEY is not set: admin sessions last as long as this process")
     app.secret_key = settings.secret_key or secrets.token_hex(32)
+    app.session_interface = AdminSessionInterface()  # Secure over HTTPS (api/admin/session.py)
     app.config.update(
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
         SESSION_COOKIE_NAME="canvas_admin",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_PATH="/admin",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )

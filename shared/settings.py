@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Keys that seal webhook signing secrets at rest (shared/sealing.py): comma-separated base64 32-byte
     # keys, the first sealing; empty (the embedded default): secrets are stored plain.
     webhook_sealing_keys: str = Field(default="", repr=False)
+    # Mark the admin session cookie Secure on every response, not only those answered over HTTPS (set it
+    # behind a proxy that ends TLS and forwards plain HTTP).
+    secure_cookies: bool = False
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with the job's ids in scope
     # Each worker process serves Prometheus metrics on this port (0: none); `canvas worker serve|train`

@@ -1,19 +1,26 @@
 """Admin sessions: an admin API key logs in, a signed cookie keeps the session, a CSRF token guards POSTs.
 
-The cookie holds the key's id, never the key; every request checks that the key is still an unrevoked
-admin key, so revoking it ends its sessions.
+The cookie holds the key's id and a random session id, never the key; every request checks that the key
+is still an unrevoked admin key, so revoking it ends its sessions, and that the session was not logged
+out: logging out records the session id in Redis for as long as a cookie could live, so a copy of the
+cookie taken before is refused too. (Redis unreachable: the check is skipped with a warning rather than
+locking every admin out.) The cookie is `Secure` when the request came over HTTPS, or always with
+CANVAS_SECURE_COOKIES=true (behind a proxy that ends TLS and forwards plain HTTP).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from datetime import timedelta
 
-from flask import Response, g, redirect, render_template, request, session, url_for
+import redis
+from flask import Flask, Response, g, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 
 from api.admin.blueprint import bp
-from api.state import db_session
+from api.state import db_session, events_client
 from shared.errors import Forbidden
 from shared.keys import Principal, authenticate
 from shared.models import ApiKey
@@ -22,6 +29,23 @@ SESSION_KEY = "admin_key_id"
 CSRF_FIELD = "csrf_token"
 OPEN_ENDPOINTS = {"admin.login", "admin.static"}
 SESSION_LIFETIME = timedelta(hours=12)
+LOGGED_OUT = "canvas:admin:logged_out:{sid}"
+log = logging.getLogger(__name__)
+
+
+class AdminSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with `Secure` set on cookies answered over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+
+def _logged_out(sid: str) -> bool:
+    try:
+        return bool(events_client().exists(LOGGED_OUT.format(sid=sid)))
+    except redis.RedisError as exc:
+        log.warning("cannot check whether admin session was logged out (Redis: %s); letting it through", exc)
+        return False
 
 
 class CsrfFailed(Forbidden):
@@ -44,8 +68,10 @@ def check_csrf() -> None:
 
 def session_principal() -> Principal | None:
     """The admin of this session, or None (no session, or the key was revoked or lost its admin scope)."""
-    key_id = session.get(SESSION_KEY)
-    row = db_session().get(ApiKey, key_id) if key_id else None
+    key_id, sid = session.get(SESSION_KEY), session.get("sid")
+    if not key_id or not isinstance(sid, str) or _logged_out(sid):
+        return None
+    row = db_session().get(ApiKey, key_id)
     if row is None or row.revoked_at is not None or not row.is_admin:
         return None
     g.admin_name = row.name
@@ -98,6 +124,7 @@ def login() -> Response | str | tuple[str, int]:
         return render_template("admin/login.html", error=error, next=request.form.get("next")), 403
     session.clear()
     session[SESSION_KEY] = principal.key_id
+    session["sid"] = secrets.token_urlsafe(24)  # what logout revokes, server-side
     session["csrf"] = secrets.token_urlsafe(32)  # a new token per login
     session.permanent = True
     return redirect(_safe_next(request.form.get("next")))
@@ -105,5 +132,12 @@ def login() -> Response | str | tuple[str, int]:
 
 @bp.post("/logout")
 def logout() -> Response:
+    """End the session here and server-side: its id is refused until any cookie carrying it has expired."""
+    if isinstance(sid := session.get("sid"), str):
+        seconds = int(SESSION_LIFETIME.total_seconds())
+        try:
+            events_client().set(LOGGED_OUT.format(sid=sid), "1", ex=seconds)
+        except redis.RedisError as exc:
+            log.warning("could not record the admin logout server-side (Redis: %s)", exc)
     session.clear()
     return redirect(url_for("admin.login"))

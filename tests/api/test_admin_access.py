@@ -127,3 +127,31 @@ def test_an_unknown_dashboard_address_is_an_html_page_and_the_api_stays_json(cli
     assert "no such dashboard page" in response.text and 'href="/admin/jobs"' in response.text
     api = client.get("/v1/no-such-route")
     assert api.status_code == 404 and api.get_json()["error"]["message"] == "no such route"
+
+
+def test_the_cookie_is_secure_over_https_and_with_the_setting(app, keys, settings) -> None:
+    from api.app import create_app
+
+    def login_cookie(client, base_url: str) -> str:
+        token = csrf_of(client.get("/admin/login", base_url=base_url).text)
+        response = client.post("/admin/login", data={"key": keys["admin"], "csrf_token": token}, base_url=base_url)
+        return response.headers["Set-Cookie"]
+
+    assert "Secure" not in login_cookie(app.test_client(), "http://localhost")
+    assert "Secure" in login_cookie(app.test_client(), "https://localhost")
+    behind_proxy = create_app(settings.with_(secure_cookies=True))
+    assert "Secure" in login_cookie(behind_proxy.test_client(), "http://localhost")
+
+
+def test_logout_ends_the_session_server_side(app, keys) -> None:
+    """A copy of the cookie taken before logging out no longer opens the dashboard."""
+    client = app.test_client()
+    token = admin_login(client, keys["admin"])
+    stolen = client.get_cookie("canvas_admin", path="/admin").value
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    replayed = app.test_client()
+    replayed.set_cookie("canvas_admin", stolen, path="/admin")
+    assert replayed.get("/admin/jobs").status_code == 302  # to the login page
+    again = app.test_client()
+    admin_login(again, keys["admin"])  # a new login gets a new session
+    assert again.get("/admin/jobs").status_code == 200

@@ -35,6 +35,7 @@ EVERY_FIELD: dict[str, Any] = {
     "sync_wait_seconds": 9.0,
     "max_long_requests": 3,
     "max_long_requests_per_tenant": 2,
+    "secure_cookies": True,
     "webhook_schedule": (0.3, 1.0, 2.5),
     "webhook_timeout_seconds": 1.0,
     "webhook_allow": "127.0.0.1/32,10.0.0.0/8",
