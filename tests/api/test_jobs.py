@@ -150,7 +150,19 @@ def test_healthz_is_503_when_redis_is_down(settings) -> None:
     assert response.status_code == 503
     body = response.get_json()
     assert body["checks"]["database"] == "ok"
-    assert body["checks"]["redis"].startswith("error")
+    assert body["checks"]["redis"] == "error"  # no error text for unauthenticated callers: it is logged
+
+
+def test_healthz_does_not_show_dependency_errors(settings, caplog) -> None:
+    from api.app import create_app
+    from tests.conftest import PG_ADMIN_URL
+
+    server = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    hidden = f"{server}/secret_database_name"  # PostgreSQL's error names the database
+    response = create_app(settings.with_(database_url=hidden)).test_client().get("/healthz")
+    assert response.status_code == 503 and response.get_json()["checks"]["database"] == "error"
+    assert "secret_database_name" not in response.get_data(as_text=True)
+    assert "secret_database_name" in caplog.text  # the operator still sees why
 
 
 def test_the_openapi_document_describes_the_job_request(client) -> None:

@@ -165,7 +165,7 @@ class Trainer:
     def restore(self, path: Path) -> bool:
         """Continue from a checkpoint; False (nothing restored) for one a finished run stripped of its
         optimizer state (prune_optimizer_state): such a run starts afresh."""
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         if "optimizer" not in state:
             return False
         missing = self.model.load_state_dict(state["params"], strict=False)
