@@ -15,7 +15,7 @@ from sqlalchemy import select
 from api.auth import authenticate_request, current_principal
 from api.bodies import read_json_object
 from api.files import get_file
-from api.limits import check_submission
+from api.limits import check_active, check_rate
 from api.models import visible_model
 from api.openapi import describe
 from api.response_schemas import CheckpointList, FineTune, FineTuneEventList, FineTuneList
@@ -139,14 +139,15 @@ def create_fine_tune() -> Response:
     base = visible_model(session, body.base_model, "base_model")
     if base.adapter_path:
         raise InvalidRequest(f"{base.name!r} is an adapter; fine-tune its base model {base.base_model!r}", "base_model")
-    records = _check_dataset(body.training_file, "training_file", base)
-    if body.validation_file:
-        _check_dataset(body.validation_file, "validation_file", base)
     _check_quantized_base(base, body)
     _require_gpu_trainer(body.quantization)
     if body.webhook is not None:
         check_webhook_url(body.webhook.url, "webhook.url")
-    check_submission(session, principal.tenant_id)
+    check_rate(principal.tenant_id)  # before the dataset is read and tokenized, the costly part
+    records = _check_dataset(body.training_file, "training_file", base)
+    if body.validation_file:
+        _check_dataset(body.validation_file, "validation_file", base)
+    check_active(session, principal.tenant_id)
     params = body.model_dump(exclude={"webhook"})
     params["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31)
     params["examples"] = len(records)

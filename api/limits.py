@@ -30,7 +30,14 @@ ACTIVE_RETRY_SECONDS = 5
 
 
 def check_submission(session: Session, tenant_id: str) -> None:
-    """Raise RateLimited if this tenant may not submit now."""
+    """Raise RateLimited if this tenant may not submit now (both checks below)."""
+    check_active(session, tenant_id)
+    check_rate(tenant_id)
+
+
+def check_active(session: Session, tenant_id: str) -> None:
+    """Raise RateLimited past the tenant's cap on jobs queued or running; holds the tenant's lock until the
+    transaction ends (lock_tenant), so call it just before the insert."""
     config = settings()
     if config.max_active_jobs > 0:
         lock_tenant(session, tenant_id)
@@ -43,6 +50,13 @@ def check_submission(session: Session, tenant_id: str) -> None:
                 f"(CANVAS_MAX_ACTIVE_JOBS={config.max_active_jobs}); retry when some finish",
                 ACTIVE_RETRY_SECONDS,
             )
+
+
+def check_rate(tenant_id: str) -> None:
+    """Raise RateLimited past the tenant's submissions per minute; a submission that passes is counted.
+    Costly submissions (a fine-tune reads and tokenizes its dataset) call it before that work, so the
+    work counts against the rate even when it ends in a 422."""
+    config = settings()
     if config.rate_limit_per_minute > 0:
         _check_rate(tenant_id, config.rate_limit_per_minute)
 

@@ -95,3 +95,17 @@ def test_a_fine_tune_is_accepted_with_defaults_filled_in(client, keys) -> None:
         "/v1/fine_tunes", json={"base_model": TINY, "training_file": "file_nope"}, headers=auth(keys["a"])
     )
     assert (missing.status_code, missing.get_json()["error"]["param"]) == (404, "training_file")
+
+
+def test_past_the_rate_a_fine_tune_is_refused_before_its_dataset_is_read(settings, keys) -> None:
+    """The dataset (up to 50 MB) is parsed and tokenized only within the tenant's rate: the second request
+    gets 429, not the 422 that reading its broken dataset would give."""
+    from api.app import create_app
+
+    client = create_app(settings.with_(rate_limit_per_minute=1, max_active_jobs=0)).test_client()
+    good = upload(client, keys["a"], GOOD).get_json()["id"]
+    broken = upload(client, keys["a"], b'{"prompt": "no completion"}\n').get_json()["id"]
+    first = client.post("/v1/fine_tunes", json={"base_model": TINY, "training_file": good}, headers=auth(keys["a"]))
+    assert first.status_code == 202
+    second = client.post("/v1/fine_tunes", json={"base_model": TINY, "training_file": broken}, headers=auth(keys["a"]))
+    assert second.status_code == 429 and "Retry-After" in second.headers
