@@ -1,12 +1,14 @@
 """OpenAI-compatible POST /v1/completions and /v1/chat/completions, on top of the job machinery.
 
-Each request becomes a `generate` job, recorded, queued, retried, listed and webhooked like any other
-(Idempotency-Key included), so OpenAI clients work unchanged. Without `stream` the request waits for the job
-and answers in OpenAI's shape; a wait longer than `CANVAS_SYNC_WAIT_SECONDS` gets a 504 naming the job,
-which goes on (GET /v1/jobs/{id}). With `stream` the job's committed canvases are relayed as OpenAI chunks
-(server-sent events ending with `data: [DONE]`), holding back a tail that could begin a stop string, and
-the text is cut at the first stop string however it was tokenized. Errors about a job that
-exists carry `x-should-retry: false`: a retry would submit a second job.
+Each request becomes a job (`generate`; `infill` for a completion with `suffix`), recorded, queued, retried,
+listed and webhooked like any other (Idempotency-Key included), so OpenAI clients work unchanged. Without
+`stream` the request waits for the job and answers in OpenAI's shape; a wait longer than
+`CANVAS_SYNC_WAIT_SECONDS` (50 s by default, below common proxies' 60 s idle timeout) gets a 504 naming the
+job, which goes on (GET /v1/jobs/{id}). With `stream` the job's committed canvases are relayed as OpenAI
+chunks (server-sent events ending with `data: [DONE]`), one `index` per choice, holding back a tail that
+could begin a stop string, and the text is cut at the first stop string however it was tokenized. Errors
+about a job that exists carry `x-should-retry: false` and its id: a retry would submit a second job.
+Errors are in OpenAI's shape, bad input a 400 (api/errors.py).
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from flask import Blueprint, Response, jsonify, stream_with_context
 from api.auth import authenticate_request
 from api.bodies import read_json_object
 from api.completion_schemas import ChatCompletionCreate, CompletionCreate
-from api.errors import error_response
+from api.errors import error_response, register_openai_error_handlers
 from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.jobs import accept_job
 from api.long_requests import take_slot
 from api.openapi import describe
 from api.response_schemas import OpenAICompletion
 from api.state import events_client, release_db_session, settings
-from shared.openai_responses import Shape, completion_body, error_status, final_text, job_error, usage
+from shared.openai_responses import Shape, answers, completion_body, error_status, job_error, usage
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
+register_openai_error_handlers(bp)
+JOB_ID_HEADER = "x-canvas-job-id"
 
 
 @bp.post("/completions")
@@ -56,42 +60,52 @@ def create_chat_completion() -> Response:
 def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bool) -> Response:
     raw = read_json_object()
     body = schema.model_validate(raw)
+    job = body.job()  # every check of the body before a slot is taken
     release = take_slot()  # before the job exists: a 503 here records nothing
     try:
-        response = _answer(body, raw, chat)
+        response = _answer(body, job, raw, chat)
     except BaseException:
         release()
         raise
-    if body.stream:
+    if body.streaming:
         response.call_on_close(release)  # the stream ended, or the client went away
     else:
         release()
     return response
 
 
-def _answer(body: CompletionCreate | ChatCompletionCreate, raw: dict[str, Any], chat: bool) -> Response:
-    job, _created = accept_job(body.job(), raw)
+def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: dict[str, Any], chat: bool) -> Response:
+    job, _created = accept_job(request, raw)
     release_db_session()  # the wait or the stream below must not hold a database connection
-    shape = Shape(chat, job.id, job.model, int(job.created_at.timestamp()))  # UTCDateTime: always aware
-    quiet = KEEPALIVE_SECONDS if body.stream else 1.0  # a wait checks its deadline every second
+    infill = isinstance(body, CompletionCreate) and body.infill
+    created = int(job.created_at.timestamp())  # UTCDateTime: always aware
+    shape = Shape(chat, job.id, job.model, created, body.choices, infill)
+    quiet = KEEPALIVE_SECONDS if body.streaming else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
-    if body.stream:
+    if body.streaming:
         with_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chunks(events, shape, with_usage)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", JOB_ID_HEADER: job.id}
         return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
     finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
     if finished is None:
-        message = f"job {job.id} is still running; it goes on: GET /v1/jobs/{job.id}"
-        return no_retry(error_response(504, "timeout", message))
+        message = (
+            f"job {job.id} is still running after {settings().sync_wait_seconds:g} s; it goes on: "
+            f"GET /v1/jobs/{job.id} (or stream it: stream=true, or retry with the same Idempotency-Key)"
+        )
+        return no_retry(error_response(504, "timeout", message, code="timeout", job_id=job.id), job.id)
     if finished["status"] != "succeeded":
-        return no_retry(_job_error(finished))
-    return jsonify(completion_body(shape, finished))
+        return no_retry(_job_error(finished), job.id)
+    response = jsonify(completion_body(shape, finished))
+    response.headers[JOB_ID_HEADER] = job.id
+    return response
 
 
-def no_retry(response: Response) -> Response:
+def no_retry(response: Response, job_id: str | None = None) -> Response:
     """OpenAI's SDKs retry 409 and 5xx by resubmitting, which here would make a second job: they honour this."""
     response.headers["x-should-retry"] = "false"
+    if job_id:
+        response.headers[JOB_ID_HEADER] = job_id
     return response
 
 
@@ -107,46 +121,60 @@ def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, 
 
 def _job_error(job: dict[str, Any]) -> Response:
     """A job that did not succeed, as an error response: canceled 409, expired 504, failed 500."""
-    return error_response(error_status(job), *job_error(job))
+    return error_response(error_status(job), *job_error(job), code=f"job_{job['status']}", job_id=job.get("id"))
 
 
 def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, with_usage: bool) -> Iterator[str]:
     """OpenAI chunks from the job's canvas events, relayed as the worker assembled them (it holds back what
-    could begin a stop string); the final text decides what the last chunk adds. If the job is retried (a
-    lost worker), its new attempt's text is followed from its start, and only what goes beyond the text
-    already sent is relayed."""
-    sent, current = "", ""  # text relayed; text of the current attempt so far
+    could begin a stop string), one `index` per choice; each choice's final text decides what its last
+    chunk adds. If the job is retried (a lost worker), its new attempt's text is followed from its start,
+    and only what goes beyond the text already sent is relayed."""
+    sent = [""] * shape.choices  # text relayed per choice
+    current = [""] * shape.choices  # text of the current attempt so far, per choice
     if shape.chat:
-        yield _data({**shape.envelope(chunk=True), "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+        roles = [
+            {"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+            for i in range(shape.choices)
+        ]
+        yield _data({**shape.envelope(chunk=True), "choices": roles})
     for kind, _event_id, data in events:
         if kind == "keepalive":
             yield ": keep-alive\n\n"
         elif kind == "status" and data.get("status") == "running":
-            current = ""  # a (new) attempt starts from the first canvas
-        elif kind == "canvas":
-            current += data.get("text", "")
-            if len(current) > len(sent) and current.startswith(sent):
-                delta, sent = current[len(sent) :], current
-                yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(delta, None, chunk=True)]})
+            current = [""] * shape.choices  # a (new) attempt starts from the first canvas
+        elif kind == "canvas" and not shape.infill:
+            i = data.get("index", 0)
+            if not 0 <= i < shape.choices:
+                continue
+            current[i] += data.get("text", "")
+            if len(current[i]) > len(sent[i]) and current[i].startswith(sent[i]):
+                delta, sent[i] = current[i][len(sent[i]) :], current[i]
+                yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(delta, None, chunk=True, index=i)]})
         elif kind == "done":
             yield from _last_chunks(data, shape, sent, with_usage)
             break
     yield "data: [DONE]\n\n"
 
 
-def _last_chunks(job: dict[str, Any], shape: Shape, sent: str, with_usage: bool) -> Iterator[str]:
+def _last_chunks(job: dict[str, Any], shape: Shape, sent: list[str], with_usage: bool) -> Iterator[str]:
     if job.get("status") != "succeeded":
         type_, message = job_error(job)
-        yield _data({"error": {"type": type_, "message": message, "param": None}})
+        yield _data({"error": {"type": type_, "message": message, "param": None, "code": f"job_{job.get('status')}"}})
         return
-    text, finish = final_text(job["output"])
-    if not text.startswith(sent):  # a retried attempt wrote other text than the one relayed: say so
-        message = f"job {job['id']} was retried and its text changed; GET /v1/jobs/{job['id']} has the output"
-        yield _data({"error": {"type": "output_changed", "message": message, "param": None}})
-        return
-    yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(text[len(sent) :], finish, chunk=True)]})
+    choices = answers(job["output"], shape.infill)
+    for i, answer in enumerate(choices):
+        if not answer.text.startswith(sent[i]):  # a retried attempt wrote other text than the one relayed
+            message = f"job {job['id']} was retried and its text changed; GET /v1/jobs/{job['id']} has the output"
+            yield _data(
+                {"error": {"type": "output_changed", "message": message, "param": None, "code": "output_changed"}}
+            )
+            return
+    for i, answer in enumerate(choices):
+        rest = answer.text[len(sent[i]) :]
+        last = shape.choice(rest, answer.finish, chunk=True, index=i, logprobs=answer.logprobs)
+        yield _data({**shape.envelope(chunk=True), "choices": [last]})
     if with_usage:
-        yield _data({**shape.envelope(chunk=True), "choices": [], "usage": usage(job)})
+        yield _data({**shape.envelope(chunk=True), "choices": [], "usage": usage(job, choices)})
 
 
 def _data(payload: dict[str, Any]) -> str:

@@ -1,11 +1,15 @@
-"""One JSON error shape for every failure: {"error": {"type", "message", "param"}}, with the right status."""
+"""One JSON error shape for every failure: {"error": {"type", "message", "param"}}, with the right status.
+
+The OpenAI-compatible routes answer in OpenAI's shape instead (`register_openai_error_handlers`): the same
+fields plus `code`, and 400 for every request that is wrong (OpenAI's SDKs raise `BadRequestError` for it).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, make_response, request
+from flask import Blueprint, Flask, Response, jsonify, make_response, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -50,8 +54,24 @@ STATUS_BY_ERROR: dict[type[CanvasError], int] = {
 }
 
 
-def error_response(status: int, type_: str, message: str, param: str | None = None) -> Response:
-    response = jsonify({"error": {"type": type_, "message": message, "param": param}})
+# OpenAI's `code` of each error (OpenAI's own names where it has one)
+OPENAI_CODES: dict[type[CanvasError], str] = {
+    MalformedBody: "invalid_json",
+    InvalidRequest: "invalid_value",
+    NotFound: "not_found",
+    Conflict: "conflict",
+    RateLimited: "rate_limit_exceeded",
+    Overloaded: "overloaded",
+    IllegalTransition: "conflict",
+    Unauthorized: "invalid_api_key",
+    Forbidden: "permission_denied",
+}
+PYDANTIC_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter"}
+
+
+def error_response(status: int, type_: str, message: str, param: str | None = None, **extra: str | None) -> Response:
+    """The error as JSON; `extra` adds fields to it (OpenAI's `code`)."""
+    response = jsonify({"error": {"type": type_, "message": message, "param": param, **extra}})
     response.status_code = status
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="canvas"'
@@ -64,9 +84,9 @@ def _loc(loc: tuple[Any, ...], prefix: str) -> str:
     return ".".join(parts)
 
 
-def validation_error(exc: ValidationError, prefix: str = "") -> Response:
-    """422 naming the first offending field (dotted path, e.g. `params.t_min`)."""
-    return error_response(422, "invalid_request_error", *describe_validation_error(exc, prefix))
+def validation_error(exc: ValidationError, prefix: str = "", status: int = 422, **extra: str | None) -> Response:
+    """422 (or `status`) naming the first offending field (dotted path, e.g. `params.t_min`)."""
+    return error_response(status, "invalid_request_error", *describe_validation_error(exc, prefix), **extra)
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> tuple[str, str | None]:
@@ -82,13 +102,41 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> tuple[s
     return message.replace("Value error, ", ""), param
 
 
+def canvas_error_response(exc: CanvasError, status: int | None = None, **extra: str | None) -> Response:
+    """A domain error with its status (or `status`) and, for RetryLater, its Retry-After."""
+    status = status or STATUS_BY_ERROR.get(type(exc), 400)
+    response = error_response(status, exc.type, exc.message, exc.param, **extra)
+    if isinstance(exc, RetryLater):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def openai_code(exc: CanvasError) -> str:
+    """OpenAI's `code` for a domain error: the error's own, else its class's (`model_not_found` for a model)."""
+    if isinstance(exc, NotFound) and exc.param == "model":
+        return "model_not_found"
+    own = getattr(exc, "code", None)
+    return own or next((code for cls, code in OPENAI_CODES.items() if isinstance(exc, cls)), "error")
+
+
+def register_openai_error_handlers(bp: Blueprint) -> None:
+    """Errors on `bp`'s routes in OpenAI's shape (`code` added), bad input as 400 rather than 422."""
+
+    @bp.errorhandler(CanvasError)
+    def _canvas_error(exc: CanvasError) -> Response:
+        status = 400 if isinstance(exc, InvalidRequest | MalformedBody) else None
+        return canvas_error_response(exc, status, code=openai_code(exc))
+
+    @bp.errorhandler(ValidationError)
+    def _validation(exc: ValidationError) -> Response:
+        first = exc.errors(include_url=False)[0]["type"]
+        return validation_error(exc, status=400, code=PYDANTIC_CODES.get(first, "invalid_value"))
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CanvasError)
     def _canvas_error(exc: CanvasError) -> Response:
-        response = error_response(STATUS_BY_ERROR.get(type(exc), 400), exc.type, exc.message, exc.param)
-        if isinstance(exc, RetryLater):
-            response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return canvas_error_response(exc)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Response:

@@ -27,10 +27,12 @@ def visible_model(session: Session, name: str, param: str = "model") -> ModelRec
 
 
 def model_view(model: ModelRecord) -> dict[str, object]:
+    """OpenAI's model object (`id`, `object`, `created` in Unix seconds, `owned_by`) and ours."""
     return {
-        "id": model.name, "object": "model", "canvas_length": model.canvas_length,
+        "id": model.name, "object": "model", "created": int(model.created_at.timestamp()),
+        "owned_by": "tenant" if model.tenant_id else "public", "canvas_length": model.canvas_length,
         "max_positions": model.max_positions, "vocab_size": model.vocab_size, "base_model": model.base_model,
-        "fine_tune": model.fine_tune_job_id, "owned_by": "tenant" if model.tenant_id else "public",
+        "fine_tune": model.fine_tune_job_id,
         "quantization": model.quantization, "weight_bytes": model.weight_bytes,
         "created_at": iso(model.created_at),
     }  # fmt: skip

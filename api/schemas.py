@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from api.webhook_schemas import WebhookTarget
 from shared.contracts import GenerationParams
+from shared.job_kinds.generate import MAX_CHOICES, MAX_TOP_LOGPROBS
 from shared.job_kinds.sudoku import MAX_TRIES
 
 ChatRole = Literal["system", "user", "assistant"]
@@ -20,6 +21,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: ChatRole
     content: StrictStr
+    name: StrictStr | None = Field(None, max_length=256, description="the speaker's name, handed to the chat template")
 
 
 class JobCreate(BaseModel):
@@ -48,6 +50,16 @@ class JobCreate(BaseModel):
         None,
         description="sudoku (default true): a blank may not take a digit that a given, or a cell the last step "
         "kept, already holds in its row, column or box; false: the model alone, blanks restricted to digits",
+    )
+    n: StrictInt | None = Field(
+        None, ge=1, le=MAX_CHOICES, description="generate: choices, seeds denoised side by side (choice i: seed + i)"
+    )
+    logprobs: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="generate: each token's log-probability under its canvas's final denoising step, with this "
+        "many alternatives",
     )
     params: GenerationParams = Field(default_factory=GenerationParams)
     webhook: WebhookTarget | None = None

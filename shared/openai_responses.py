@@ -1,5 +1,6 @@
 """OpenAI's response shapes for a generation job: the one owner of how a finished job reads as a completion
-or chat completion (the OpenAI routes answer with it; the Batch API writes it into output files).
+or chat completion (the OpenAI routes answer with it; the Batch API writes it into output files): its
+choices (one, or `n`), their log-probabilities, an infill job's fill, usage.
 
 Knows job views (the dicts of shared/views.py), not Flask, the database or how the job ran.
 """
@@ -14,43 +15,114 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
 @dataclass(frozen=True)
 class Shape:
-    """How one request's answer is written: a text completion or a chat completion."""
+    """How one request's answer is written: a text completion or a chat completion, with `choices` choices;
+    `infill`: the job fills a hole before a suffix (its canvases hold the suffix too, so they are not relayed)."""
 
     chat: bool
     job_id: str
     model: str
     created: int
+    choices: int = 1
+    infill: bool = False
 
     def envelope(self, chunk: bool) -> dict[str, Any]:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         prefix = "chatcmpl-" if self.chat else "cmpl-"
         return {"id": prefix + self.job_id, "object": kind, "created": self.created, "model": self.model}
 
-    def choice(self, text: str | None, finish: str | None, chunk: bool) -> dict[str, Any]:
+    def choice(
+        self,
+        text: str | None,
+        finish: str | None,
+        chunk: bool,
+        index: int = 0,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            lp = completion_logprobs(logprobs)
+            return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish}
+        lp = chat_logprobs(logprobs)
         if chunk:
             delta = {"content": text} if text else {}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
         message = {"role": "assistant", "content": text or ""}
-        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
 
 
-def usage(job: dict[str, Any]) -> dict[str, int]:
-    stats = job.get("stats") or {}
-    prompt, completion = stats.get("prompt_tokens", 0), stats.get("output_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+@dataclass(frozen=True)
+class Answer:
+    """One choice of a finished job: its text, ids, OpenAI finish_reason and log-probabilities (or None)."""
+
+    text: str
+    token_ids: list[int]
+    finish: str
+    logprobs: list[dict[str, Any]] | None
+
+
+def answers(output: dict[str, Any], infill: bool = False) -> list[Answer]:
+    """The choices of a finished job's output (the worker cut each at its first stop string); an infill
+    job's one answer is its fill."""
+    if infill:
+        fill = output["fills"][0]
+        return [Answer(fill["text"], fill["token_ids"], FINISH.get(output["finish_reason"], "stop"), None)]
+    choices = output.get("choices") or [output]
+    return [
+        Answer(c["text"], c.get("token_ids", []), FINISH.get(c["finish_reason"], "stop"), c.get("logprobs"))
+        for c in choices
+    ]
 
 
 def final_text(output: dict[str, Any]) -> tuple[str, str]:
-    """(text, OpenAI finish_reason) of a finished job's output: the worker cut it at the first stop string."""
-    return output["text"], FINISH.get(output["finish_reason"], "stop")
+    """(text, OpenAI finish_reason) of a finished job's first choice."""
+    first = answers(output)[0]
+    return first.text, first.finish
+
+
+def chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """OpenAI's chat `logprobs` ({"content": [...]}) from the output's per-token entries."""
+    if entries is None:
+        return None
+
+    def token(entry: dict[str, Any]) -> dict[str, Any]:
+        return {"token": entry["token"], "logprob": entry["logprob"], "bytes": list(entry["token"].encode())}
+
+    return {"content": [{**token(e), "top_logprobs": [token(t) for t in e["top"]]} for e in entries], "refusal": None}
+
+
+def completion_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """OpenAI's legacy completion `logprobs` (tokens, token_logprobs, top_logprobs, text_offset); each
+    top_logprobs entry holds the returned token too, as OpenAI's does."""
+    if entries is None:
+        return None
+    offsets, at = [], 0
+    for entry in entries:
+        offsets.append(at)
+        at += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{**{t["token"]: t["logprob"] for t in e["top"]}, e["token"]: e["logprob"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def usage(job: dict[str, Any], choices: list[Answer] | None = None) -> dict[str, int]:
+    """Prompt tokens as the worker counted them; completion tokens of every choice (by default the job's)."""
+    prompt = (job.get("stats") or {}).get("prompt_tokens", 0)
+    if choices is None:
+        choices = answers(job["output"], job.get("kind") == "infill")
+    completion = sum(len(a.token_ids) for a in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def completion_body(shape: Shape, job: dict[str, Any]) -> dict[str, Any]:
     """The whole non-streamed answer for a succeeded job's view."""
-    text, finish = final_text(job["output"])
-    return {**shape.envelope(chunk=False), "choices": [shape.choice(text, finish, chunk=False)], "usage": usage(job)}
+    choices = answers(job["output"], shape.infill or job.get("kind") == "infill")
+    return {
+        **shape.envelope(chunk=False),
+        "choices": [shape.choice(a.text, a.finish, False, i, a.logprobs) for i, a in enumerate(choices)],
+        "usage": usage(job, choices),
+    }
 
 
 def job_error(job: dict[str, Any]) -> tuple[str, str]:

@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     # (interactive jobs queue behind at most these; shared/batch_release.py).
     max_batch_lines: int = 50_000
     batch_max_in_flight: int = 16
-    sync_wait_seconds: float = 600.0  # how long an OpenAI-style request waits for its job before a 504
+    # How long an OpenAI-style request waits for its job before a 504 naming it: below the 60 s idle timeout
+    # of common proxies (nginx, AWS ALB), whose own 504 the SDKs answer by resubmitting.
+    sync_wait_seconds: float = 50.0
     # Per API process: requests that hold a thread for long (completions waiting or streaming, job event
     # streams). Past it they get 503 with Retry-After, so short requests always find a thread: keep it
     # below the server's threads (deploy/: gunicorn gthread, 64 threads). 0: no limit.

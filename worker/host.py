@@ -33,6 +33,10 @@ class LoadedModel:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def token_text(self, token_id: int) -> str:
+        """One token decoded alone, special tokens included (for log-probability listings)."""
+        return self.tokenizer.decode([token_id])
+
     def ensure_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter next to the resident base weights, once (no second copy of the base)."""
         from worker.training.lora import load_adapter

@@ -16,9 +16,13 @@ class TextAssembler:
     """One job's text from its committed ids: stream deltas that add up to the final text, which ends
     before the first of `stops`. Not thread-safe: one engine thread feeds it."""
 
-    def __init__(self, decode: Decode, stops: Sequence[str] = ()) -> None:
+    def __init__(
+        self, decode: Decode, stops: Sequence[str] = (), token_text: Callable[[int], str] | None = None
+    ) -> None:
         self.decode = decode
         self.stops = [s for s in stops if s]
+        # one token alone, special tokens included (log-probability listings); by default `decode`'s
+        self.token_text = token_text or (lambda token: decode([token]))
         self._committed: list[int] = []
         self._sent = ""
 

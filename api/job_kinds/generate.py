@@ -9,7 +9,7 @@ from shared.errors import InvalidRequest
 from shared.job_kinds.generate import GeneratePlan
 from shared.models import ModelRecord
 
-FIELDS = frozenset({"prompt", "input_ids", "messages"})
+FIELDS = frozenset({"prompt", "input_ids", "messages", "n", "logprobs"})
 
 
 def plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], GeneratePlan, GenerationParams, str]:
@@ -18,16 +18,21 @@ def plan(body: JobCreate, model: ModelRecord) -> tuple[list[int], GeneratePlan, 
     if len(given) != 1:
         names = ", ".join(given) if given else "none"
         raise InvalidRequest(f"send exactly one of 'prompt', 'input_ids', 'messages' (got {names})", "prompt")
+    if body.logprobs is not None and body.params.sampler == "fast":
+        message = "logprobs need the exact sampler (the fast one never holds a step's whole distribution)"
+        raise InvalidRequest(message, "logprobs")
+    choices = {"n": body.n, "logprobs": body.logprobs}
     if body.input_ids is not None:
         bad = next((i for i in body.input_ids if not 0 <= i < model.vocab_size), None)
         if bad is not None:
             raise InvalidRequest(f"token id {bad} is outside the vocabulary [0, {model.vocab_size})", "input_ids")
-        return list(body.input_ids), GeneratePlan(input_ids=list(body.input_ids)), body.params, given[0]
+        ids, recorded = list(body.input_ids), GeneratePlan(input_ids=list(body.input_ids), **choices)
+        return ids, recorded, body.params, given[0]
     tokenizer = tokenizer_for(model.path)
     if body.messages is not None:
-        messages = [m.model_dump() for m in body.messages]
-        return tokenizer.encode_chat(messages), GeneratePlan(messages=messages), body.params, given[0]
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        return tokenizer.encode_chat(messages), GeneratePlan(messages=messages, **choices), body.params, given[0]
     assert body.prompt is not None
     if not body.prompt:
         raise InvalidRequest("prompt must not be empty", "prompt")
-    return tokenizer.encode(body.prompt), GeneratePlan(prompt=body.prompt), body.params, given[0]
+    return tokenizer.encode(body.prompt), GeneratePlan(prompt=body.prompt, **choices), body.params, given[0]

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import time
 
+import openai
 import pytest
-from openai import OpenAI, OpenAIError
+from openai import OpenAI
 
 from tests.conftest import TINY
-from tests.e2e.live import Client
+from tests.e2e.live import ApiServer, Client
 
 FAST = {"canvas": {"max_denoising_steps": 6}}
+HI = [{"role": "user", "content": "hi"}]
 
 
-def sdk(live_api, key: str) -> OpenAI:
-    return OpenAI(base_url=f"{live_api.url}/v1", api_key=key, max_retries=0, timeout=120)
+def sdk(live_api, key: str, retries: int = 0) -> OpenAI:
+    return OpenAI(base_url=f"{live_api.url}/v1", api_key=key, max_retries=retries, timeout=120)
 
 
 def test_a_completion_answers_with_its_jobs_output(live_api, keys) -> None:
@@ -35,7 +37,7 @@ def test_a_completion_answers_with_its_jobs_output(live_api, keys) -> None:
 def test_a_streamed_chat_completion_adds_up_to_its_jobs_output(live_api, keys) -> None:
     stream = sdk(live_api, keys["a"]).chat.completions.create(
         model=TINY,
-        messages=[{"role": "user", "content": "hi"}],
+        messages=HI,
         max_completion_tokens=70,  # more than one canvas of the tiny model: several content chunks
         stream=True,
         stream_options={"include_usage": True},
@@ -51,7 +53,107 @@ def test_a_streamed_chat_completion_adds_up_to_its_jobs_output(live_api, keys) -
     assert chunks[-1].usage.completion_tokens == len(job["output"]["token_ids"])
 
 
-def test_bad_input_reaches_the_sdk_as_a_4xx_naming_the_field(live_api, keys) -> None:
-    with pytest.raises(OpenAIError) as caught:
-        sdk(live_api, keys["a"]).completions.create(model=TINY, prompt="hi", top_p=0.5)
-    assert caught.value.status_code == 422 and "top_p" in str(caught.value)
+def test_n_choices_are_seeds_denoised_side_by_side(live_api, keys) -> None:
+    answer = sdk(live_api, keys["a"]).completions.create(
+        model=TINY, prompt="hello", max_tokens=40, n=3, seed=11, extra_body=FAST
+    )
+    job = Client(live_api.url, keys["a"]).get(answer.id.removeprefix("cmpl-"))
+    recorded = job["output"]["choices"]
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert [c.text for c in answer.choices] == [c["text"] for c in recorded]
+    assert [c["seed"] for c in recorded] == [11, 12, 13]
+    assert len({tuple(c["token_ids"]) for c in recorded}) > 1  # different seeds, different texts
+    assert answer.usage.completion_tokens == sum(len(c["token_ids"]) for c in recorded) == job["stats"]["output_tokens"]
+    alone = sdk(live_api, keys["a"]).completions.create(
+        model=TINY, prompt="hello", max_tokens=40, seed=12, extra_body=FAST
+    )
+    assert alone.choices[0].text == answer.choices[1].text  # choice i is the request with seed + i
+
+
+def test_n_choices_stream_each_under_its_index(live_api, keys) -> None:
+    stream = sdk(live_api, keys["a"]).chat.completions.create(
+        model=TINY, messages=HI, max_tokens=70, n=2, seed=5, stream=True, extra_body=FAST
+    )
+    texts, finished = ["", ""], set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    job = Client(live_api.url, keys["a"]).get(chunk.id.removeprefix("chatcmpl-"))
+    assert texts == [c["text"] for c in job["output"]["choices"]] and finished == {0, 1}
+
+
+def test_logprobs_are_those_of_the_final_denoising_step(live_api, keys) -> None:
+    """A canvas commits the argmax of its last step, so each returned token is that step's most likely
+    one: its log-probability equals the first alternative's, and the alternatives come in order."""
+    answer = sdk(live_api, keys["a"]).chat.completions.create(
+        model=TINY, messages=HI, max_tokens=40, logprobs=True, top_logprobs=3, seed=2, extra_body=FAST
+    )
+    job = Client(live_api.url, keys["a"]).get(answer.id.removeprefix("chatcmpl-"))
+    content = answer.choices[0].logprobs.content
+    assert len(content) == len(job["output"]["token_ids"]) > 0
+    for entry in content:
+        top = [t.logprob for t in entry.top_logprobs]
+        assert len(top) == 3 and top == sorted(top, reverse=True) and all(p <= 0 for p in top)
+        assert entry.logprob == pytest.approx(top[0]) and entry.token == entry.top_logprobs[0].token
+    legacy = sdk(live_api, keys["a"]).completions.create(
+        model=TINY, prompt="hello", max_tokens=20, logprobs=2, seed=2, extra_body=FAST
+    )
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == legacy.usage.completion_tokens
+    assert all(len(alternatives) <= 3 for alternatives in lp.top_logprobs)  # two, and the returned token
+
+
+def test_a_suffix_is_filled_by_an_infill_job(live_api, keys) -> None:
+    answer = sdk(live_api, keys["a"]).completions.create(
+        model=TINY, prompt="def add(a, b):\n    return ", suffix="\n", max_tokens=6, extra_body=FAST
+    )
+    job = Client(live_api.url, keys["a"]).get(answer.id.removeprefix("cmpl-"))
+    assert job["kind"] == "infill" and answer.choices[0].text == job["output"]["fills"][0]["text"]
+    assert answer.usage.completion_tokens == 6 and answer.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"top_p": 0.5}, "top_p"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"presence_penalty": 1.0}, "presence_penalty"),
+    ],
+)
+def test_what_cannot_be_honoured_is_a_bad_request_naming_the_field(live_api, keys, kwargs, param) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(live_api, keys["a"]).chat.completions.create(model=TINY, messages=HI, **kwargs)
+    assert caught.value.status_code == 400 and caught.value.param == param and caught.value.code == "unsupported_value"
+
+
+def test_neutral_knobs_are_accepted(live_api, keys) -> None:
+    answer = sdk(live_api, keys["a"]).chat.completions.create(
+        model=TINY, messages=HI, max_tokens=8, top_p=1, frequency_penalty=0, presence_penalty=0, n=1,
+        logprobs=False, user="u", metadata={"k": "v"}, store=False, extra_body=FAST,
+    )  # fmt: skip
+    assert answer.choices[0].logprobs is None and answer.choices[0].message.role == "assistant"
+
+
+def test_an_idempotency_key_through_extra_headers_makes_one_job(live_api, keys) -> None:
+    client = sdk(live_api, keys["a"])
+    headers = {"Idempotency-Key": "sdk-1"}
+    first = client.completions.create(model=TINY, prompt="hi", max_tokens=8, extra_headers=headers, extra_body=FAST)
+    again = client.completions.create(model=TINY, prompt="hi", max_tokens=8, extra_headers=headers, extra_body=FAST)
+    assert first.id == again.id and first.choices[0].text == again.choices[0].text
+    assert len(Client(live_api.url, keys["a"]).http.get(f"{live_api.url}/v1/jobs").json()["data"]) == 1
+
+
+def test_a_wait_that_times_out_is_not_resubmitted_by_the_sdk(settings, keys) -> None:
+    """The SDK retries a 504 by resubmitting unless told not to: one request, one job, however many
+    retries it is allowed. (A wait of 0 s ends at the first event, before any worker could finish.)"""
+    with ApiServer(settings.with_(sync_wait_seconds=0.0)) as server:
+        with pytest.raises(openai.InternalServerError) as caught:
+            sdk(server, keys["a"], retries=2).completions.create(model=TINY, prompt="hi", max_tokens=8)
+        assert caught.value.status_code == 504
+        assert caught.value.response.headers["x-should-retry"] == "false"
+        job_id = caught.value.body["job_id"]
+        jobs = Client(server.url, keys["a"]).http.get(f"{server.url}/v1/jobs").json()["data"]
+        assert [j["id"] for j in jobs] == [job_id]

@@ -19,6 +19,7 @@ import torch
 from worker.engine.constraints import canvas_constraint
 from worker.engine.fast_sampler import fast_tile, noise_key
 from worker.engine.kv import SlotKV, layer_shapes, slot_bytes
+from worker.engine.logprobs import StepLogprobs, committed_entries, step_logprobs
 from worker.engine.output import find_end
 from worker.engine.params import InvalidParams, Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
@@ -383,7 +384,7 @@ class Engine:
                     future.result()  # a draw's error, if any, is this pass's
                 draws = drawn[i] or draw_noise([row.generator for row in rows[tile]], C, V, device)
                 drawn[i] = None
-                results.append(self._sample(hidden[tile], index[tile], slots[tile], draws))
+                results.append(self._sample(hidden[tile], index[tile], slots[tile], draws, rows[tile]))
                 del draws
         finally:  # no draw may still run when a failed pass rewinds the generators
             wait([future for futures in pending for future in futures])
@@ -417,12 +418,13 @@ class Engine:
         return drawn, pending
 
     def _sample(
-        self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], draws: TileDraws
+        self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], draws: TileDraws, rows: list[Row]
     ) -> tuple[TileOutput, torch.Tensor]:
         """The sampler step of one tile; full-vocabulary tensors live only inside it. hidden (B, C, H)."""
         state = self.slots.gather(index, slots)
         logits = self.runner.logits(hidden)  # (B, C, V)
         out, probs = denoise_tile(logits, state, draws)
+        keep_logprobs(rows, probs, out.argmax)
         return out, self.runner.soft_embeddings(logits, probs)  # logits now hold the processed logits
 
     def _sample_fast(
@@ -460,18 +462,28 @@ class Engine:
         first_new = len(row.generated)
         row.generated += new
         row.canvases += 1
+        if row.request.logprobs is not None and row.step_logprobs is not None:
+            row.logprobs += committed_entries(row.step_logprobs, new, row.request.logprobs)
         end = find_end(row.request, row.generated, first_new)
         kept = row.generated[first_new : end[0]] if end else new
         row.emit("canvas", {"canvas": row.canvases - 1, "token_ids": kept, "steps": row.step, "final": end is not None})
         if end is not None:
             row.generated = row.generated[: end[0]]
+            row.logprobs = row.logprobs[: end[0]]
             self._finish(row, end[1])
         else:
             row.phase = Phase.COMMIT
 
     def _result(self, row: Row, reason: str) -> EngineResult:
+        logprobs = list(row.logprobs) if row.request.logprobs is not None else None
         return EngineResult(
-            row.request_id, list(row.generated), reason, row.steps_total, row.canvases, len(row.request.prompt_ids)
+            row.request_id,
+            list(row.generated),
+            reason,
+            row.steps_total,
+            row.canvases,
+            len(row.request.prompt_ids),
+            logprobs,
         )
 
     def _finish(self, row: Row, reason: str = "error", error: BaseException | None = None) -> None:
@@ -506,6 +518,18 @@ def mode_tiles(rows: list[Row], tile_rows: int) -> list[slice]:
         for start, end in ((0, split), (split, len(rows)))
         for lo in range(start, end, tile_rows)
     ]
+
+
+def keep_logprobs(rows: list[Row], probs: torch.Tensor, committed: torch.Tensor) -> None:
+    """For the rows of a tile that asked for log-probabilities, keep this step's (a commit reads them).
+    probs (B, C, V), committed (B, C): what a commit of this step would write."""
+    wanted = [row.request.logprobs for row in rows]
+    if all(k is None for k in wanted):
+        return
+    chosen, top_ids, top = step_logprobs(probs, committed, max(k or 0 for k in wanted))
+    for b, (row, k) in enumerate(zip(rows, wanted, strict=True)):
+        if k is not None:
+            row.step_logprobs = StepLogprobs(chosen[b], top_ids[b, :, :k], top[b, :, :k])
 
 
 def sampler_tile_rows(runner: ModelRunner, budget_bytes: int | None) -> int:

@@ -69,6 +69,9 @@ class Request:
     stop_within: Callable[[Sequence[int]], int | None] | None = None
     draft_interval: float | None = None  # seconds between draft events; None: no drafts
     adapter: str | None = None  # a LoRA adapter loaded next to the base weights (Engine.add_adapter)
+    # Report each committed token's log-probability and this many alternatives (worker/engine/logprobs.py);
+    # None: none.
+    logprobs: int | None = None
 
     def validate(self, vocab_size: int) -> Request:
         if not self.prompt_ids:
@@ -83,6 +86,10 @@ class Request:
         for offset, token in self.pinned.items():
             if offset in self.allowed and token not in self.allowed[offset]:
                 raise InvalidParams("pinned", f"offset {offset} pins a token its constraint forbids")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise InvalidParams("logprobs", "must be at least 0")
+        if self.logprobs is not None and self.params.sampler == "fast":
+            raise InvalidParams("logprobs", "needs the exact sampler (the fast one holds no step's distribution)")
         for group in self.distinct:
             if len(set(group)) != len(group) or min(group, default=0) < 0:
                 raise InvalidParams("distinct", "a group lists distinct offsets, none negative")

@@ -10,7 +10,11 @@ from typing import Any
 
 import torch
 
+from worker.engine.logprobs import StepLogprobs
 from worker.engine.params import Request
+
+# One committed token's log-probability: (token, log p, [(alternative, log p), ...])
+TokenLogprob = tuple[int, float, list[tuple[int, float]]]
 
 EventCallback = Callable[[str, str, dict[str, Any]], None]  # (request_id, kind, data)
 
@@ -29,6 +33,7 @@ class EngineResult:
     denoising_steps: int
     canvases: int
     prompt_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per token of token_ids when the request asked
 
     @property
     def tokens_per_forward(self) -> float:
@@ -84,6 +89,8 @@ class Row:
     steps_total: int = 0
     canvases: int = 0
     last_draft_at: float = 0.0
+    step_logprobs: StepLogprobs | None = None  # the latest step's, on the device (requests with logprobs)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the committed tokens
     cancel_requested: bool = False
 
     @property

@@ -55,8 +55,23 @@ class GenerationExecutor:
         """Which finished request answers: by default the first, once it is done."""
         return (0, True) if results[0] is not None else None
 
+    def answered(self, plan: Any, result: EngineResult, results: list[EngineResult | None]) -> list[EngineResult]:
+        """The results the job's output holds (its statistics count them): by default the chosen one."""
+        return [result]
+
+    def streams_every_request(self, plan: Any) -> bool:
+        """Whether each request's canvases stream as a choice of its own (`index`); by default only the
+        first request's do."""
+        return False
+
     def shape(
-        self, plan: Any, result: EngineResult, text: TextAssembler, chosen: int, requests: list[Request]
+        self,
+        plan: Any,
+        result: EngineResult,
+        text: TextAssembler,
+        chosen: int,
+        requests: list[Request],
+        results: list[EngineResult | None],
     ) -> BaseModel:
         raise NotImplementedError
 
@@ -65,7 +80,7 @@ class GenerationExecutor:
         plan = self.plan_model.model_validate(job.plan)
         params = GenerationParams.model_validate(job.params)
         loaded, adapter, canvas_webhooks = _resolve_model(job, runtime)
-        text = TextAssembler(loaded.decode, self.stops(params))
+        text = TextAssembler(loaded.decode, self.stops(params), loaded.token_text)
         request = Request(
             job.id,
             tuple(job.input_ids),
@@ -76,30 +91,51 @@ class GenerationExecutor:
             adapter=adapter,
         )
         requests = self.prepare(plan, request, loaded)
-        on_event = None
+        callbacks: list[EventCallback | None] = [None] * len(requests)
         if runtime.events is not None:
             sink = _canvas_webhook_sink(settings.database_url, job.id) if canvas_webhooks else None
-            on_event = runtime.events.engine_callback(job.id, text, sink)
-        chosen, result = wait_for_answer(loaded, requests, watch, on_event, lambda r: self.decide(plan, r, loaded))
+            if self.streams_every_request(plan):
+                callbacks = [
+                    indexed(runtime.events.engine_callback(job.id, replace_text(text), sink if i == 0 else None), i)
+                    for i in range(len(requests))
+                ]
+            else:
+                on_event = runtime.events.engine_callback(job.id, text, sink)
+                callbacks = [tagged(on_event, i, len(requests)) for i in range(len(requests))]
+        chosen, result, results = wait_for_answer(
+            loaded, requests, watch, callbacks, lambda r: self.decide(plan, r, loaded)
+        )
         if runtime.events is not None:
             runtime.events.flush()  # canvas events (and their webhooks) before the final status
         if result.finish_reason == FinishReason.CANCELED.value:
             return Outcome(stopped=True)
-        output = self.shape(plan, result, text, chosen, requests).model_dump(by_alias=True)
+        shaped = self.shape(plan, result, text, chosen, requests, results)
         if result.tokens_per_forward:
             TOKENS_PER_FORWARD.observe(result.tokens_per_forward)
-        timing = run_stats(job)
-        stats = {
-            "queue_ms": timing["queue_ms"],
-            "run_ms": timing["run_ms"],
-            "denoising_steps": result.denoising_steps,
-            "canvases": result.canvases,
-            "tokens_per_forward": result.tokens_per_forward,
-            "prompt_tokens": result.prompt_tokens,
-            "output_tokens": len(result.token_ids),
-            "attempt": job.attempt,
-        }
-        return Outcome(output=output, stats=stats)
+        stats = answer_stats(job, self.answered(plan, result, results))
+        return Outcome(output=shaped.model_dump(by_alias=True, exclude_none=True), stats=stats)
+
+
+def answer_stats(job: ClaimedJob, answered: list[EngineResult]) -> dict[str, Any]:
+    """The job's statistics over the requests it answers with (one, or every choice)."""
+    timing = run_stats(job)
+    steps = sum(r.denoising_steps for r in answered)
+    tokens = sum(len(r.token_ids) for r in answered)
+    return {
+        "queue_ms": timing["queue_ms"],
+        "run_ms": timing["run_ms"],
+        "denoising_steps": steps,
+        "canvases": sum(r.canvases for r in answered),
+        "tokens_per_forward": round(tokens / steps, 4) if steps else 0.0,
+        "prompt_tokens": answered[0].prompt_tokens,
+        "output_tokens": tokens,
+        "attempt": job.attempt,
+    }
+
+
+def replace_text(text: TextAssembler) -> TextAssembler:
+    """A fresh assembler like `text` (same decoding and stops), for another choice's stream."""
+    return TextAssembler(text.decode, text.stops, text.token_text)
 
 
 def _resolve_model(job: ClaimedJob, runtime: WorkerRuntime) -> tuple[LoadedModel, str | None, bool]:
@@ -138,6 +174,15 @@ def _canvas_webhook_sink(database_url: str, job_id: str) -> Callable[[dict[str, 
     return record
 
 
+def indexed(on_event: EventCallback, index: int) -> EventCallback:
+    """Request `index`'s callback when every request is a choice: its events carry the choice's `index`."""
+
+    def callback(request_id: str, kind: str, data: dict[str, Any]) -> None:
+        on_event(request_id, kind, {**data, "index": index})
+
+    return callback
+
+
 def tagged(on_event: EventCallback | None, index: int, count: int) -> EventCallback | None:
     """Request `index`'s event callback: with several requests (tries), every one's drafts stream, each
     marked with its `try`; only the first one's committed canvases do (their deltas add up to one text)."""
@@ -157,14 +202,15 @@ def wait_for_answer(
     loaded: LoadedModel,
     requests: list[Request],
     watch: JobWatch,
-    on_event: EventCallback | None,
+    callbacks: list[EventCallback | None],
     decide: Callable[[list[EngineResult | None]], Decision],
-) -> tuple[int, EngineResult]:
-    """Submit every request and wait until `decide` picks one; those still running then are canceled (also
-    when one fails: its error fails the job). When the job must stop, every request is canceled, and unless
-    a real answer was already there, the result says `canceled` (so a timeout stays a timeout)."""
+) -> tuple[int, EngineResult, list[EngineResult | None]]:
+    """Submit every request (each with its event callback) and wait until `decide` picks one; those still
+    running then are canceled (also when one fails: its error fails the job). When the job must stop, every
+    request is canceled, and unless a real answer was already there, the result says `canceled` (so a
+    timeout stays a timeout). Returns (chosen, its result, every request's result or None)."""
     engine = loaded.engine
-    handles = [engine.submit(r, on_event=tagged(on_event, i, len(requests))) for i, r in enumerate(requests)]
+    handles = [engine.submit(r, on_event=callback) for r, callback in zip(requests, callbacks, strict=True)]
     asked = False
     try:
         while True:
@@ -186,8 +232,13 @@ def wait_for_answer(
     chosen, real = decided
     if asked and not real:
         stopped = next((r for r in results if r is not None and r.finish_reason == FinishReason.CANCELED.value), None)
-        return chosen, stopped or results[chosen]  # type: ignore[return-value]
-    return chosen, results[chosen]  # type: ignore[return-value]
+        return chosen, stopped or results[chosen], results  # type: ignore[return-value]
+    return chosen, results[chosen], results  # type: ignore[return-value]
+
+
+def try_seeds(seed: int, tries: int) -> list[int]:
+    """The seeds of a job's tries or choices: its recorded seed, then the next ones (try i uses seed + i)."""
+    return [(seed + i) % 2**63 for i in range(tries)]
 
 
 def with_seeds(request: Request, seeds: list[int]) -> list[Request]:

@@ -20,7 +20,13 @@ class InfillExecutor(GenerationExecutor):
         return [constrain(plan, request, ordinary_tokens(loaded.tokenizer))]
 
     def shape(
-        self, plan: InfillPlan, result: EngineResult, text: TextAssembler, chosen: int, requests: list[Request]
+        self,
+        plan: InfillPlan,
+        result: EngineResult,
+        text: TextAssembler,
+        chosen: int,
+        requests: list[Request],
+        results: list[EngineResult | None],
     ) -> InfillOutput:
         ids, fills, offset = result.token_ids, [], 0
         for segment in plan.segments:

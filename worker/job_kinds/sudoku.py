@@ -10,7 +10,7 @@ from shared.job_kinds.sudoku import SudokuOutput, SudokuPlan
 from shared.sudoku import UNITS, conflicts, is_solution, parse
 from worker.engine import EngineResult, Request
 from worker.host import LoadedModel
-from worker.job_kinds.generation import Decision, GenerationExecutor, with_seeds
+from worker.job_kinds.generation import Decision, GenerationExecutor, try_seeds, with_seeds
 from worker.text_assembly import Decode, TextAssembler
 
 
@@ -26,7 +26,13 @@ class SudokuExecutor(GenerationExecutor):
         return None if chosen is None else (chosen, bool(grids[chosen]["valid"]))  # type: ignore[index]
 
     def shape(
-        self, plan: SudokuPlan, result: EngineResult, text: TextAssembler, chosen: int, requests: list[Request]
+        self,
+        plan: SudokuPlan,
+        result: EngineResult,
+        text: TextAssembler,
+        chosen: int,
+        requests: list[Request],
+        results: list[EngineResult | None],
     ) -> SudokuOutput:
         grid = grid_of(plan, result, text.decode)
         return SudokuOutput(
@@ -58,11 +64,6 @@ def grid_of(plan: SudokuPlan, result: EngineResult, decode: Decode) -> dict[str,
     grid = decode(result.token_ids)
     complete = len(grid) == 81 and grid.isdigit()
     return {"grid": grid, "valid": complete and is_solution([int(c) for c in grid], parse(plan.grid))}
-
-
-def try_seeds(seed: int, tries: int) -> list[int]:
-    """The seeds of a job's tries: its recorded seed, then the next ones (try i uses seed + i)."""
-    return [(seed + i) % 2**63 for i in range(tries)]
 
 
 def pick_try(grids: list[dict[str, Any] | None]) -> int | None:
