@@ -27,10 +27,12 @@ class ErrorDetail(_Shape):
     type: str
     message: str
     param: str | None = None
+    code: str | None = None  # the OpenAI routes' errors (OpenAI's shape)
+    job_id: str | None = None  # the OpenAI routes' errors about a job that exists (it goes on or it ended)
 
 
 class ErrorBody(_Shape):
-    """Every error: {"error": {"type", "message", "param"}}."""
+    """Every error: {"error": {"type", "message", "param"}}; on the OpenAI routes also `code` (and `job_id`)."""
 
     error: ErrorDetail
 
@@ -79,8 +81,11 @@ class JobList(_Shape):
 
 
 class Model(_Shape):
+    """OpenAI's model object (`id`, `object`, `created` in Unix seconds, `owned_by`) and our fields."""
+
     id: str
     object: Literal["model"]
+    created: int
     canvas_length: int
     max_positions: int
     vocab_size: int
