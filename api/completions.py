@@ -27,8 +27,8 @@ from api.errors import error_response, register_openai_error_handlers
 from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.jobs import accept_job
 from api.long_requests import take_slot
-from api.openapi import describe
-from api.response_schemas import OpenAICompletion
+from api.openapi import IDEMPOTENCY_KEY, describe
+from api.response_schemas import ErrorBody, OpenAICompletion
 from api.state import events_client, release_db_session, settings
 from shared.openai_responses import Shape, answers, completion_body, error_status, job_error, usage
 
@@ -40,7 +40,11 @@ JOB_ID_HEADER = "x-canvas-job-id"
 
 @bp.post("/completions")
 @describe(
-    "A text completion (OpenAI-compatible)", body=CompletionCreate, responses={200: OpenAICompletion}, also_events=True
+    "A text completion (OpenAI-compatible)",
+    body=CompletionCreate,
+    responses={200: OpenAICompletion, 504: ErrorBody},
+    headers=[IDEMPOTENCY_KEY],
+    also_events=True,
 )
 def create_completion() -> Response:
     return _serve(CompletionCreate, chat=False)
@@ -50,7 +54,8 @@ def create_completion() -> Response:
 @describe(
     "A chat completion (OpenAI-compatible)",
     body=ChatCompletionCreate,
-    responses={200: OpenAICompletion},
+    responses={200: OpenAICompletion, 504: ErrorBody},
+    headers=[IDEMPOTENCY_KEY],
     also_events=True,
 )
 def create_chat_completion() -> Response:

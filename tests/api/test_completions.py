@@ -212,9 +212,14 @@ def test_the_stream_relays_the_workers_text_and_its_stop() -> None:
     assert final_text({"text": "abc", "finish_reason": "length"}) == ("abc", "length")
 
 
-def test_each_choice_streams_under_its_index() -> None:
+def test_each_choice_streams_under_its_index_its_logprobs_with_its_last_chunk() -> None:
+    top = [{"token_id": 1, "token": "a", "logprob": -0.1}, {"token_id": 9, "token": "z", "logprob": -2.5}]
+    logprobs = [
+        {"token_id": 1, "token": "a", "logprob": -0.1, "top": top},
+        {"token_id": 2, "token": "b", "logprob": -0.2, "top": []},
+    ]
     choices = [
-        {"text": "ab", "token_ids": [1, 2], "finish_reason": "eos", "seed": 1},
+        {"text": "ab", "token_ids": [1, 2], "finish_reason": "eos", "seed": 1, "logprobs": logprobs},
         {"text": "xyz", "token_ids": [3, 4, 5], "finish_reason": "length", "seed": 2},
     ]
     events = [
@@ -224,8 +229,15 @@ def test_each_choice_streams_under_its_index() -> None:
     ]
     texts, payloads = streamed(events, choices=2)
     assert texts == ["ab", "xyz"]
-    finals = {c["index"]: c["finish_reason"] for p in payloads for c in p["choices"] if c["finish_reason"]}
-    assert finals == {0: "stop", 1: "length"}
+    finals = {c["index"]: c for p in payloads for c in p["choices"] if c["finish_reason"]}
+    assert {i: c["finish_reason"] for i, c in finals.items()} == {0: "stop", 1: "length"}
+    assert finals[0]["logprobs"] == {
+        "tokens": ["a", "b"],
+        "token_logprobs": [-0.1, -0.2],
+        "top_logprobs": [{"a": -0.1, "z": -2.5}, {"b": -0.2}],  # the returned token is always listed
+        "text_offset": [0, 1],
+    }
+    assert finals[1]["logprobs"] is None
 
 
 def test_a_retried_job_is_not_streamed_twice() -> None:
