@@ -13,7 +13,7 @@ from flask import Blueprint, Flask, Response, jsonify, make_response, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.bodies import MalformedBody
 from shared.errors import (
@@ -126,6 +126,10 @@ def register_openai_error_handlers(bp: Blueprint) -> None:
     def _canvas_error(exc: CanvasError) -> Response:
         status = 400 if isinstance(exc, InvalidRequest | MalformedBody) else None
         return canvas_error_response(exc, status, code=openai_code(exc))
+
+    @bp.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        return error_response(413, "http_error", "the request body is larger than the limit", code="request_too_large")
 
     @bp.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Response:

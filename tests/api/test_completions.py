@@ -169,6 +169,9 @@ def test_other_errors_keep_their_status_in_openais_shape(client, keys) -> None:
     assert missing_key.status_code == 401 and missing_key.get_json()["error"]["code"] == "invalid_api_key"
     not_json = client.post("/v1/completions", data="{", headers=auth(keys["a"]))
     assert not_json.status_code == 400 and not_json.get_json()["error"]["code"] == "invalid_json"
+    huge = {"model": TINY, "prompt": "x" * (client.application.config["MAX_CONTENT_LENGTH"] + 1)}
+    too_large = client.post("/v1/completions", json=huge, headers=auth(keys["a"]))
+    assert too_large.status_code == 413 and too_large.get_json()["error"]["code"] == "request_too_large"
 
 
 def test_the_native_jobs_route_keeps_its_422(client, keys) -> None:

@@ -129,6 +129,12 @@ def test_what_cannot_be_honoured_is_a_bad_request_naming_the_field(live_api, key
     assert caught.value.status_code == 400 and caught.value.param == param and caught.value.code == "unsupported_value"
 
 
+def test_models_list_as_the_sdk_types_them(live_api, keys) -> None:
+    models = {m.id: m for m in sdk(live_api, keys["a"]).models.list()}
+    assert isinstance(models[TINY].created, int) and models[TINY].owned_by == "public"
+    assert sdk(live_api, keys["a"]).models.retrieve(TINY).id == TINY
+
+
 def test_neutral_knobs_are_accepted(live_api, keys) -> None:
     answer = sdk(live_api, keys["a"]).chat.completions.create(
         model=TINY, messages=HI, max_tokens=8, top_p=1, frequency_penalty=0, presence_penalty=0, n=1,
