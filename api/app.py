@@ -21,6 +21,7 @@ from api import (
     metrics,
     models,
     openapi,
+    readiness,
     webhooks,
 )
 from api.admin.session import SESSION_LIFETIME, AdminSessionInterface
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     long_requests.install(app, settings.max_long_requests, settings.max_long_requests_per_tenant)
     sealing.configure(settings.webhook_sealing_keys)  # a bad key fails here, at start, naming the setting
     blueprints = (jobs.bp, job_events.bp, models.bp, health.bp, openapi.bp, webhooks.bp, files.bp, fine_tunes.bp)
-    blueprints += (completions.bp, metrics.bp, batches.bp)
+    blueprints += (completions.bp, metrics.bp, batches.bp, readiness.bp)
     for blueprint in (*blueprints, admin.bp):
         app.register_blueprint(blueprint)
     app.teardown_appcontext(close_db_session)

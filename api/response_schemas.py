@@ -300,3 +300,16 @@ class BatchList(_Shape):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+class Readiness(_Shape):
+    """/readyz: whether this API process can serve requests (its database answers)."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Literal["ok", "error"]]
+
+
+class Liveness(_Shape):
+    """/livez: this API process answers HTTP."""
+
+    status: Literal["ok"]

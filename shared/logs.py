@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -72,9 +72,28 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{fields}]{newline}{rest}"
 
 
+class AccessFields(logging.Filter):
+    """gunicorn's access lines: the request's method, path, status, duration and bytes sent as fields of
+    their own (`record.http`), taken from the atoms gunicorn logs the line with (its `access_log_format`'s
+    %(m)s, %(U)s, ...). Knows gunicorn's atom names, nothing else of it."""
+
+    ATOMS = {"method": "m", "path": "U", "status": "s", "duration_ms": "D", "bytes": "B", "remote": "h"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if isinstance(atoms, Mapping) and "s" in atoms:
+            http = {name: atoms.get(atom) for name, atom in self.ATOMS.items()}
+            for name in ("status", "bytes", "duration_ms"):
+                http[name] = int(http[name]) if str(http[name]).isdigit() else None
+            if http["duration_ms"] is not None:
+                http["duration_ms"] = round(http["duration_ms"] / 1000, 3)  # gunicorn's D: microseconds
+            record.http = http
+        return True
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the job's fields, and the
-    exception's traceback as one string."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the job's fields, a
+    request's `http` fields (gunicorn's access lines) and the exception's traceback as one string."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -84,6 +103,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **(getattr(record, "job", None) or {}),
         }
+        if http := getattr(record, "http", None):
+            entry["http"] = http
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:
@@ -119,25 +140,27 @@ def configure_logging(level: str | int = "INFO", log_format: str = "text") -> No
             transformers.utils.logging.disable_progress_bar()
 
 
-def gunicorn_logconfig(log_format: str) -> dict[str, Any]:
-    """A `logconfig_dict` for gunicorn (its config file: `logconfig_dict = gunicorn_logconfig(...)`), so its
-    own error and access lines come in the same format as the app's."""
+def gunicorn_logconfig(log_format: str, level: str | int = "INFO") -> dict[str, Any]:
+    """A `logconfig_dict` for gunicorn (deploy/gunicorn.conf.py), so that its own lines, the master's and
+    the workers' error lines and every access line, come in the app's format to stderr. `level` is the
+    error lines' (CANVAS_LOG_LEVEL); access lines are INFO, always logged."""
+    formatter(log_format)  # an unknown format fails here, naming itself
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"job": {"()": JobFields}},
+        "filters": {"job": {"()": JobFields}, "access": {"()": AccessFields}},
         "formatters": {"canvas": {"()": JsonFormatter if log_format == "json" else TextFormatter}},
         "handlers": {
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": "canvas",
-                "filters": ["job"],
+                "filters": ["job", "access"],
                 "stream": "ext://sys.stderr",
             }
         },
-        "root": {"level": "INFO", "handlers": ["console"]},
+        "root": {"level": level, "handlers": ["console"]},
         "loggers": {
-            "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
+            "gunicorn.error": {"level": level, "handlers": ["console"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
         },
     }

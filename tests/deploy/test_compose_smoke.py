@@ -98,7 +98,7 @@ class Service:
         """The service's compose health check (the image's, for the API), run here."""
         if self.ports.get(8000):
             try:
-                return requests.get(f"http://127.0.0.1:{self.ports[8000]}/v1/openapi.json", timeout=2).ok
+                return requests.get(f"http://127.0.0.1:{self.ports[8000]}/readyz", timeout=2).ok
             except requests.ConnectionError:
                 return False
         test = self.spec["healthcheck"]["test"]
@@ -260,4 +260,4 @@ def test_the_compose_stack_serves_a_job_a_webhook_and_a_fine_tune(
         codes = stack.down()
     logs = "\n".join(s.log_tail() for s in stack.services.values() if s.name != "migrate")
     assert all(code is not None for code in codes.values()), (codes, logs)  # SIGTERM stopped every one
-    assert codes["worker"] == codes["train"] == codes["webhooks"] == 0, (codes, logs)  # warm shutdowns
+    assert codes["worker"] == codes["train"] == codes["webhooks"] == codes["sweeper"] == 0, (codes, logs)

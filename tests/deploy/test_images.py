@@ -108,3 +108,10 @@ def test_the_api_image_installs_no_torch_and_the_worker_image_the_pinned_cuda_bu
     assert "gunicorn>=23" in api and set(api) <= set(worker)
     assert api[0].startswith("setuptools")  # the editable install builds without reaching an index
     assert "--extra-index-url" not in (DEPLOY / "Dockerfile.worker").read_text()  # PyPI's torch: CUDA
+
+
+def test_the_api_images_health_check_is_its_readiness() -> None:
+    """compose takes the API's health check from its image: /readyz, which a Redis blip does not fail."""
+    (api,) = [stage for stage in stages(DEPLOY / "Dockerfile.api") if stage[0][1].endswith(" AS api")]
+    (check,) = [args for op, args in api if op == "HEALTHCHECK"]
+    assert "'http://127.0.0.1:8000/readyz'" in check

@@ -117,11 +117,14 @@ def test_every_container_has_resources_and_a_locked_down_security_context() -> N
 
 def test_the_api_probes_do_not_fail_on_a_redis_blip() -> None:
     """/healthz answers 503 while Redis is down (api/health.py): as a readiness probe it would take every API
-    pod out of service during a blip, while the outbox keeps accepting jobs. The probes use a page that
-    needs neither Redis nor the database."""
+    pod out of service during a blip, while the outbox keeps accepting jobs. Readiness is /readyz (the
+    database only; tests/api/test_readiness.py), liveness /livez (no dependency: a restart would bring
+    neither back)."""
     (container,) = [c for name, _, c in containers() if name == "canvas-api"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] == "/v1/openapi.json", probe
+    paths = {
+        probe: container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert paths == {"startupProbe": "/livez", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
 
 
 def test_workers_liveness_follows_their_heartbeat() -> None:
