@@ -11,6 +11,8 @@ from typing import Any
 class JobErrorCode(StrEnum):
     MODEL_NOT_LOADED = "model_not_loaded"  # no worker on the job's queue holds its model
     ADAPTER_NOT_LOADED = "adapter_not_loaded"  # the fine-tuned adapter's files could not be loaded
+    MODEL_LOAD_FAILED = "model_load_failed"  # a fine-tuned model's files could not be loaded on demand
+    MODEL_TOO_LARGE = "model_too_large"  # larger than the worker's memory for on-demand models
     INVALID_PARAMETERS = "invalid_parameters"  # the engine refused the request (a field it cannot run)
     INVALID_TRAINING_DATA = "invalid_training_data"  # a fine-tune's dataset could not be used
     OUT_OF_MEMORY = "out_of_memory"  # the accelerator ran out of memory for this job
@@ -23,6 +25,8 @@ class JobErrorCode(StrEnum):
 MEANINGS: dict[JobErrorCode, str] = {
     JobErrorCode.MODEL_NOT_LOADED: "no worker serving the job's queue holds its model; start one for it",
     JobErrorCode.ADAPTER_NOT_LOADED: "the fine-tuned adapter could not be loaded next to its base model",
+    JobErrorCode.MODEL_LOAD_FAILED: "the fine-tuned model's files could not be loaded on the worker",
+    JobErrorCode.MODEL_TOO_LARGE: "the model or adapter is larger than the worker's memory for on-demand models",
     JobErrorCode.INVALID_PARAMETERS: "the engine cannot run these parameters; the message names the field",
     JobErrorCode.INVALID_TRAINING_DATA: "the fine-tune's dataset could not be used for training",
     JobErrorCode.OUT_OF_MEMORY: "the accelerator ran out of memory; retry with fewer tokens or a smaller batch",

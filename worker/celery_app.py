@@ -38,7 +38,7 @@ def create_worker_app(settings: Settings, host: ModelHost | None = None) -> Cele
     """
     app = make_celery(settings, "canvas-worker")
     models = settings.worker_models if host is None else ()
-    host = host or ModelHost()
+    host = host or ModelHost(settings.model_cache_bytes)
     events = EventPublisher(settings.redis_url)
     services = WorkerServices(settings.metrics_port)
     drain = Drain(settings.shutdown_grace_seconds)

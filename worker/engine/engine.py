@@ -125,6 +125,18 @@ class Engine:
 
         self.call_between_steps(install).wait()
 
+    def remove_adapter(self, unload: Callable[[Any], Any]) -> None:
+        """Unload a LoRA adapter: `unload(peft_model)` returns the PeftModel, or the bare base model once
+        no adapter is left. The caller makes sure no row uses it."""
+
+        def uninstall() -> bool:
+            remaining = unload(self.runner.adapters)
+            self.runner.adapters = None if remaining is self.runner.model else remaining
+            self.runner.active_adapter = "?" if self.runner.adapters is not None else None
+            return True
+
+        self.call_between_steps(uninstall).wait()
+
     def cancel(self, request_id: str) -> None:
         with self._lock:
             self._cancels.add(request_id)

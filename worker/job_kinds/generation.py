@@ -5,7 +5,8 @@ requests (`prepare`), which finished request answers (`decide`) and the shape of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from worker.engine import EngineResult, Request, SamplingParams
 from worker.host import LoadedModel
 from worker.job_watch import JobWatch
 from worker.lifecycle import ClaimedJob, Outcome, WorkerRuntime, run_stats
+from worker.model_cache import Interrupted
 from worker.text_assembly import TextAssembler
 
 Decision = tuple[int, bool] | None  # (which request answers, whether its answer is a real one), or undecided
@@ -76,10 +78,26 @@ class GenerationExecutor:
         raise NotImplementedError
 
     def execute(self, job: ClaimedJob, runtime: WorkerRuntime, watch: JobWatch) -> Outcome:
+        """Run the job on its model, which is held for it (not evicted) until it ends; a model or adapter
+        loaded on demand loads here, under the job's lease."""
+        try:
+            with _model_in_use(job, runtime, watch) as (loaded, adapter, canvas_webhooks):
+                return self._run(job, runtime, watch, loaded, adapter, canvas_webhooks)
+        except Interrupted:  # stopped while waiting for memory to load its model
+            return Outcome(stopped=True)
+
+    def _run(
+        self,
+        job: ClaimedJob,
+        runtime: WorkerRuntime,
+        watch: JobWatch,
+        loaded: LoadedModel,
+        adapter: str | None,
+        canvas_webhooks: bool,
+    ) -> Outcome:
         settings = runtime.settings
         plan = self.plan_model.model_validate(job.plan)
         params = GenerationParams.model_validate(job.params)
-        loaded, adapter, canvas_webhooks = _resolve_model(job, runtime)
         text = TextAssembler(loaded.decode, self.stops(params), loaded.token_text)
         request = Request(
             job.id,
@@ -138,32 +156,36 @@ def replace_text(text: TextAssembler) -> TextAssembler:
     return TextAssembler(text.decode, text.stops, text.token_text)
 
 
-def _resolve_model(job: ClaimedJob, runtime: WorkerRuntime) -> tuple[LoadedModel, str | None, bool]:
-    """(the loaded base model, the adapter to run with or None, whether canvas webhooks are wanted). An
-    adapter runs on its base model's engine; a full fine-tune is loaded on first use next to its base."""
+@contextmanager
+def _model_in_use(
+    job: ClaimedJob, runtime: WorkerRuntime, watch: JobWatch
+) -> Iterator[tuple[LoadedModel, str | None, bool]]:
+    """(the loaded base model, the adapter to run with or None, whether canvas webhooks are wanted), held
+    for the job while the block runs. An adapter runs on its base model's engine; a full fine-tune is loaded
+    on first use next to its base. A load error raises the catalog's code for it at once."""
     assert runtime.host is not None, "a generation job needs a serving worker's model host"
     settings = runtime.settings
     with session_scope(settings.database_url) as session:
         record = session.get(ModelRecord, job.model)
         adapter = (record.name, record.adapter_path) if record is not None and record.adapter_path else None
-        derived = (
-            (record.name, record.path, record.eos_token_ids) if record and record.base_model and not adapter else None
+        full = (
+            (record.path, list(record.eos_token_ids), record.weight_bytes)
+            if record and record.base_model and not adapter
+            else None
         )
         model_name = record.base_model if adapter is not None and record is not None else job.model
         canvas_webhooks = wants_canvas_events(session, job.id)
-    loaded = runtime.host.get(model_name)
-    if loaded is None and derived is not None:  # a full fine-tune routed to its base model's workers
-        loaded = runtime.host.ensure(
-            *derived, max_rows=settings.engine_max_rows, memory_bytes=settings.engine_memory_bytes
-        )
-    if loaded is None:
-        raise JobError(JobErrorCode.MODEL_NOT_LOADED, f"model {model_name!r} is not loaded here")
-    if adapter is not None:
-        try:
-            loaded.ensure_adapter(*adapter)
-        except Exception as exc:
-            raise JobError(JobErrorCode.ADAPTER_NOT_LOADED, f"adapter {adapter[0]!r}: {exc}") from exc
-    return loaded, adapter[0] if adapter else None, canvas_webhooks
+    with runtime.host.using(
+        model_name,
+        full=full,
+        adapter=adapter,
+        should_stop=watch.should_stop,
+        max_rows=settings.engine_max_rows,
+        memory_bytes=settings.engine_memory_bytes,
+    ) as loaded:
+        if loaded is None:
+            raise JobError(JobErrorCode.MODEL_NOT_LOADED, f"model {model_name!r} is not loaded here")
+        yield loaded, adapter[0] if adapter else None, canvas_webhooks
 
 
 def _canvas_webhook_sink(database_url: str, job_id: str) -> Callable[[dict[str, Any]], None]:

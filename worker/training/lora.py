@@ -5,6 +5,7 @@ linears must not be targeted). Experts, router and the tied lm_head are not adap
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,33 @@ def load_adapter(model: Any, path: str | Path, adapter_name: str) -> Any:
         model = PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=False)
     tie_encoder_to_decoder(model)
     return model
+
+
+def remove_adapter(model: PeftModel, adapter_name: str) -> Any:
+    """Drop one loaded adapter and free its weights. Returns the PeftModel, or, once no adapter is left, the
+    bare base model (peft cannot load into a PeftModel without adapters), its encoder and decoder again
+    separate modules over shared weights, as loaded."""
+    if len(model.peft_config) > 1:
+        model.delete_adapter(adapter_name)
+        if model.active_adapter not in model.peft_config:  # peft may leave the deleted one named active
+            model.set_adapter(next(iter(model.peft_config)))
+        return model
+    untie_encoder(model)  # the encoder then holds the decoder's base layers: one module under two names
+    base = model.unload()
+    inner = base.model
+    for dec, enc in zip(inner.decoder.layers, inner.encoder.language_model.layers, strict=True):
+        for path in SHARED:
+            owner, name = path.split(".")
+            module = getattr(getattr(enc, owner), name, None)
+            if module is not None and module is getattr(getattr(dec, owner), name, None):
+                setattr(getattr(enc, owner), name, _twin(module))
+    return base
+
+
+def _twin(module: Any) -> Any:
+    """A second module object over the same parameters (so peft's name matching sees both names)."""
+    twin = copy.copy(module)
+    twin._parameters = dict(module._parameters)
+    twin._buffers = dict(module._buffers)
+    twin._modules = dict(module._modules)
+    return twin
