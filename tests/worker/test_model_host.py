@@ -77,7 +77,7 @@ def test_the_least_recently_used_idle_adapter_goes_first_and_answers_do_not_chan
     assert host.cache.used <= host.cache.budget
     with host.using(TINY, adapter=("b", adapters["b"])) as loaded:  # b again: loaded anew, same answer
         assert answer(loaded, "b") == first["b"]
-        assert answer(loaded, "a") != first["a"] or "a" not in loaded.adapters  # a was evicted for it
+        assert "a" not in loaded.adapters  # evicted for it (c was used more recently)
     assert set(host.cache.entries) == {"adapter:c", "adapter:b"}
     with host.using(TINY, adapter=("a", adapters["a"])) as loaded:
         assert answer(loaded, "a") == first["a"]
