@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, stream_with_context
+from flask import Blueprint, Response, g, jsonify, stream_with_context
 
 from api.auth import authenticate_request
 from api.bodies import read_json_object
@@ -36,6 +36,19 @@ bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
 register_openai_error_handlers(bp)
 JOB_ID_HEADER = "x-canvas-job-id"
+
+
+@bp.after_request
+def name_the_job(response: Response) -> Response:
+    """Once a request's job exists, every answer names it, and an error answer (a timeout, a failed job, a
+    database or Redis error while waiting) says not to retry: OpenAI's SDKs retry 408, 409, 429 and 5xx by
+    resubmitting, which here would make a second job. They honour `x-should-retry`."""
+    job_id = g.get("canvas_job_id")
+    if job_id:
+        response.headers[JOB_ID_HEADER] = job_id
+        if response.status_code >= 400:
+            response.headers["x-should-retry"] = "false"
+    return response
 
 
 @bp.post("/completions")
@@ -81,6 +94,7 @@ def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bo
 
 def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: dict[str, Any], chat: bool) -> Response:
     job, _created = accept_job(request, raw)
+    g.canvas_job_id = job.id  # from here on, answers name it and say not to retry (name_the_job)
     release_db_session()  # the wait or the stream below must not hold a database connection
     infill = isinstance(body, CompletionCreate) and body.infill
     created = int(job.created_at.timestamp())  # UTCDateTime: always aware
@@ -90,7 +104,7 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: di
     if body.streaming:
         with_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chunks(events, shape, with_usage)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", JOB_ID_HEADER: job.id}
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
     finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
     if finished is None:
@@ -98,20 +112,10 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: di
             f"job {job.id} is still running after {settings().sync_wait_seconds:g} s; it goes on: "
             f"GET /v1/jobs/{job.id} (or stream it: stream=true, or retry with the same Idempotency-Key)"
         )
-        return no_retry(error_response(504, "timeout", message, code="timeout", job_id=job.id), job.id)
+        return error_response(504, "timeout", message, code="timeout", job_id=job.id)
     if finished["status"] != "succeeded":
-        return no_retry(_job_error(finished), job.id)
-    response = jsonify(completion_body(shape, finished))
-    response.headers[JOB_ID_HEADER] = job.id
-    return response
-
-
-def no_retry(response: Response, job_id: str | None = None) -> Response:
-    """OpenAI's SDKs retry 409 and 5xx by resubmitting, which here would make a second job: they honour this."""
-    response.headers["x-should-retry"] = "false"
-    if job_id:
-        response.headers[JOB_ID_HEADER] = job_id
-    return response
+        return _job_error(finished)
+    return jsonify(completion_body(shape, finished))
 
 
 def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@ not control) against the real API, Redis and a worker: the answers are the jobs'
 
 from __future__ import annotations
 
+import threading
 import time
 
 import openai
@@ -163,3 +164,32 @@ def test_a_wait_that_times_out_is_not_resubmitted_by_the_sdk(settings, keys) -> 
         job_id = caught.value.body["job_id"]
         jobs = Client(server.url, keys["a"]).http.get(f"{server.url}/v1/jobs").json()["data"]
         assert [j["id"] for j in jobs] == [job_id]
+
+
+def test_a_canceled_job_is_a_409_that_the_sdk_does_not_resubmit(live_api, keys) -> None:
+    """An error about a job that exists names it and says not to retry: the SDK, allowed two retries,
+    raises at once and leaves one job."""
+    long = {"canvas": {"max_denoising_steps": 4000, "stability_threshold": 4096, "confidence_threshold": 1e-9}}
+    caught: list[Exception] = []
+
+    def call() -> None:
+        try:
+            sdk(live_api, keys["a"], retries=2).completions.create(
+                model=TINY, prompt="x", max_tokens=8, extra_body=long
+            )
+        except openai.APIStatusError as exc:
+            caught.append(exc)
+
+    waiter = threading.Thread(target=call)
+    waiter.start()
+    client = Client(live_api.url, keys["a"])
+    deadline = time.monotonic() + 30
+    while not (jobs := client.http.get(f"{live_api.url}/v1/jobs").json()["data"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.wait(jobs[0]["id"], {"running"})
+    client.cancel(jobs[0]["id"])
+    waiter.join(60)
+    (error,) = caught
+    assert isinstance(error, openai.ConflictError) and error.response.headers["x-should-retry"] == "false"
+    assert error.response.headers["x-canvas-job-id"] == jobs[0]["id"] == error.body["job_id"]
+    assert len(client.http.get(f"{live_api.url}/v1/jobs").json()["data"]) == 1

@@ -38,6 +38,7 @@ def test_chat_openai_bodies_are_answered(live_api, keys, name) -> None:
     assert response.status_code == 200, response.text
     answer = ChatCompletion.model_validate(response.json())
     assert answer.choices[0].message.role == "assistant" and answer.usage.completion_tokens >= 0
+    assert response.headers["x-canvas-job-id"] == answer.id.removeprefix("chatcmpl-")
 
 
 def test_a_streaming_chat_openai_body_is_answered_in_chunks(live_api, keys) -> None:
