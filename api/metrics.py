@@ -1,16 +1,21 @@
-"""/metrics: Prometheus' scrape of the API (no key: keep it off the public ingress). The counters of this
-process, or of every gunicorn worker (PROMETHEUS_MULTIPROC_DIR), and the depth of every queue, read from
-Redis now (none when Redis does not answer: the scrape still succeeds)."""
+"""/metrics: Prometheus' scrape of the API. The counters of this process, or of every gunicorn worker
+(PROMETHEUS_MULTIPROC_DIR), and the depth of every queue, read from Redis now (none when Redis does not
+answer: the scrape still succeeds).
+
+No API key: with CANVAS_METRICS_TOKEN set, a scrape must send it as a bearer token (401 otherwise); without
+it, anyone who reaches the port may scrape (keep /metrics off the public ingress then)."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from sqlalchemy import select
 
-from api.state import db_session, events_client
+from api.state import db_session, events_client, settings
 from shared.contracts import TRAIN_QUEUE, WEBHOOK_QUEUE, generation_queue
+from shared.errors import Unauthorized
 from shared.metrics import CONTENT_TYPE, Gauges, exposition
 from shared.models import ModelRecord
 
@@ -37,6 +42,18 @@ def queue_depths() -> Iterator[tuple[str, str, list[str], list[tuple[list[str], 
     yield "canvas_queue_depth", "Messages waiting in the queue (not yet taken by a worker).", ["queue"], depths
 
 
+def require_metrics_token() -> None:
+    """Raise Unauthorized (401) unless the request sends the metrics token (compared in constant time), when
+    one is set."""
+    token = settings().metrics_token
+    if not token:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <token>', the token of CANVAS_METRICS_TOKEN")
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
+    require_metrics_token()
     return Response(exposition(Gauges(queue_depths)), content_type=CONTENT_TYPE)

@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 PREFIX = "CANVAS_"
-SECRETS = ("database_url", "secret_key", "webhook_sealing_keys")  # may come from `<VAR>_FILE`
+SECRETS = ("database_url", "secret_key", "webhook_sealing_keys", "metrics_token")  # may come from `<VAR>_FILE`
 
 
 class SettingsError(ValueError):
@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # Each worker process serves Prometheus metrics on this port (0: none); `canvas worker serve|train`
     # gives its i-th child port + i. The API serves them at /metrics on its own port.
     metrics_port: int = 0
+    # When set, the API's /metrics answers only requests with `Authorization: Bearer <this>` (401 otherwise);
+    # empty: anyone who reaches the API's port may scrape it. Workers' metrics ports are not covered.
+    metrics_token: str = Field(default="", repr=False)
     # On SIGTERM a generation worker takes no new job, lets its running jobs finish this long, then puts
     # the rest back in the queue without spending one of their attempts. Keep the orchestrator's grace
     # period (docker stop -t, terminationGracePeriodSeconds) longer.
