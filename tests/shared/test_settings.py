@@ -45,6 +45,7 @@ EVERY_FIELD: dict[str, Any] = {
     "log_level": "DEBUG",
     "log_format": "json",
     "metrics_port": 9100,
+    "metrics_token": "scrape-token",
     "shutdown_grace_seconds": 3.5,
     "cpu_model_max_bytes": 1 << 20,
     "secret_key": "s3cret",
