@@ -54,6 +54,10 @@ class Watchdog:
     def left(self) -> float:
         return max(0.001, self.seconds - (time.monotonic() - self._started))
 
+    def expired(self) -> bool:
+        """Whether the deadline has passed (the timer thread may not have fired yet)."""
+        return self.fired or time.monotonic() - self._started >= self.seconds
+
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
             self._sockets.append(sock.dup())
@@ -124,14 +128,21 @@ def post_pinned(url: str, address: str, watchdog: Watchdog | None = None, **kwar
         return session.post(url, **kwargs)
 
 
-def post_to_first(url: str, addresses: list[str], **kwargs: Any) -> requests.Response:
-    """`post_pinned` to each address in turn until one connects (an IPv6 address without a route, say)."""
-    for address in addresses[:-1]:
+def post_to_first(url: str, addresses: list[str], watchdog: Watchdog | None = None, **kwargs: Any) -> requests.Response:
+    """`post_pinned` to each address in turn until one connects (an IPv6 address without a route, say).
+    Under a watchdog, each address gets only the time left (its connect is not watched until it
+    connects), and none is tried once the deadline has passed."""
+    for index, address in enumerate(addresses):
+        if watchdog is not None:
+            if watchdog.expired():
+                raise TotalTimeout(f"no address connected within the {watchdog.seconds:g} s deadline")
+            kwargs["timeout"] = (watchdog.left(), watchdog.left())
         try:
-            return post_pinned(url, address, **kwargs)
+            return post_pinned(url, address, watchdog, **kwargs)
         except requests.ConnectionError:
-            continue
-    return post_pinned(url, addresses[-1], **kwargs)
+            if index == len(addresses) - 1:
+                raise
+    raise requests.ConnectionError("no address to connect to")
 
 
 @dataclass(frozen=True)
@@ -149,12 +160,11 @@ def post_within(url: str, addresses: list[str], seconds: float, **kwargs: Any) -
     requests exceptions."""
     watchdog = Watchdog(seconds)
     try:
-        timeout = (watchdog.left(), watchdog.left())  # per connect and per read; the watchdog bounds the total
-        with post_to_first(url, addresses, watchdog=watchdog, stream=True, timeout=timeout, **kwargs) as response:
+        with post_to_first(url, addresses, watchdog, stream=True, **kwargs) as response:
             body = response.raw.read(BODY_BYTES, decode_content=False) or b""
             return Reply(response.status_code, response.headers, body)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        if watchdog.fired:
+        if watchdog.expired():
             raise TotalTimeout(f"no complete answer within the {seconds:g} s deadline") from None
         if isinstance(exc, requests.RequestException):
             raise

@@ -82,3 +82,21 @@ def test_the_next_checked_address_is_tried_when_one_does_not_connect() -> None:
             post_to_first(url, ["127.0.0.2"], data=b"x", timeout=10)
     finally:
         receiver.close()
+
+
+def test_the_overall_deadline_covers_every_address_tried() -> None:
+    """A name may resolve to many addresses that never answer a connect: the deadline bounds them all
+    together (before: each got a full connect timeout, three addresses held the POST three deadlines). A
+    listener whose one-place backlog is already taken drops further SYNs, so connects to it hang."""
+    import socket
+    import time
+
+    from worker.pinned_http import TotalTimeout, post_within
+
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the backlog; nothing accepts it
+            started = time.monotonic()
+            with pytest.raises(TotalTimeout):
+                post_within(f"http://hooks.example:{port}/x", ["127.0.0.1"] * 3, 1.0, data=b"x")
+            assert time.monotonic() - started < 1.8
