@@ -1,4 +1,9 @@
-"""Database engines and sessions. SQLite (embedded default) and PostgreSQL (production) are both supported."""
+"""Database engines and sessions. SQLite (embedded default) and PostgreSQL (production) are both supported.
+
+A PostgreSQL connection attempt ends after `connect_timeout` seconds (libpq's parameter, given in
+DATABASE_URL as `?connect_timeout=N`; DEFAULT_CONNECT_TIMEOUT_SECONDS when the URL names none), so a
+database host that has gone silent fails requests with an error instead of holding their threads.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 5  # libpq counts whole seconds (and waits at least 2)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -26,7 +33,10 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    connect_args = (
+        {} if "connect_timeout" in make_url(url).query else {"connect_timeout": DEFAULT_CONNECT_TIMEOUT_SECONDS}
+    )
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args)
 
 
 @lru_cache(maxsize=8)
