@@ -3,7 +3,7 @@
 Creating a batch validates every line first; a file with a bad line makes a `failed` batch (the bad lines,
 with their numbers, in `errors` and in its error file) and no job. A good file becomes one job per line,
 inserted in bounded chunks in the batch's own transaction: all of them or none. The jobs run behind
-interactive ones (shared/batch_release.py); the sweeper finalizes the batch (shared/batch_finalizer.py).
+interactive ones (the batch lane of shared/fairness.py); the sweeper finalizes the batch (shared/batch_finalizer.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from api.pagination import parse_limit
 from api.response_schemas import Batch as BatchShape
 from api.response_schemas import BatchList
 from api.state import db_session, producer, settings
-from shared.batch_release import release_batch_jobs
 from shared.batches import (
     BatchStatus,
     batch_view,
@@ -39,8 +38,9 @@ from shared.batches import (
     request_counts,
 )
 from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.fairness import release
 from shared.files import new_file
-from shared.models import Batch, utcnow
+from shared.models import Batch, Job, utcnow
 from shared.webhooks import record_tenant_event
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def create_batch() -> Response:
     session.commit()
     log.info("batch %s: %d lines, %d bad, status %s", batch.id, batch.total, len(planned.errors), batch.status)
     if batch.status == BatchStatus.IN_PROGRESS.value:
-        _release_now()
+        _release_now(batch.id)
     return jsonify(batch_view(batch, request_counts(session, batch)))
 
 
@@ -128,13 +128,15 @@ def _fail(session: Session, batch: Batch, planned: PlannedLines) -> None:
     record_tenant_event(session, batch.tenant_id, "batch.failed", batch_view(batch, request_counts(session, batch)))
 
 
-def _release_now() -> None:
-    """Start the batch's first lines now rather than at the next sweep; if the broker or the database does
-    not answer, the sweeper does it."""
+def _release_now(batch_id: str) -> None:
+    """Start the batch's first lines now (as far as its queues have room) rather than at the next sweep; if
+    the broker or the database does not answer, the sweeper does it."""
     session = db_session()
     try:
-        release_batch_jobs(session, producer(), settings().batch_max_in_flight)
-        session.commit()
+        queues = session.scalars(select(Job.queue).where(Job.batch_id == batch_id).distinct()).all()
+        for queue in queues:
+            release(session, producer(), settings(), queue)
+            session.commit()
     except Exception:
         session.rollback()
         log.exception("could not release batch jobs now; the sweeper will")

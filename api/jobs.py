@@ -113,6 +113,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
         idempotency_key=key,
         request_hash=digest if key else None,
         deadline_at=utcnow() + timedelta(seconds=body.deadline_seconds) if body.deadline_seconds else None,
+        priority=body.priority or 0,
     )
     try:
         outbox = create_job(session, job)  # flushes: a duplicate key fails here, or at the commit

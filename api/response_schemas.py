@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.states import JobStatus
 
@@ -70,6 +70,8 @@ class Job(_Shape):
     started_at: datetime | None
     finished_at: datetime | None
     deadline_at: datetime | None
+    priority: int = Field(description="order among its tenant's own queued jobs, higher first")
+    lane: Literal["interactive", "batch"] = Field(description="batch: released when no interactive job waits")
     timeline: list[TimelineEntry] | None = None
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from api.webhook_schemas import WebhookTarget
-from shared.contracts import GenerationParams
+from shared.contracts import PRIORITY_MAX, PRIORITY_MIN, GenerationParams
 from shared.job_kinds.generate import MAX_CHOICES, MAX_TOP_LOGPROBS
 from shared.job_kinds.sudoku import MAX_TRIES
 
@@ -65,6 +65,13 @@ class JobCreate(BaseModel):
     webhook: WebhookTarget | None = None
     deadline_seconds: StrictInt | None = Field(
         None, ge=1, le=7 * 24 * 3600, description="not started within this many seconds: the job expires"
+    )
+    priority: StrictInt | None = Field(
+        None,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description="order among this tenant's own queued jobs (higher first, default 0); it never moves a job "
+        "ahead of another tenant's",
     )
 
     def given_inputs(self) -> list[str]:

@@ -7,11 +7,13 @@ import logging
 from celery import Celery
 from flask import current_app, g
 from redis import Redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import session_factory
 from shared.events import publish_event
-from shared.queue import publish_pending
+from shared.fairness import release
+from shared.models import OutboxMessage
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,12 @@ def release_db_session() -> None:
 
 
 def publish_after_commit(session: Session, outbox_id: int) -> None:
-    """Publish a committed job's outbox message now if the broker answers; if not (or the database
-    hiccups), the job stays accepted and the sweeper publishes it."""
+    """A release pass of the committed job's queue now (shared/fairness.py): the job goes to the broker at
+    once if its tenant and the queue have room. If the broker or the database hiccups, the job stays
+    accepted and the sweeper releases it."""
     try:
-        publish_pending(session, producer(), ids=[outbox_id])
+        queue = session.scalar(select(OutboxMessage.queue).where(OutboxMessage.id == outbox_id))
+        release(session, producer(), settings(), queue)
         session.commit()
     except Exception:
         session.rollback()

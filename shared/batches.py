@@ -2,7 +2,7 @@
 counts, its public view, and ending its queued lines at once (cancel, expiry).
 
 A batch's jobs are ordinary `generate` jobs with `batch_id`, `custom_id` and `batch_line` set; they get
-no outbox record here (shared/batch_release.py releases them a few at a time) and no job.* webhooks.
+no outbox record here (they wait in the batch lane of shared/fairness.py) and no job.* webhooks.
 Knows the database, not HTTP, tokenizers or the broker.
 """
 
@@ -19,9 +19,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest
-from shared.jobs import transition
+from shared.job_kinds import kind_spec
+from shared.jobs import served_by, transition
 from shared.models import Batch, Job, JobEvent, utcnow
-from shared.states import FinishReason, JobStatus
+from shared.states import FinishReason, JobStatus, Lane
 
 INSERT_CHUNK = 500  # rows per INSERT: bounded statements and memory however long the file
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
@@ -63,10 +64,15 @@ def completion_window(text: str) -> timedelta:
 
 def insert_lines(session: Session, rows: Sequence[dict[str, Any]], created_at: datetime) -> None:
     """Insert a batch's jobs (`Job` column values, one dict per line) and their `queued` events, in chunks
-    of INSERT_CHUNK rows. No outbox records: the release step makes them. The caller commits."""
+    of INSERT_CHUNK rows. They wait in the fair publisher's batch lane (shared/fairness.py), which makes
+    their outbox records as it releases them. The caller commits."""
+    queues = {(row["kind"], row["model"]): "" for row in rows}
+    for kind, model in queues:
+        queues[(kind, model)] = kind_spec(kind).queue(served_by(session, model))
+    batch_lane = {"status": JobStatus.QUEUED.value, "created_at": created_at, "lane": Lane.BATCH.value}
     for chunk in _chunks(rows, INSERT_CHUNK):
         session.execute(
-            insert(Job), [{**row, "status": JobStatus.QUEUED.value, "created_at": created_at} for row in chunk]
+            insert(Job), [{**row, **batch_lane, "queue": queues[(row["kind"], row["model"])]} for row in chunk]
         )
         events = [
             {"job_id": row["id"], "type": "status", "status": JobStatus.QUEUED.value, "created_at": created_at}

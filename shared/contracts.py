@@ -12,6 +12,7 @@ TRAIN_TASK = "canvas.fine_tune"
 TRAIN_QUEUE = "train"  # fine-tuning jobs, one at a time per training GPU
 WEBHOOK_TASK = "canvas.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"  # its own CPU queue and worker: never a GPU worker
+PRIORITY_MIN, PRIORITY_MAX = -10, 10  # a job's priority within its tenant (shared/fairness.py)
 
 
 def generation_queue(model: str) -> str:

@@ -31,10 +31,11 @@ def create_job(session: Session, job: Job) -> OutboxMessage:
     """Insert a queued job, its first event and its outbox record; the caller commits, then publishes."""
     job.status = JobStatus.QUEUED.value
     job.created_at = job.created_at or utcnow()
+    task, queue = task_route(session, job)
+    job.queue = queue  # the fair publisher (shared/fairness.py) releases it from there
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, type="status", status=JobStatus.QUEUED.value, created_at=job.created_at))
-    task, queue = task_route(session, job)
     outbox = OutboxMessage(job_id=job.id, task_name=task, queue=queue)
     session.add(outbox)
     session.flush()
@@ -138,10 +139,19 @@ def expire_overdue(session: Session, job_ids: list[str] | None = None) -> int:
     return expired
 
 
-def requeue(session: Session, job_id: str, attempt: int, event_data: dict[str, Any], *, spend_attempt: bool) -> bool:
-    """running -> queued if `attempt` still owns the job, with an outbox record that delivers it again.
-    Without `spend_attempt` (the worker gave it back: a shutdown) the attempt does not count against
-    max_attempts. Returns whether the job was requeued (not, if it finished or moved on meanwhile)."""
+def requeue(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    event_data: dict[str, Any],
+    *,
+    spend_attempt: bool,
+    condition: Any = None,
+) -> bool:
+    """running -> queued if `attempt` still owns the job (and it matches the SQL `condition`), with an outbox
+    record that delivers it again once the fair publisher releases it. Without `spend_attempt` (the worker
+    gave it back: a shutdown) the attempt does not count against max_attempts. Returns whether the job was
+    requeued (not, if it finished or moved on meanwhile)."""
     attempts = attempt if spend_attempt else attempt - 1
     done = transition(
         session,
@@ -149,9 +159,11 @@ def requeue(session: Session, job_id: str, attempt: int, event_data: dict[str, A
         JobStatus.QUEUED,
         attempt=attempt,
         event_data=event_data,
+        condition=condition,
         attempts=attempts,
         lease_expires_at=None,
         worker=None,
+        released_at=None,
     )
     if done:
         task, queue = task_route(session, get_job(session, job_id))

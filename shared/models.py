@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.sealing import SealedString
-from shared.states import JobStatus
+from shared.states import JobStatus, Lane
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -62,6 +62,7 @@ class Base(DeclarativeBase):
 
 
 STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus))
+LANE_CHECK = "lane IN ({})".format(", ".join(f"'{lane.value}'" for lane in Lane))
 
 
 class ApiKey(Base):
@@ -105,6 +106,9 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
+        CheckConstraint(LANE_CHECK, name="lane"),
+        # The fair publisher (shared/fairness.py) counts released jobs and picks each tenant's next one (0008).
+        Index("ix_jobs_release", "queue", "status", "released_at", "tenant_id", "lane", "priority", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         # The admin dashboard lists every tenant's jobs newest first, filtered by one column (0004).
@@ -139,10 +143,17 @@ class Job(Base):
     webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per-job target: {"url", "events"}
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # not started by then: expired
     # A line of a batch (0008): its batch, the client's custom_id and its line in the input file. Batch
-    # jobs have no outbox record until the sweeper releases them (shared/batch_release.py), a few at a time.
+    # jobs are in the `batch` lane of the fair publisher (shared/fairness.py).
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     custom_id: Mapped[str | None] = mapped_column(String(512))
     batch_line: Mapped[int | None] = mapped_column(Integer)
+    # Fair release (0008): the broker queue its kind routes it to; its priority among its tenant's own
+    # queued jobs (higher first); its lane (interactive, or batch: below every interactive job); and when
+    # its current delivery was released to the broker (None while it waits in SQL; cleared by a requeue).
+    queue: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.INTERACTIVE.value, server_default="interactive")
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobEvent(Base):

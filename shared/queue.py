@@ -1,4 +1,5 @@
-"""The broker side shared by API and workers: the Celery app factory and outbox publishing.
+"""The broker side shared by API and workers: the Celery app factory and the publish of one outbox message
+(shared/fairness.py decides which and when).
 
 The API publishes by task name through this module and never imports worker code.
 """
@@ -12,11 +13,9 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import celeryd_init, setup_logging
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from shared.logs import configure_logging
-from shared.models import OutboxMessage, utcnow
+from shared.models import OutboxMessage
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,9 +24,11 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 78
 
 
-def make_celery(settings: Settings, name: str = "canvas") -> Celery:
-    """A Celery app configured for long GPU jobs: late acks, prefetch 1, a long visibility timeout."""
-    app = Celery(name, broker=settings.redis_url)
+def make_celery(settings: Settings, name: str = "canvas", *, set_as_current: bool = True) -> Celery:
+    """A Celery app configured for long GPU jobs: late acks, prefetch 1, a long visibility timeout. Without
+    `set_as_current` it does not become the calling thread's current app (a worker's pool thread looks up
+    the tasks it runs in its current app)."""
+    app = Celery(name, broker=settings.redis_url, set_as_current=set_as_current)
     transport = {
         # Longer than the longest job, or Redis redelivers a running job (celery#5935, pretix#2058).
         "visibility_timeout": settings.max_job_seconds + 3600,
@@ -107,28 +108,12 @@ def publish(app: Celery, message: OutboxMessage) -> None:
     )
 
 
-def publish_pending(session: Session, app: Celery, ids: list[int] | None = None, limit: int = 100) -> int:
-    """Publish unpublished outbox messages (all, or the given ids), oldest first. Returns how many went out.
-
-    Stops at the first broker failure: the rest stay in the outbox for the sweeper.
-    """
-    stmt = select(OutboxMessage).where(OutboxMessage.published_at.is_(None))
-    if ids is not None:
-        stmt = stmt.where(OutboxMessage.id.in_(ids))
-    stmt = stmt.order_by(OutboxMessage.id).limit(limit).with_for_update(skip_locked=True)
-    sent = 0
-    for message in session.scalars(stmt):
-        message.publish_attempts += 1
-        try:
-            publish(app, message)
-        except Exception as exc:  # kombu raises OperationalError and friends; all mean "not sent"
-            message.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            log.warning("publish of job %s deferred: %s", message.job_id, message.last_error)
-            break
-        message.published_at = utcnow()
-        sent += 1
-    session.flush()
-    return sent
+@functools.cache
+def producer(settings: Settings) -> Celery:
+    """This process's Celery app for publishing with `settings` (made once: a worker publishes on every
+    claim and finish). It never becomes a thread's current app: made in a worker's pool thread, it would
+    hide the worker's tasks from that thread."""
+    return make_celery(settings, "canvas-producer", set_as_current=False)
 
 
 def app_from_env(module: str, factory: Callable[[Settings], Celery]) -> Callable[[str], Celery]:

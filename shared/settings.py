@@ -52,10 +52,17 @@ class Settings(BaseSettings):
     # or running at once. Past either, a submission gets 429 with Retry-After; nothing is recorded.
     rate_limit_per_minute: int = 600
     max_active_jobs: int = 10_000
-    # The Batch API: lines in one input file, and per model the batch jobs released to its queue at once
-    # (interactive jobs queue behind at most these; shared/batch_release.py).
+    # The Batch API: lines in one input file, and per queue the batch jobs in flight at most (the batch lane
+    # of shared/fairness.py).
     max_batch_lines: int = 50_000
     batch_max_in_flight: int = 16
+    # Fair release (shared/fairness.py), per broker queue: jobs released to the broker and not yet claimed
+    # (keeps the broker's queue short; 0: release everything at once, first come first served), and jobs of
+    # one tenant released and not finished (0: no cap). A queued job released this long ago that is in
+    # neither its broker queue nor claimed (a Redis flush or failover lost it) is released again.
+    release_depth: int = 4
+    tenant_in_flight: int = 32
+    release_lost_seconds: float = 15.0
     # How long an OpenAI-style request waits for its job before a 504 naming it: below the 60 s idle timeout
     # of common proxies (nginx, AWS ALB), whose own 504 the SDKs answer by resubmitting.
     sync_wait_seconds: float = 50.0

@@ -31,6 +31,15 @@ ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+class Lane(StrEnum):
+    """Where a queued job waits for release to its model's queue (shared/fairness.py). `batch` (OpenAI Batch
+    API lines) is released only when no interactive job waits for that queue, but always keeps one job in
+    flight per queue so it never starves."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
 class FinishReason(StrEnum):
     EOS = "eos"
     LENGTH = "length"

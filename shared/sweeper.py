@@ -1,8 +1,9 @@
-"""The maintenance loop: publishes outbox messages that missed the broker, reaps expired leases, releases
-batch jobs behind interactive ones and finalizes batches whose lines all ended.
+"""The maintenance loop: releases waiting jobs to the broker (fairly: shared/fairness.py, batch jobs in
+their lower lane), releases again jobs a broker loss dropped, reaps expired leases and finalizes batches
+whose lines all ended.
 
-It runs as a thread beside the API (or as `canvas sweeper`). Several sweepers may run at once: the
-outbox rows are taken with SKIP LOCKED on PostgreSQL, and every job change is a conditional UPDATE.
+It runs as a thread beside the API (or as `canvas sweeper`). Several sweepers may run at once: release
+passes are serialized per queue, and every job change is a conditional UPDATE.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import threading
 
 from celery import Celery
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shared.batch_finalizer import sweep_batches
-from shared.batch_release import release_batch_jobs
+from shared.broker_loss import release_lost
 from shared.db import session_scope
+from shared.fairness import release_all
 from shared.job_errors import JobError, JobErrorCode
 from shared.jobs import expire_overdue, requeue, transition
 from shared.models import Job, utcnow
-from shared.queue import publish_pending
 from shared.retention import apply_if_due
 from shared.settings import Settings
 from shared.states import JobStatus
@@ -30,40 +32,50 @@ log = logging.getLogger(__name__)
 
 def reap_expired_leases(settings: Settings) -> int:
     """Requeue (or fail, after max_attempts) running jobs whose worker stopped renewing the lease."""
-    reaped = 0
     with session_scope(settings.database_url) as session:
-        stmt = select(Job).where(
-            Job.status.in_([JobStatus.RUNNING.value, JobStatus.CANCELING.value]),
-            Job.lease_expires_at < utcnow(),
+        return sum(reap(session, settings, job) for job in expired_leases(session))
+
+
+def expired_leases(session: Session) -> list[Job]:
+    """Running (or canceling) jobs whose lease has expired, as this moment sees them."""
+    stmt = select(Job).where(
+        Job.status.in_([JobStatus.RUNNING.value, JobStatus.CANCELING.value]),
+        Job.lease_expires_at < utcnow(),
+    )
+    return list(session.scalars(stmt).all())
+
+
+def reap(session: Session, settings: Settings, job: Job) -> bool:
+    """End the lease of `job` (a row `expired_leases` gave): requeue it, fail it after max_attempts, or, if it
+    was canceling, cancel it. Returns whether it changed. Each UPDATE re-checks that the lease is still
+    expired: a worker that renewed it since `expired_leases` read it keeps its job."""
+    data = {"reason": "lease expired", "worker": job.worker, "attempt": job.attempts}
+    expired = Job.lease_expires_at < utcnow()
+    if job.status == JobStatus.CANCELING.value:
+        return transition(
+            session,
+            job.id,
+            JobStatus.CANCELED,
+            attempt=job.attempts,
+            event_data=data,
+            condition=expired,
+            finished_at=utcnow(),
+            lease_expires_at=None,
         )
-        for job in session.scalars(stmt).all():
-            data = {"reason": "lease expired", "worker": job.worker, "attempt": job.attempts}
-            if job.status == JobStatus.CANCELING.value:
-                done = transition(
-                    session,
-                    job.id,
-                    JobStatus.CANCELED,
-                    attempt=job.attempts,
-                    event_data=data,
-                    finished_at=utcnow(),
-                    lease_expires_at=None,
-                )
-            elif job.attempts < settings.max_attempts:
-                done = requeue(session, job.id, job.attempts, data, spend_attempt=True)
-            else:
-                error = JobError(JobErrorCode.WORKER_LOST, f"worker lost {job.attempts} times").as_dict()
-                done = transition(
-                    session,
-                    job.id,
-                    JobStatus.FAILED,
-                    attempt=job.attempts,
-                    event_data=data,
-                    error=error,
-                    finished_at=utcnow(),
-                    lease_expires_at=None,
-                )
-            reaped += int(done)
-    return reaped
+    if job.attempts < settings.max_attempts:
+        return requeue(session, job.id, job.attempts, data, spend_attempt=True, condition=expired)
+    error = JobError(JobErrorCode.WORKER_LOST, f"worker lost {job.attempts} times").as_dict()
+    return transition(
+        session,
+        job.id,
+        JobStatus.FAILED,
+        attempt=job.attempts,
+        event_data=data,
+        condition=expired,
+        error=error,
+        finished_at=utcnow(),
+        lease_expires_at=None,
+    )
 
 
 def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
@@ -72,10 +84,8 @@ def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
     with session_scope(settings.database_url) as session:
         expire_overdue(session)  # queued jobs past their deadline, even where no worker would claim them
     sweep_batches(settings)  # expires overdue batches' lines, finalizes batches whose lines all ended
-    with session_scope(settings.database_url) as session:
-        published = publish_pending(session, app)
-    with session_scope(settings.database_url) as session:
-        published += release_batch_jobs(session, app, settings.batch_max_in_flight)
+    release_lost(settings, app)  # jobs a broker loss dropped wait for release again, and go out just below
+    published = release_all(settings, app)
     _recovered, dispatched = sweep_webhooks(settings, app)
     apply_if_due(settings)  # retention: old finished rows, in bounded batches
     return reaped, published + dispatched

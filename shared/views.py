@@ -30,6 +30,8 @@ def job_view(job: Job, events: list[JobEvent] | None = None) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "deadline_at": iso(job.deadline_at),
+        "priority": job.priority,
+        "lane": job.lane,
     }
     if events is not None:
         view["timeline"] = [

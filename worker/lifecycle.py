@@ -9,6 +9,7 @@ event and, through the transition, the webhooks. What a kind does lives in its e
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -16,15 +17,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from shared.db import session_scope
 from shared.events import publish_event
+from shared.fairness import release_soon
 from shared.job_errors import JobError, JobErrorCode
 from shared.jobs import claim, get_job, requeue, transition
 from shared.logs import bind_job
 from shared.metrics import JOB_QUEUE_SECONDS, JOB_RUN_SECONDS
-from shared.models import OutboxMessage, utcnow
-from shared.queue import make_celery, publish_pending
+from shared.models import Job, utcnow
+from shared.queue import producer
 from shared.settings import Settings
 from shared.states import FinishReason, JobStatus
 from worker.job_errors import job_error_from
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from worker.shutdown import Drain
 
 log = logging.getLogger(__name__)
+FINISH_FIRST_DELAY, FINISH_MAX_DELAY = 0.05, 2.0  # seconds between tries of a finish the database refused
 
 
 @dataclass
@@ -76,6 +81,7 @@ class ClaimedJob:
     attempt: int
     queued_at: datetime
     started_at: datetime
+    queue: str | None = None  # the broker queue it came from: a slot there frees when it is claimed and ends
 
 
 @dataclass
@@ -102,6 +108,8 @@ def run_job(runtime: WorkerRuntime, job_id: str, executor_for: Callable[[str], E
     logs): a duplicate delivery, or one past its deadline, is 'skipped'."""
     with runtime.drain.job() if runtime.drain is not None else nullcontext():
         job = _claim(runtime.settings, job_id, runtime.name)
+        # The claim (or a skipped delivery) freed a slot of the queue's release depth: the next job goes out.
+        release_soon(runtime.settings, producer(runtime.settings), job.queue if job else _queue_of(runtime, job_id))
         if job is None:
             log.info("job %s is not queued (a duplicate or canceled delivery, or past its deadline): skipped", job_id)
             return "skipped"
@@ -163,7 +171,18 @@ def _claim(settings: Settings, job_id: str, worker: str) -> ClaimedJob | None:
             attempt=attempt,
             queued_at=row.created_at,
             started_at=row.started_at,
+            queue=row.queue,
         )
+
+
+def _queue_of(runtime: WorkerRuntime, job_id: str) -> str | None:
+    """The queue of a job this worker did not claim (a duplicate, canceled or expired delivery)."""
+    try:
+        with session_scope(runtime.settings.database_url) as session:
+            return session.scalar(select(Job.queue).where(Job.id == job_id))
+    except Exception:  # best effort: the sweeper's pass releases what this one would have
+        log.exception("queue of job %s not read", job_id)
+        return None
 
 
 def _record_stop(runtime: WorkerRuntime, job: ClaimedJob, watch: JobWatch, output: dict[str, Any] | None) -> str:
@@ -181,8 +200,8 @@ def _record_stop(runtime: WorkerRuntime, job: ClaimedJob, watch: JobWatch, outpu
 
 
 def _give_back(runtime: WorkerRuntime, job: ClaimedJob, canceled_output: dict[str, Any] | None) -> str:
-    """Requeue a job this shutting-down worker still runs, without spending its attempt, and publish it
-    now (what this publish misses, the sweeper sends). A job canceled meanwhile is recorded as canceled."""
+    """Requeue a job this shutting-down worker still runs, without spending its attempt, and release it
+    again now if its queue has room. A job canceled meanwhile is recorded as canceled."""
     settings = runtime.settings
     data = {"reason": "worker shutting down", "worker": runtime.name, "attempt": job.attempt}
     with session_scope(settings.database_url) as session:
@@ -190,9 +209,7 @@ def _give_back(runtime: WorkerRuntime, job: ClaimedJob, canceled_output: dict[st
     if not done:  # canceled (now `canceling`), or no longer this attempt's
         return finish(runtime, job, JobStatus.CANCELED, output=canceled_output)
     runtime.publish(job.id, "status", {"status": JobStatus.QUEUED.value})
-    with session_scope(settings.database_url) as session:
-        unsent = select(OutboxMessage.id).where(OutboxMessage.job_id == job.id, OutboxMessage.published_at.is_(None))
-        publish_pending(session, make_celery(settings, "canvas-requeue"), ids=list(session.scalars(unsent)))
+    release_soon(settings, producer(settings), job.queue)  # what this pass misses, the sweeper releases
     log.info("job %s requeued: the worker is shutting down", job.id)
     return "requeued"
 
@@ -201,17 +218,44 @@ def finish(runtime: WorkerRuntime, job: ClaimedJob, to: JobStatus, **values: Any
     """Write the outcome if this attempt still owns the job, and publish it. Returns the status or 'lost'."""
     values = {k: v for k, v in values.items() if v is not None}
     finished_at = utcnow()
-    with session_scope(runtime.settings.database_url) as session:
-        done = transition(
-            session, job.id, to, attempt=job.attempt, finished_at=finished_at, lease_expires_at=None, **values
-        )
-    if not done:
+    if not _write_finish(runtime.settings, job, to, finished_at, values):
         return "lost"
+    release_soon(runtime.settings, producer(runtime.settings), job.queue)  # a row and a tenant slot freed
     ran = (finished_at - job.started_at).total_seconds()
     JOB_RUN_SECONDS.labels(job.kind).observe(ran)
     log.info("job %s %s after %.2f s", job.id, to.value, ran)
     runtime.publish(job.id, "status", {"status": to.value, **({"error": values["error"]} if "error" in values else {})})
     return to.value
+
+
+def _write_finish(settings: Settings, job: ClaimedJob, to: JobStatus, finished_at: datetime, values: dict) -> bool:
+    """The attempt-guarded finish. While the database cannot be reached it is retried with backoff for as
+    long as the lease lasts (a lease_seconds from now: the last renewal was at most a heartbeat ago), so a
+    brief outage does not throw the result away; past that the error is raised, and the reaper requeues
+    the job once its lease expires. Returns whether this attempt wrote it (False: not ours any more)."""
+    give_up = time.monotonic() + settings.lease_seconds
+    delay, tries = FINISH_FIRST_DELAY, 0
+    while True:
+        tries += 1
+        try:
+            with session_scope(settings.database_url) as session:
+                if transition(
+                    session, job.id, to, attempt=job.attempt, finished_at=finished_at, lease_expires_at=None, **values
+                ):
+                    return True
+                # After a retry the earlier try may have committed, its answer lost with the connection.
+                return tries > 1 and _already_written(session, job, to, finished_at)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("finish of job %s not written (%s); retrying in %.2f s", job.id, exc.orig, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, FINISH_MAX_DELAY)
+
+
+def _already_written(session: Session, job: ClaimedJob, to: JobStatus, finished_at: datetime) -> bool:
+    row = session.get(Job, job.id)
+    return row is not None and (row.status, row.attempts, row.finished_at) == (to.value, job.attempt, finished_at)
 
 
 def run_stats(job: ClaimedJob) -> dict[str, Any]:

@@ -9,12 +9,15 @@ import json
 
 from sqlalchemy import func, select
 
-from shared.batch_release import release_batch_jobs
+from shared.contracts import generation_queue
 from shared.db import session_scope
-from shared.models import Job, OutboxMessage
-from shared.queue import make_celery
+from shared.fairness import release
+from shared.models import Job
+from shared.queue import producer
 from tests.api.test_admin_access import admin_login
 from tests.conftest import TINY, auth
+
+QUEUE = generation_queue(TINY)
 
 
 def chat_line(custom_id: str, text: str = "hi", **body: object) -> dict:
@@ -88,26 +91,27 @@ def test_a_good_file_becomes_one_queued_job_per_line(client, keys, settings) -> 
 
 
 def test_batch_jobs_are_released_a_few_at_a_time_behind_interactive_ones(client, keys, settings) -> None:
-    cap = settings.batch_max_in_flight
-    lines = [chat_line(f"r{i}") for i in range(cap + 5)]
+    depth = settings.release_depth
+    lines = [chat_line(f"r{i}") for i in range(depth + 5)]
     batch = create(client, keys["a"], upload(client, keys["a"], lines)).get_json()
-    batch_outbox = select(func.count()).select_from(OutboxMessage).join(Job).where(Job.batch_id == batch["id"])
+    batch_released = select(func.count()).where(Job.batch_id == batch["id"], Job.released_at.is_not(None))
     with session_scope(settings.database_url) as session:
-        assert session.scalar(batch_outbox) == cap  # the creation released the first `cap`, no more
-    app = make_celery(settings, "test-release")
+        assert session.scalar(batch_released) == depth  # the creation released what the queue's depth takes
+        assert session.query(Job).filter_by(lane="batch").count() == depth + 5
     with session_scope(settings.database_url) as session:
-        assert release_batch_jobs(session, app, cap) == 0  # none ended: nothing more is released
+        assert release(session, producer(settings), settings, QUEUE) == 0  # none claimed: nothing more
     interactive = client.post(
         "/v1/jobs", json={"kind": "generate", "model": TINY, "prompt": "now"}, headers=auth(keys["b"])
     )
-    assert interactive.status_code == 202  # published at once, behind `cap` batch jobs at most
+    assert interactive.status_code == 202  # accepted; it waits for the next free slot, ahead of the batch
     with session_scope(settings.database_url) as session:
         session.execute(
             Job.__table__.update().where(Job.batch_line == 1, Job.batch_id == batch["id"]).values(status="succeeded")
         )
     with session_scope(settings.database_url) as session:
-        assert release_batch_jobs(session, app, cap) == 1  # one ended: one more goes
-        assert session.scalar(batch_outbox) == cap + 1
+        assert release(session, producer(settings), settings, QUEUE) == 1  # one slot freed: the interactive job
+        assert session.get(Job, interactive.get_json()["id"]).released_at is not None
+        assert session.scalar(batch_released) == depth
 
 
 def test_a_file_uploaded_for_fine_tuning_or_another_tenants_file_is_refused(client, keys) -> None:

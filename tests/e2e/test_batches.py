@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+import redis
 from openai import NotFoundError, OpenAI
 from standardwebhooks import Webhook
 
-from tests.conftest import TINY
-from tests.e2e.live import ApiServer, Client
+from tests.conftest import REDIS_DB, TINY
+from tests.e2e.live import ApiServer, Client, serving_worker
 
 FAST = {"max_denoising_steps": 6}
 ENDED = {"completed", "failed", "expired", "cancelled"}
@@ -96,8 +99,22 @@ def test_a_chat_batch_answers_every_line_in_openai_shape_and_says_so_by_webhook(
     assert event["type"] == "batch.failed" and event["data"]["id"] == failed.id
 
 
-def test_a_cancelled_batch_keeps_what_finished_and_reports_the_rest(settings, live_worker, keys) -> None:
-    with ApiServer(settings.with_(batch_max_in_flight=1)) as api:  # one line at a time: most are still queued
+@contextmanager
+def one_line_at_a_time(settings, backend, model_host) -> Iterator[ApiServer]:
+    """An API server and a worker of their own (a Redis database of their own), both releasing one batch
+    line at a time: every process that releases (the worker does, as it claims and finishes) has the cap."""
+    url = settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 5}"
+    settings = settings.with_(batch_max_in_flight=1, redis_url=url)
+    redis.Redis.from_url(url).flushdb()
+    try:
+        with ApiServer(settings) as api, serving_worker(settings, model_host):
+            yield api
+    finally:
+        redis.Redis.from_url(url).flushdb()
+
+
+def test_a_cancelled_batch_keeps_what_finished_and_reports_the_rest(settings, backend, model_host, keys) -> None:
+    with one_line_at_a_time(settings, backend, model_host) as api:  # most lines are still queued
         client = sdk(api.url, keys["a"])
         lines = [completion_line(f"c{i}", f"count {i}", max_tokens=40, max_denoising_steps=24) for i in range(6)]
         created = start(client, lines, "/v1/completions")
@@ -118,8 +135,8 @@ def test_a_cancelled_batch_keeps_what_finished_and_reports_the_rest(settings, li
     assert all(line["error"]["code"] == "batch_cancelled" for line in errors)
 
 
-def test_a_batch_past_its_window_expires_its_waiting_lines(settings, live_worker, keys) -> None:
-    with ApiServer(settings.with_(batch_max_in_flight=1)) as api:
+def test_a_batch_past_its_window_expires_its_waiting_lines(settings, backend, model_host, keys) -> None:
+    with one_line_at_a_time(settings, backend, model_host) as api:
         client = sdk(api.url, keys["a"])
         lines = [completion_line(f"e{i}", f"late {i}", max_tokens=40, max_denoising_steps=24) for i in range(5)]
         source = client.files.create(file=("late.jsonl", jsonl(lines)), purpose="batch")

@@ -14,6 +14,7 @@ from shared.jobs import (
     create_job,
     expire_overdue,
     new_job_id,
+    renew_lease,
     requeue,
     require_transition,
     timeline,
@@ -21,7 +22,7 @@ from shared.jobs import (
 )
 from shared.models import Job, OutboxMessage, WebhookMessage, utcnow
 from shared.states import JobStatus
-from shared.sweeper import reap_expired_leases
+from shared.sweeper import expired_leases, reap, reap_expired_leases
 from tests.conftest import TINY
 
 
@@ -165,3 +166,21 @@ def test_a_job_a_worker_gives_back_keeps_its_attempt_and_its_start(settings) -> 
         assert expire_overdue(session) == 0
         assert claim(session, job_id, "w2", 30) == 1
         assert [e.status for e in timeline(session, job_id)] == ["queued", "running", "queued", "running"]
+
+
+def test_the_reaper_leaves_a_lease_renewed_after_it_looked(settings) -> None:
+    """The reaper reads the expired leases, then the worker renews one, then the reaper acts on what it
+    read: the renewed lease is not requeued (its UPDATE re-checks the lease)."""
+    job_id = make_job(settings)
+    with session_scope(settings.database_url) as session:
+        assert claim(session, job_id, "w1", 30) == 1
+        session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+    with session_scope(settings.database_url) as reaper:
+        [seen] = expired_leases(reaper)
+        with session_scope(settings.database_url) as worker:
+            assert renew_lease(worker, job_id, 1, 30)
+        assert not reap(reaper, settings, seen)
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts, job.worker) == ("running", 1, "w1")
+        assert [e.status for e in timeline(session, job_id)] == ["queued", "running"]

@@ -1,0 +1,213 @@
+"""Fair release of queued jobs to the broker: jobs wait in SQL, and this publisher hands them to their
+queue a few at a time, so that no tenant's burst delays another tenant's next job by more than a few jobs.
+
+Per broker queue (one per served model, and `train` for fine-tunes):
+
+- **depth**: at most `release_depth` jobs are released and not yet claimed by a worker, so the broker's
+  queue stays short (a worker reserves only as many messages as it has free rows: prefetch 1 per thread);
+- **cap**: at most `tenant_in_flight` jobs of one tenant are released and not finished (running included);
+- **round-robin**: each free slot goes to the tenant with the fewest jobs in flight among those with a
+  releasable job; a tie goes to the tenant whose next job has waited longest. Within a tenant, its own
+  `priority` orders its jobs (higher first), then age;
+- **lanes**: a `batch` job (a line of an OpenAI-style batch) is released only when no interactive job of
+  any tenant can be released for that queue, except that when no batch job of the queue is in flight, one
+  is released anyway: the batch lane always keeps one job moving, so it never starves. At most
+  `batch_max_in_flight` batch jobs of a queue are in flight.
+
+Release runs at submission (the API, after its commit), when a worker claims or finishes a job (a slot
+frees), and on every sweep. Passes are serialized per queue (an advisory lock on PostgreSQL, the write lock
+on SQLite), so two publishers never release past the depth. A released job's message goes out through its
+outbox record (shared/queue.py); the claim still guards against a duplicate delivery.
+
+Knows the jobs table and the broker's publish, not the workers or the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from celery import Celery
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from shared.db import session_scope
+from shared.jobs import task_route
+from shared.models import Job, OutboxMessage, utcnow
+from shared.queue import publish
+from shared.settings import Settings
+from shared.states import JobStatus, Lane
+
+log = logging.getLogger(__name__)
+IN_FLIGHT = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELING.value)
+PASS_LIMIT = 500  # releases in one pass at most (with no depth), so one transaction stays short
+
+
+@dataclass
+class QueueState:
+    """What one release pass knows about a queue: jobs in flight per tenant and lane, and what waits."""
+
+    unclaimed: int = 0  # released, not yet claimed: what the broker's queue holds
+    in_flight: Counter[str] = field(default_factory=Counter)  # per tenant: released and not finished
+    batch_in_flight: int = 0
+    waiting: Counter[tuple[str, str]] = field(default_factory=Counter)  # (tenant, lane) -> jobs waiting
+    oldest: dict[tuple[str, str], datetime] = field(default_factory=dict)  # (tenant, lane) -> oldest waiting
+
+
+def plan_releases(state: QueueState, depth: int, cap: int, batch_cap: int = 0) -> list[tuple[str, str]]:
+    """The (tenant, lane) of each job to release now, in release order, by the rules above (0: no depth,
+    no cap, no batch cap)."""
+    free = depth - state.unclaimed if depth > 0 else PASS_LIMIT
+    plan: list[tuple[str, str]] = []
+    in_flight, waiting, batch_in_flight = Counter(state.in_flight), Counter(state.waiting), state.batch_in_flight
+
+    def candidates(lane: str) -> list[tuple[str, str]]:
+        return [(t, ln) for (t, ln), n in waiting.items() if ln == lane and n > 0 and (cap <= 0 or in_flight[t] < cap)]
+
+    while free > 0:
+        interactive, batch = candidates(Lane.INTERACTIVE.value), candidates(Lane.BATCH.value)
+        batch = batch if batch_cap <= 0 or batch_in_flight < batch_cap else []
+        pool = batch if batch and (batch_in_flight == 0 or not interactive) else interactive
+        if not pool:
+            break
+        pick = min(pool, key=lambda key: (in_flight[key[0]], state.oldest[key]))
+        plan.append(pick)
+        waiting[pick] -= 1
+        in_flight[pick[0]] += 1
+        batch_in_flight += pick[1] == Lane.BATCH.value
+        free -= 1
+    return plan
+
+
+def release(session: Session, app: Celery, settings: Settings, queue: str) -> int:
+    """Release what is fair of `queue`'s waiting jobs to the broker. Returns how many went out; stops at the
+    first broker failure (the rest wait for the next pass). The caller commits."""
+    _lock(session, queue)
+    state = queue_state(session, queue)
+    if not state.waiting:
+        return 0
+    plan = plan_releases(state, settings.release_depth, settings.tenant_in_flight, settings.batch_max_in_flight)
+    picked = {key: iter(_next_jobs(session, queue, *key, count)) for key, count in Counter(plan).items()}
+    sent = 0
+    for key in plan:
+        job_id = next(picked[key], None)
+        if job_id is None:  # claimed or canceled since the counts were read
+            continue
+        if not _release_job(session, app, job_id, queue):
+            break
+        sent += 1
+    return sent
+
+
+def queue_state(session: Session, queue: str) -> QueueState:
+    """The counts `plan_releases` works on, read from the jobs table (index ix_jobs_release)."""
+    state = QueueState()
+    released = (
+        select(Job.tenant_id, Job.lane, Job.status, func.count())
+        .where(Job.queue == queue, Job.status.in_(IN_FLIGHT), Job.released_at.is_not(None))
+        .group_by(Job.tenant_id, Job.lane, Job.status)
+    )
+    for tenant, lane, status, count in session.execute(released):
+        state.in_flight[tenant] += count
+        state.batch_in_flight += count if lane == Lane.BATCH.value else 0
+        state.unclaimed += count if status == JobStatus.QUEUED.value else 0
+    waiting = (
+        select(Job.tenant_id, Job.lane, func.count(), func.min(Job.created_at))
+        .where(Job.queue == queue, Job.status == JobStatus.QUEUED.value, Job.released_at.is_(None))
+        .group_by(Job.tenant_id, Job.lane)
+    )
+    for tenant, lane, count, oldest in session.execute(waiting):
+        state.waiting[(tenant, lane)] = count
+        state.oldest[(tenant, lane)] = oldest
+    return state
+
+
+def _next_jobs(session: Session, queue: str, tenant: str, lane: str, count: int) -> list[str]:
+    """The ids of a tenant's next `count` waiting jobs in a lane: highest priority first, then oldest."""
+    stmt = (
+        select(Job.id)
+        .where(
+            Job.queue == queue,
+            Job.status == JobStatus.QUEUED.value,
+            Job.released_at.is_(None),
+            Job.tenant_id == tenant,
+            Job.lane == lane,
+        )
+        .order_by(Job.priority.desc(), Job.created_at, Job.batch_line, Job.id)
+        .limit(count)
+    )
+    return list(session.scalars(stmt))
+
+
+def _release_job(session: Session, app: Celery, job_id: str, queue: str) -> bool:
+    """Publish the job's waiting outbox message (one is added if it has none) and mark the job released.
+    Returns False when the broker refused it (recorded on the message)."""
+    stmt = select(OutboxMessage).where(OutboxMessage.job_id == job_id, OutboxMessage.published_at.is_(None))
+    message = session.scalars(stmt.order_by(OutboxMessage.id.desc()).limit(1)).first()
+    if message is None:
+        message = _new_delivery(session, job_id, queue)
+    message.publish_attempts += 1
+    try:
+        publish(app, message)
+    except Exception as exc:  # kombu raises OperationalError and friends; all mean "not sent"
+        message.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("release of job %s deferred: %s", job_id, message.last_error)
+        session.flush()
+        return False
+    now = utcnow()
+    message.published_at = now
+    session.execute(
+        update(Job).where(Job.id == job_id).values(released_at=now).execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return True
+
+
+def _new_delivery(session: Session, job_id: str, queue: str) -> OutboxMessage:
+    """An outbox message that delivers the job again, routed as its last one was."""
+    task, _queue = task_route(session, session.get(Job, job_id))
+    message = OutboxMessage(job_id=job_id, task_name=task, queue=queue)
+    session.add(message)
+    session.flush()
+    return message
+
+
+def _lock(session: Session, queue: str) -> None:
+    """Serialize release passes of one queue until the transaction ends."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(queue.encode()))))
+    else:  # SQLite: a write first takes the database's write lock (and a fresh snapshot) for the pass
+        session.execute(text("UPDATE jobs SET priority = priority WHERE 0 = 1"))
+
+
+def waiting_queues(session: Session) -> list[str]:
+    """Queues with jobs waiting for release."""
+    stmt = select(Job.queue).where(Job.status == JobStatus.QUEUED.value, Job.released_at.is_(None)).distinct()
+    return [q for q in session.scalars(stmt) if q is not None]
+
+
+def release_all(settings: Settings, app: Celery) -> int:
+    """A release pass over every queue with waiting jobs, each in its own transaction (the sweeper's)."""
+    with session_scope(settings.database_url) as session:
+        queues = waiting_queues(session)
+    sent = 0
+    for queue in queues:
+        with session_scope(settings.database_url) as session:
+            sent += release(session, app, settings, queue)
+    return sent
+
+
+def release_soon(settings: Settings, app: Celery, queue: str | None) -> int:
+    """Best effort: one release pass of `queue` now (a submission, a claim or a finish freed or needs a
+    slot). A failure is logged, never raised: the sweeper's pass releases what this one missed."""
+    if queue is None:
+        return 0
+    try:
+        with session_scope(settings.database_url) as session:
+            return release(session, app, settings, queue)
+    except Exception:
+        log.exception("release pass of queue %s failed; the sweeper will release", queue)
+        return 0
