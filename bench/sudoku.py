@@ -10,11 +10,17 @@ set: `--seed 20000`), or with `--sampler released` the released model's.
 Prints, per difficulty and order: solved (valid grids that keep every given), blank cells equal to the
 unique solution (chance: about 11%), mean denoising steps of the answer, decoder forwards per puzzle (all
 tries together) and blank cells filled per decoder forward.
+
+`--samplers exact,fast` runs each order with both sampling modes on the same puzzles and seeds, and adds
+standard errors: of the solve rate (binomial), of the mean steps, of the cells per forward (a ratio of
+sums: the delta method), and of the paired differences fast - exact per puzzle.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,6 +47,7 @@ def run(
     max_rows: int,
     tries: int = 1,
     rules: bool = False,
+    mode: str = "exact",
 ) -> dict:
     """Solve every puzzle; with `tries` > 1, as Sudoku jobs do: that many seeds per puzzle, denoised as rows
     of the same batches, the answer picked by `pick_try` (every try runs to the end here: no early cancel)."""
@@ -50,7 +57,7 @@ def run(
     plans = [SudokuPlan(grid=render(cells), digit_ids=digits, rules=rules) for cells in puzzles]
     for i, plan in enumerate(plans):
         for j, seed in enumerate(try_seeds(i, tries)):
-            params = SamplingParams(max_new_tokens=81, seed=seed, order=order, **sampler)
+            params = SamplingParams(max_new_tokens=81, seed=seed, order=order, sampler=mode, **sampler)
             request = Request(f"s{i}.{j}", tuple(tokenizer(sudoku_prompt(plan.grid)).input_ids), params)
             handles.append(engine.submit(constrain(plan, request)))
     started = time.perf_counter()
@@ -58,6 +65,7 @@ def run(
     elapsed = time.perf_counter() - started
     results = [h.wait(0) for h in handles]
     solved = steps = forwards = filled = right = 0
+    per_puzzle: dict[str, list[float]] = {"solved": [], "steps": [], "forwards": [], "filled": []}
     for i, (cells, solution) in enumerate(zip(puzzles, solutions, strict=True)):
         mine = results[i * tries : (i + 1) * tries]
         outputs = [grid_of(plans[i], result, tokenizer.decode) for result in mine]
@@ -69,6 +77,10 @@ def run(
         blanks = [k for k, v in enumerate(cells) if not v]
         filled += len(blanks)
         right += sum(1 for k in blanks if grid and grid[k] == solution[k])
+        per_puzzle["solved"].append(float(bool(grid) and is_solution(grid, cells)))
+        per_puzzle["steps"].append(mine[chosen].denoising_steps)
+        per_puzzle["forwards"].append(sum(result.denoising_steps for result in mine))
+        per_puzzle["filled"].append(len(blanks))
     n = len(puzzles)
     return {
         "solved": solved / n,
@@ -77,7 +89,41 @@ def run(
         "cells_per_forward": filled / forwards,
         "forwards": forwards / n,
         "seconds": elapsed,
+        "per_puzzle": per_puzzle,
     }
+
+
+def standard_error(values: list[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
+
+def ratio_error(numerators: list[float], denominators: list[float]) -> float:
+    """The standard error of sum(numerators) / sum(denominators) over puzzles (the delta method)."""
+    ratio = sum(numerators) / sum(denominators)
+    residuals = [a - ratio * b for a, b in zip(numerators, denominators, strict=True)]
+    return standard_error(residuals) / statistics.fmean(denominators)
+
+
+def with_errors(r: dict) -> str:
+    """Solve rate, mean steps and cells per forward, each with its standard error."""
+    p = r["per_puzzle"]
+    return (
+        f"solved {r['solved']:.1%} ± {standard_error(p['solved']):.1%}, steps {r['mean_steps']:.2f} ± "
+        f"{standard_error(p['steps']):.2f}, cells/fwd {r['cells_per_forward']:.3f} ± "
+        f"{ratio_error(p['filled'], p['forwards']):.3f}"
+    )
+
+
+def paired(fast: dict, exact: dict) -> str:
+    """fast - exact on the same puzzles: solve rate and forwards per puzzle, with the paired differences'
+    standard errors, and z = difference / standard error."""
+    out = []
+    for name, fmt in (("solved", ".1%"), ("forwards", ".2f")):
+        diffs = [a - b for a, b in zip(fast["per_puzzle"][name], exact["per_puzzle"][name], strict=True)]
+        mean, se = statistics.fmean(diffs), standard_error(diffs)
+        z = mean / se if se > 0 else 0.0
+        out.append(f"{name} {mean:+{fmt}} ± {se:{fmt}} (z {z:+.2f})")
+    return "fast - exact, paired: " + ", ".join(out)
 
 
 def main() -> None:
@@ -91,6 +137,7 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--levels", default=",".join(SUDOKU_LEVELS))
     parser.add_argument("--orders", default="entropy,left_to_right", help="which orders to run")
+    parser.add_argument("--samplers", default="exact", help="sampling modes to run: exact, fast or both")
     parser.add_argument("--seed", type=int, default=10_000, help="held-out seed (another one: a tuning set)")
     parser.add_argument("--tries", type=int, default=1, help="seeds per puzzle, picked as Sudoku jobs' `tries`")
     parser.add_argument(
@@ -115,12 +162,22 @@ def main() -> None:
         puzzles = [[0 if c == "." else int(c) for c in p.removeprefix("sudoku: ").strip()] for p, _ in pairs]
         solutions = [[int(c) for c in s] for _, s in pairs]
         for order in args.orders.split(","):
-            r = run(model, tokenizer, puzzles, solutions, order, sampler, args.max_rows, args.tries, args.rules)
-            print(
-                f"{level:8} {low}-{high:<4} {order:14} {r['solved']:7.1%} {r['cells_right']:12.1%} "
-                f"{r['mean_steps']:6.1f} {r['forwards']:10.1f} {r['cells_per_forward']:9.2f} {r['seconds']:6.0f}",
-                flush=True,
-            )
+            arms = {}
+            for mode in args.samplers.split(","):
+                r = run(
+                    model, tokenizer, puzzles, solutions, order, sampler, args.max_rows, args.tries, args.rules, mode
+                )
+                arms[mode] = r
+                label = order if mode == "exact" else f"{order}/{mode}"
+                print(
+                    f"{level:8} {low}-{high:<4} {label:14} {r['solved']:7.1%} {r['cells_right']:12.1%} "
+                    f"{r['mean_steps']:6.1f} {r['forwards']:10.1f} {r['cells_per_forward']:9.2f} {r['seconds']:6.0f}",
+                    flush=True,
+                )
+                if "," in args.samplers:
+                    print(f"    {mode}: {with_errors(r)}", flush=True)
+            if "exact" in arms and "fast" in arms:
+                print(f"    {paired(arms['fast'], arms['exact'])}", flush=True)
 
 
 if __name__ == "__main__":
