@@ -51,11 +51,14 @@ ARCHS: dict[str, dict[str, Any]] = {
 CANVAS = {"26b": 256, "small": 64}
 
 
-def build(arch: str, device: str, dtype: torch.dtype, seed: int = 0) -> Any:
-    """A random-weight model of `arch` on `device`, weights shared between encoder and decoder."""
+def build(arch: str, device: str, dtype: torch.dtype, seed: int = 0, **overrides: Any) -> Any:
+    """A random-weight model of `arch` on `device`, weights shared between encoder and decoder;
+    `overrides` change fields of its text config (e.g. num_hidden_layers=1 where only the head matters)."""
     torch.manual_seed(seed)
     config = DiffusionGemmaConfig(
-        text_config=DiffusionGemmaTextConfig(**ARCHS[arch]), vision_config=None, canvas_length=CANVAS[arch]
+        text_config=DiffusionGemmaTextConfig(**{**ARCHS[arch], **overrides}),
+        vision_config=None,
+        canvas_length=CANVAS[arch],
     )
     with torch.device("meta"):
         model = DiffusionGemmaForBlockDiffusion(config).eval()

@@ -6,6 +6,8 @@
 # phase has its own time cap, so one that overruns or fails leaves the others' figures. Output lands in $OUT (or ./var/gpu by hand):
 # gpu.log (everything printed) and canvas-demo.tgz.* (the trained demo model, split into 15 MB parts).
 #
+# SAMPLER=1 adds phase 2b (the sampler step, exact vs fast, and the Triton kernel against torch: issue 17 item 7);
+# alone it is  python3 bench/sampler.py --arch 26b --rows 1,8
 # QUANTIZED=1 adds phase 6 (quantized serving on the 26B architecture); alone it is
 #   python3 bench/quantized.py --arch 26b --methods fp8,nf4 --rows 1,8 --steps 8
 # Phases can be left out (a session's device time is short): CHECKS=0, ENGINE=0, QLORA=0, EVAL=0 (the evaluation
@@ -41,6 +43,11 @@ if [ "${ENGINE:-1}" != 0 ]; then
   # (2026-11-27 measured 1 and 8 rows: one row equals generate(); the throughput target is at 32)
   timeout "${ENGINE_SECONDS:-170}" python3 bench/engine.py --arch "${ENGINE_ARCH:-26b}" --requests 32 \
     --baseline-requests 2 --concurrency 8,32 --skip-static
+fi
+
+if [ "${SAMPLER:-0}" != 0 ]; then  # opt in: SAMPLER=1 (about a minute; the checks of phase 1 run anyway)
+  phase "2b. sampler step, exact vs fast (issue 17 item 7), 26B-A4B head, bf16; Triton pass 1 vs torch"
+  timeout "${SAMPLER_SECONDS:-90}" python3 bench/sampler.py --arch "${ENGINE_ARCH:-26b}" --rows 1,8 --repeats 5
 fi
 
 phase "3. demo model training (issue 7): continues the shipped model when there is one"

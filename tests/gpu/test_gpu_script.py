@@ -15,7 +15,7 @@ def test_gpu_checks_script_passes_on_this_device() -> None:
         [sys.executable, "bench/gpu_checks.py"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 3
+    assert result.stdout.count("PASS") == 5 and "FAIL" not in result.stdout
 
 
 def test_engine_benchmark_runs_on_a_small_config() -> None:
@@ -38,6 +38,12 @@ def test_engine_benchmark_runs_on_a_small_config() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "engine, 2 rows, arriving together" in result.stdout
     assert '"outputs_equal_to_generate"' in result.stdout  # the exactness column is reported
+
+
+def test_sampler_benchmark_runs_on_the_small_config() -> None:
+    result = run_script("bench/sampler.py", "--arch", "small", "--rows", "1", "--repeats", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"mode": "exact"' in result.stdout and '"mode": "fast"' in result.stdout
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:

@@ -83,14 +83,15 @@ def stats_of(z: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor) -> Stats
     e = shifted.exp()
     race, winner = (z + gumbel(keys, tokens)).max(dim=-1)
     tokens = tokens.expand(z.shape)
+    total = e.sum(dim=-1)
     return Stats(
         top,
-        e.sum(dim=-1),
+        total,
         (e * shifted).sum(dim=-1),
         tokens.gather(-1, where[..., None])[..., 0],
         race,
         tokens.gather(-1, winner[..., None])[..., 0],
-        z.isnan().any(dim=-1),
+        total.isnan(),  # a NaN logit makes the max, then every exp, NaN
     )
 
 

@@ -58,10 +58,11 @@ if triton is not None:
         e = tl.exp(shifted)
         u = ((_mix32(key ^ offs.to(tl.uint32)) >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07
         race = z + -tl.log(-tl.log(u))
-        nan = tl.sum((z != z).to(tl.int32), axis=0)
+        total = tl.sum(e, axis=0)
+        nan = (total != total).to(tl.int32)  # a NaN logit makes its exp, so the sum, NaN
         return (
             top,
-            tl.sum(e, axis=0),
+            total,
             tl.sum(e * shifted, axis=0),
             lo + where,
             tl.max(race, axis=0),
