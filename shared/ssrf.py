@@ -104,7 +104,10 @@ def _allowed(address: Address, allow: list[Network]) -> bool:
 def check_url(url: str, allow: list[Network] | None = None) -> list[Address]:
     """Raise UnsafeURL unless every address the URL's host resolves to may be called. Returns them, to
     connect to (so that DNS cannot answer differently between this check and the call)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed "[", a bracketed non-address, a netloc NFKC would change
+        raise UnsafeURL(f"the URL is not valid ({exc})") from None
     if parts.scheme not in ("http", "https"):
         raise UnsafeURL(f"the scheme must be http or https, not {parts.scheme or 'missing'!r}")
     if not parts.hostname:

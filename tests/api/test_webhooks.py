@@ -75,6 +75,10 @@ def test_tenant_secret_is_shown_once_and_rotates(client, keys) -> None:
         "http://[fd00::1]/hook",  # unique local
         "http://[fe80::1]/hook",  # link-local
         "http://[2001::1]/hook",  # Teredo
+        # not URLs at all: urlsplit itself refuses them (a 500 before)
+        "http://\u2100/hook",  # a netloc that NFKC normalization changes
+        "http://[::1/hook",  # an unclosed bracket
+        "http://[zz]/hook",  # brackets around no IP address
     ],
 )
 def test_the_ssrf_guard_refuses_inside_addresses(settings, keys, url) -> None:
