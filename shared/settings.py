@@ -53,9 +53,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 600
     max_active_jobs: int = 10_000
     # The Batch API: lines in one input file, and per queue the batch jobs in flight at most (the batch lane
-    # of shared/fairness.py).
+    # of shared/fairness.py). Below the rows its workers take (engine_max_rows per worker process), so an
+    # interactive job finds a free row instead of waiting for a batch job to finish.
     max_batch_lines: int = 50_000
-    batch_max_in_flight: int = 16
+    batch_max_in_flight: int = 12
     # Fair release (shared/fairness.py), per broker queue: jobs released to the broker and not yet claimed
     # (keeps the broker's queue short; 0: release everything at once, first come first served), and jobs of
     # one tenant released and not finished (0: no cap). A queued job released this long ago that is in

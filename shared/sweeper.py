@@ -81,9 +81,10 @@ def reap(session: Session, settings: Settings, job: Job) -> bool:
 def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
     """One pass: (jobs reaped, outbox and webhook messages sent to the broker)."""
     reaped = reap_expired_leases(settings)
+    # Before the per-job expiry below: an overdue batch's queued lines expire in bulk UPDATEs there.
+    sweep_batches(settings)  # expires overdue batches' lines, finalizes batches whose lines all ended
     with session_scope(settings.database_url) as session:
         expire_overdue(session)  # queued jobs past their deadline, even where no worker would claim them
-    sweep_batches(settings)  # expires overdue batches' lines, finalizes batches whose lines all ended
     release_lost(settings, app)  # jobs a broker loss dropped wait for release again, and go out just below
     published = release_all(settings, app)
     _recovered, dispatched = sweep_webhooks(settings, app)

@@ -104,7 +104,10 @@ def endpoint_destinations(session: Session, tenant_id: str, event_type: str) -> 
 
 
 def destinations(session: Session, job: Job, event_type: str) -> list[tuple[str | None, str]]:
-    """(endpoint id or None for the job's own target, url) for every receiver of this event."""
+    """(endpoint id or None for the job's own target, url) for every receiver of this event. None for a
+    batch's line: its batch reports it (batch.* events, shared/batch_finalizer.py)."""
+    if job.batch_id is not None:
+        return []
     found = endpoint_destinations(session, job.tenant_id, event_type)
     target = job.webhook or {}
     defaults = DEFAULT_FINE_TUNE_EVENTS if job.kind == "fine_tune" else DEFAULT_EVENTS
@@ -165,7 +168,7 @@ def record_status_event(session: Session, job_id: str, status: JobStatus) -> Non
     if event_type is None:
         return
     job = session.get(Job, job_id, populate_existing=True)  # the UPDATE bypassed the identity map
-    if job is None or job.batch_id is not None:  # a batch's lines are reported by its batch.* events
+    if job is None:
         return
     if job.kind == "fine_tune":
         event_type = event_type.replace("job.", "fine_tune.")

@@ -63,7 +63,7 @@ def test_a_chat_batch_answers_every_line_in_openai_shape_and_says_so_by_webhook(
     http = Client(live_api.url, keys["a"])
     hook = http.http.post(
         f"{live_api.url}/v1/webhook_endpoints",
-        json={"url": receiver.script("/batches"), "events": ["batch.completed", "batch.failed"]},
+        json={"url": receiver.script("/batches"), "events": ["batch.completed", "batch.failed", "job.succeeded"]},
         timeout=10,
     ).json()
     client = sdk(live_api.url, keys["a"])
@@ -97,6 +97,8 @@ def test_a_chat_batch_answers_every_line_in_openai_shape_and_says_so_by_webhook(
     received = receiver.wait_for("/batches", 2)[1]
     event = Webhook(hook["secret"]).verify(received.body, received.headers)
     assert event["type"] == "batch.failed" and event["data"]["id"] == failed.id
+    # A batch's lines send no job.* events: the batch reports them.
+    assert [json.loads(r.body)["type"] for r in receiver.at("/batches")] == ["batch.completed", "batch.failed"]
 
 
 @contextmanager
