@@ -91,7 +91,6 @@ def run(mode: str, settings: Settings, host: ModelHost, burst_size: int) -> None
         release_all(settings, producer(settings))
         while succeeded(settings) < 2 * settings.engine_max_rows:
             time.sleep(0.05)
-        steady = time.time()
         client = Client(api.url, key_b)
         job = client.submit(model=MODEL, prompt="my turn", params=PARAMS)
         done = client.wait(job["id"], timeout=3600)
@@ -105,7 +104,8 @@ def run(mode: str, settings: Settings, host: ModelHost, burst_size: int) -> None
     wait = (mine.started_at - mine.created_at).total_seconds()
     total = (mine.finished_at - mine.created_at).total_seconds()
     release_ms = (mine.released_at - mine.created_at).total_seconds() * 1000
-    gaps = sorted(release_gaps([j for j in jobs if j.tenant_id == "ten_a"], steady))
+    first_claim = min(j.started_at.timestamp() for j in jobs if j.started_at is not None)
+    gaps = sorted(release_gaps([j for j in jobs if j.tenant_id == "ten_a"], first_claim))
     print(
         f"{mode:5s} burst={burst_size} rows={settings.engine_max_rows} depth={settings.release_depth} "
         f"cap={settings.tenant_in_flight}: B waited {wait:.2f} s (done after {total:.2f} s, {done['status']}); "
