@@ -61,9 +61,11 @@ def test_every_job_accepted_around_a_postgres_restart_ends_once(
             load.start()
             time.sleep(2.0)  # jobs queued, running and finishing
             private_postgres.stop("fast")
+            before = len(load.accepted)
             time.sleep(2.0)
             private_postgres.start()
-            time.sleep(1.5)
+            during = len(load.accepted)
+            time.sleep(2.0)
             load.stopped.set()
             load.join(30)
             for job_id in load.accepted:
@@ -74,6 +76,6 @@ def test_every_job_accepted_around_a_postgres_restart_ends_once(
         receiver.close()
     assert 503 in load.statuses, "the outage was not seen: nothing was tested"
     assert set(load.statuses) <= {202, 503}, load.statuses
-    assert len(load.accepted) >= 10
+    assert before >= 2 and len(load.accepted) - during >= 2, (before, during, len(load.accepted))
     assert_each_ended_once_with_its_output(settings.database_url, load.accepted)
     assert_no_webhook_lost_or_doubled(settings.database_url, load.accepted, receiver, "/hooks")
