@@ -24,6 +24,7 @@ from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
 from worker.events import EventPublisher
 from worker.host import ModelHost, load_model, pinned_device
+from worker.lifecycle import RETRY_CLAIM
 from worker.shutdown import Drain
 from worker.tasks import run_generation_job
 
@@ -55,7 +56,7 @@ def create_worker_app(settings: Settings, host: ModelHost | None = None) -> Cele
 
     at_worker_start(app, "serving", start, stop)
 
-    @app.task(name=GENERATE_TASK, acks_late=True, ignore_result=True, shared=False)
+    @app.task(name=GENERATE_TASK, acks_late=True, ignore_result=True, shared=False, **RETRY_CLAIM)
     def generate(job_id: str) -> str:
         return run_generation_job(settings, host, job_id, events, drain)
 

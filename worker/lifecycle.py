@@ -43,6 +43,22 @@ log = logging.getLogger(__name__)
 FINISH_FIRST_DELAY, FINISH_MAX_DELAY = 0.05, 2.0  # seconds between tries of a finish the database refused
 
 
+class ClaimFailed(Exception):
+    """The database did not answer the claim. The task retries (RETRY_CLAIM) instead of ending: acked,
+    the delivery would be lost and the job stay queued."""
+
+
+# Options of every job task: a delivery whose claim failed is sent again after 1, 2, 4, 8, then every
+# 10 s, for as long as the database stays down (Celery's autoretry: a new message, then the ack).
+RETRY_CLAIM: dict[str, Any] = {
+    "autoretry_for": (ClaimFailed,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 10,
+    "retry_jitter": False,
+    "max_retries": None,
+}
+
+
 @dataclass
 class WorkerRuntime:
     """What a worker process lends its jobs: settings, its name, and (for serving workers) the models it
@@ -107,7 +123,10 @@ def run_job(runtime: WorkerRuntime, job_id: str, executor_for: Callable[[str], E
     """Run one delivery of a job with the executor `executor_for(kind)` gives. Returns what happened (for
     logs): a duplicate delivery, or one past its deadline, is 'skipped'."""
     with runtime.drain.job() if runtime.drain is not None else nullcontext():
-        job = _claim(runtime.settings, job_id, runtime.name)
+        try:
+            job = _claim(runtime.settings, job_id, runtime.name)
+        except (OperationalError, InterfaceError) as exc:  # the database is down: this delivery must come again
+            raise ClaimFailed(f"job {job_id} could not be claimed: {exc.orig or exc}") from exc
         # The claim (or a skipped delivery) freed a slot of the queue's release depth: the next job goes out.
         release_soon(runtime.settings, producer(runtime.settings), job.queue if job else _queue_of(runtime, job_id))
         if job is None:

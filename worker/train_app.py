@@ -19,6 +19,7 @@ from shared.queue import app_from_env, at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
+from worker.lifecycle import RETRY_CLAIM
 from worker.shutdown import Drain
 from worker.tasks import run_fine_tune_job
 
@@ -41,7 +42,7 @@ def create_train_app(settings: Settings) -> Celery:
 
     at_worker_start(app, "training", start, services.stop)
 
-    @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True, shared=False)
+    @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True, shared=False, **RETRY_CLAIM)
     def fine_tune(job_id: str) -> str:
         return run_fine_tune_job(settings, job_id, name, events, drain)
 

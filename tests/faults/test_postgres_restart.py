@@ -79,3 +79,23 @@ def test_every_job_accepted_around_a_postgres_restart_ends_once(
     assert before >= 2 and len(load.accepted) - during >= 2, (before, during, len(load.accepted))
     assert_each_ended_once_with_its_output(settings.database_url, load.accepted)
     assert_no_webhook_lost_or_doubled(settings.database_url, load.accepted, receiver, "/hooks")
+
+
+def test_a_job_delivered_while_postgres_is_down_runs_once_it_is_back(
+    on_private_postgres, private_postgres: PrivatePostgres, model_host
+) -> None:
+    """The worker takes the job's task while the database is down: the claim fails, and the delivery comes
+    again until the database answers (before: the task ended in an error, was acked, and the job stayed
+    queued for ever)."""
+    settings = on_private_postgres
+    with ApiServer(settings) as api:
+        client = Client(api.url, tenant_key(settings))
+        job = client.submit(**JOB)  # published; no worker consumes the queue yet
+        private_postgres.stop("fast")
+        with serving_worker(settings, model_host):
+            time.sleep(2.0)  # the worker takes the task and cannot claim the job
+            private_postgres.start()
+            done = client.wait(job["id"], timeout=40)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1
+    assert_each_ended_once_with_its_output(settings.database_url, [job["id"]])
