@@ -33,11 +33,9 @@ def register(settings: Settings, name: str, **fields: object) -> None:
 
 @pytest.fixture
 def isolated(settings: Settings, backend: str) -> Iterator[Settings]:
-    """Settings on a Redis database of their own (the shared live worker serves the tiny model's queue),
-    with a short lease; the models a test registers are removed after it."""
-    yield settings.with_(
-        redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 4}", lease_seconds=2.0
-    )
+    """Settings on a Redis database of their own (the shared live worker serves the tiny model's queue);
+    the models a test registers are removed after it."""
+    yield settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 8}")
     with session_scope(settings.database_url) as session:
         for record in session.query(ModelRecord).filter(ModelRecord.base_model == TINY):
             session.delete(record)
