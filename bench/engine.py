@@ -9,7 +9,9 @@ and the stop criterion is set so they cannot), so all scenarios do the same work
 Per engine scenario: ms per step (decoder pass), tokens/s, the throughput as a multiple of sequential
 generate() (`x_generate`), model FLOP utilisation (FLOPs of one row's pass counted by torch's
 FlopCounterMode, against `--peak-tflops`, known for H100/H200) and the step time over the weight-read
-floor (the text weights' bytes over the device's copy bandwidth, measured in the same run).
+floor (the text weights' bytes over the device's copy bandwidth, measured in the same run). Each engine
+row's K/V slot holds `--max-context` tokens (by default just what the scenario needs), so `peak_gib`
+counts the KV a deployment sized for these requests would hold.
 `--profile` adds host reads and kernel launches per step (torch profiler; on the CPU: top-level ATen ops).
 
   python bench/engine.py --arch small                      # CPU, the small config of shared/bench
@@ -41,6 +43,7 @@ from worker.engine import Engine, Request, SamplingParams
 from worker.engine.rows import Phase
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0}  # dense bf16, the vendor's data sheet
+ENGINE_OPTIONS: dict[str, Any] = {}  # keyword arguments of every Engine built here (set from the command line)
 
 
 def sync(device: str) -> None:
@@ -145,7 +148,7 @@ def bench_engine(
     would. On the CPU the loop's thread matters: a loop in a second thread runs about 1.5x slower on this
     2-core machine (see docs/benchmarks.md); on a GPU the thread only launches kernels.
     """
-    engine = Engine(model, max_rows=rows)
+    engine = Engine(model, max_rows=rows, **ENGINE_OPTIONS)
     reset_peak(device)
     submitted: dict[str, float] = {}
     finished: dict[str, float] = {}
@@ -225,7 +228,7 @@ def copy_bandwidth(device: str) -> float:
 
 def ready_engine(model: Any, prompts: list[list[int]], params: list[SamplingParams], rows: int) -> Engine:
     """An engine whose `rows` rows have all prefilled and are denoising."""
-    engine = Engine(model, max_rows=rows)
+    engine = Engine(model, max_rows=rows, **ENGINE_OPTIONS)
     for i in range(rows):
         engine.submit(Request(f"p{i}", tuple(prompts[i % len(prompts)]), params[i % len(params)]))
     while len(engine.rows) < rows or any(row.phase is not Phase.DENOISE for row in engine.rows):
@@ -328,6 +331,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per canvas (16 small, 48 26b)")
     parser.add_argument("--canvases", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=None, help="prompt tokens (64 small, 128 26b)")
+    parser.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="tokens of each engine row's K/V slot (default: prompt plus canvases, what the scenarios need)",
+    )
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--skip-static", action="store_true", help="skip generate() as one static batch")
@@ -349,6 +358,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     steps = args.steps or (48 if args.arch == "26b" else 16)
     prompt_len = args.prompt or (128 if args.arch == "26b" else 64)
+    ENGINE_OPTIONS["max_context"] = args.max_context or prompt_len + args.canvases * CANVAS[args.arch]
     t = time.perf_counter()
     model = build(args.arch, device, dtype)
     vocab = model.config.text_config.vocab_size
@@ -363,6 +373,7 @@ def main() -> None:
                 "canvas": CANVAS[args.arch],
                 "canvases": args.canvases,
                 "prompt": prompt_len,
+                "max_context": ENGINE_OPTIONS["max_context"],
                 "requests": args.requests,
                 "build_s": round(time.perf_counter() - t, 1),
                 "torch": torch.__version__,
