@@ -18,12 +18,12 @@ import torch
 
 from worker.engine.constraints import canvas_constraint
 from worker.engine.fast_sampler import fast_tile, noise_key
-from worker.engine.kv import SlotKV, layer_shapes, slot_bytes
+from worker.engine.kv import SlotKV, layer_shapes, slot_bytes, to_device
 from worker.engine.logprobs import StepLogprobs, committed_entries, step_logprobs
 from worker.engine.output import find_end
 from worker.engine.params import InvalidParams, Request
 from worker.engine.rows import EngineResult, EventCallback, Phase, RequestHandle, Row
-from worker.engine.runner import IDLE, ModelRunner, to_device
+from worker.engine.runner import IDLE, ModelRunner
 from worker.engine.sampler import (
     CONVERGED,
     NONFINITE,

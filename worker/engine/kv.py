@@ -24,6 +24,14 @@ from typing import Any
 import torch
 
 
+def to_device(values: list[int], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A small host list on the device without blocking the host: a pinned buffer, copied asynchronously."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass(frozen=True)
 class KVShape:
     """One layer's buffer geometry."""
@@ -99,13 +107,13 @@ class SlotKV:
         """The cache an encoder pass over `slots` uses (each row's `counts` new tokens, right-padded to
         `width`), its causal (and sliding-window) masks by `sliding`, and positions (B, width)."""
         device = self.device
-        index = torch.tensor(slots, device=device)
-        lengths = torch.tensor([self.length[s] for s in slots], device=device)  # (B,)
+        index = to_device(slots, device)
+        lengths = to_device([self.length[s] for s in slots], device)  # (B,)
         new = torch.arange(width, device=device)
         positions = (lengths[:, None] + new).int()  # (B, width)
         masks, writes, spans = {}, {}, {}
         for sliding in (False, True):
-            kept = torch.tensor([self.kept(self.length[s], sliding) for s in slots], device=device)  # (B,)
+            kept = to_device([self.kept(self.length[s], sliding) for s in slots], device)  # (B,)
             writes[sliding] = kept[:, None] + new  # (B, width): where the new K/V goes
             span = max(self.kept(self.length[s], sliding) for s in slots) + width
             spans[sliding] = span
@@ -140,18 +148,16 @@ class SlotKV:
         before = [self.length[s] for s in slots]
         for s, n in zip(slots, counts, strict=True):
             self.length[s] += n
-        self.lengths[torch.tensor(slots, device=self.device)] = torch.tensor(
-            [self.length[s] for s in slots], dtype=torch.int32, device=self.device
+        self.lengths[to_device(slots, self.device)] = to_device(
+            [self.length[s] for s in slots], self.device, torch.int32
         )
         shifts = [self.kept(b, True) + n - self.kept(b + n, True) for b, n in zip(before, counts, strict=True)]
         if not any(shifts):
             return
         moving = [(s, k) for s, k in zip(slots, shifts, strict=True) if k]
-        index = torch.tensor([s for s, _ in moving], device=self.device)
+        index = to_device([s for s, _ in moving], self.device)
         keep = self.window - 1
-        source = torch.tensor([k for _, k in moving], device=self.device)[:, None] + torch.arange(
-            keep, device=self.device
-        )
+        source = to_device([k for _, k in moving], self.device)[:, None] + torch.arange(keep, device=self.device)
         for shape, keys, values in zip(self.shapes, self.keys, self.values, strict=True):
             if not shape.sliding:
                 continue

@@ -27,14 +27,6 @@ class UnsupportedModel(ValueError):
     """A model the engine cannot run correctly (for example an attention implementation it has no masks for)."""
 
 
-def to_device(values: list[int], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """A small host list on the device without blocking the host: a pinned buffer, copied asynchronously."""
-    host = torch.tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
-
-
 class ModelRunner:
     """Runs DiffusionGemma's encoder and decoder for the engine."""
 
