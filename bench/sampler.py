@@ -91,7 +91,7 @@ def bench_rows(model: Any, rows: int, device: str, repeats: int) -> list[dict[st
     C, V = r.canvas_length, r.vocab_size
 
     def exact() -> None:
-        engine._sample(hidden, index, slots, draw_noise(generators, C, V, r.device))
+        engine._sample(hidden, index, slots, draw_noise(generators, C, V, r.device), engine.rows)
 
     def fast() -> None:
         engine._sample_fast(hidden, index, slots, engine.rows)
