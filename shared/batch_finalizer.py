@@ -125,7 +125,8 @@ def _write_lines(session: Session, batch: Batch) -> tuple[list[str], list[str], 
 
 def _lines(session: Session, batch_id: str) -> Iterator[dict[str, Any]]:
     """The batch's jobs in input order, as the few fields a result line needs, read in chunks."""
-    columns = (Job.id, Job.custom_id, Job.model, Job.status, Job.output, Job.stats, Job.error, Job.created_at)
+    columns = (Job.id, Job.kind, Job.custom_id, Job.model, Job.status, Job.output, Job.stats, Job.error)
+    columns += (Job.created_at,)
     stmt = select(*columns).where(Job.batch_id == batch_id).order_by(Job.batch_line)
     for row in session.execute(stmt.execution_options(yield_per=READ_CHUNK)):
         yield dict(row._mapping)
@@ -137,7 +138,8 @@ def result_line(job: dict[str, Any], chat: bool) -> dict[str, Any]:
     line: dict[str, Any] = {"id": "batch_req_" + job["id"].split("_", 1)[-1], "custom_id": job["custom_id"]}
     status = job["status"]
     if status == JobStatus.SUCCEEDED.value:
-        shape = Shape(chat, job["id"], job["model"], int(job["created_at"].timestamp()))
+        infill = job["kind"] == "infill"  # a completion with a suffix: its answer is the fill
+        shape = Shape(chat, job["id"], job["model"], int(job["created_at"].timestamp()), infill=infill)
         body = completion_body(shape, job)
         return {**line, "response": {"status_code": 200, "request_id": job["id"], "body": body}, "error": None}
     if status == JobStatus.CANCELED.value:

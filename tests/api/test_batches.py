@@ -9,10 +9,11 @@ import json
 
 from sqlalchemy import func, select
 
+from shared.batch_finalizer import sweep_batches
 from shared.contracts import generation_queue
 from shared.db import session_scope
 from shared.fairness import release
-from shared.models import Job
+from shared.models import Job, StoredFile
 from shared.queue import producer
 from tests.api.test_admin_access import admin_login
 from tests.conftest import TINY, auth
@@ -139,3 +140,24 @@ def test_the_dashboard_lists_batches_with_their_progress(client, keys, settings)
     only_failed = client.get("/admin/batches?status=failed").text
     assert failed["id"] in only_failed and running["id"] not in only_failed
     assert "No batch is cancelled" in client.get("/admin/batches?status=cancelled").text
+
+
+def test_finalization_writes_the_files_once_however_many_sweeps_run(client, keys, settings) -> None:
+    batch = create(client, keys["a"], upload(client, keys["a"], [chat_line(f"r{i}") for i in range(3)])).get_json()
+    output = {"text": "fine", "token_ids": [5, 6], "finish_reason": "eos"}
+    with session_scope(settings.database_url) as session:  # what the worker writes when each line succeeds
+        ended = {"status": "succeeded", "output": output, "stats": {"prompt_tokens": 4}}
+        session.execute(Job.__table__.update().where(Job.batch_id == batch["id"]).values(**ended))
+    assert sweep_batches(settings) == 1
+    assert sweep_batches(settings) == 0  # a second sweeper (or the next sweep) finds nothing to do
+    done = client.get(f"/v1/batches/{batch['id']}", headers=auth(keys["a"])).get_json()
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    with session_scope(settings.database_url) as session:
+        files = select(func.count()).select_from(StoredFile).where(StoredFile.filename.startswith(batch["id"]))
+        assert session.scalar(files) == 1  # the output file; no error file, and no second copy
+    content = client.get(f"/v1/files/{done['output_file_id']}/content", headers=auth(keys["a"])).data.decode()
+    lines = [json.loads(line) for line in content.splitlines()]
+    assert [line["custom_id"] for line in lines] == ["r0", "r1", "r2"]
+    body = lines[0]["response"]["body"]
+    assert body["choices"][0]["message"]["content"] == "fine" and body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}

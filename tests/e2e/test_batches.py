@@ -165,3 +165,20 @@ def test_batches_belong_to_their_tenant_and_list_in_pages(live_api, keys) -> Non
         b.batches.cancel(made[0])
     with pytest.raises(NotFoundError):
         b.files.content(a.batches.retrieve(made[0]).error_file_id)
+
+
+def test_completion_lines_with_n_and_a_suffix_answer_as_the_route_does(live_api, keys) -> None:
+    client, http = sdk(live_api.url, keys["a"]), Client(live_api.url, keys["a"])
+    lines = [
+        completion_line("two", "add: 1+2\n"),
+        completion_line("infill", "def add(a, b):\n    return ", max_tokens=6),
+    ]
+    lines[0]["body"]["n"] = 2
+    lines[1]["body"]["suffix"] = "\n"
+    batch = wait_ended(client, start(client, lines, "/v1/completions").id)
+    assert batch.status == "completed", batch.errors
+    two, infill = lines_of(client, batch.output_file_id)
+    assert [c["index"] for c in two["response"]["body"]["choices"]] == [0, 1]
+    job = http.get(infill["response"]["request_id"])
+    assert job["kind"] == "infill"
+    assert infill["response"]["body"]["choices"][0]["text"] == job["output"]["fills"][0]["text"]
