@@ -34,6 +34,7 @@ def retry(session: Session, job: Job) -> Job:
         input_ids=job.input_ids,
         params=job.params,
         webhook=job.webhook,
+        priority=job.priority,
     )
     outbox = create_job(session, copy)
     session.add(JobEvent(job_id=copy.id, type="retry_of", data={"job_id": job.id}, created_at=utcnow()))
