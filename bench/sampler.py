@@ -31,7 +31,7 @@ from arch import CANVAS, build
 
 from worker.engine import Engine, Request, SamplingParams
 from worker.engine.fast_sampler import noise_key, position_keys, vocabulary_stats
-from worker.engine.runner import to_device
+from worker.engine.kv import to_device
 from worker.engine.sampler import draw_noise
 
 
