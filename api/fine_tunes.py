@@ -131,7 +131,12 @@ def _require_gpu_trainer(quantization: str) -> None:
 
 
 @bp.post("")
-@describe("Create a fine-tune", body=FineTuneCreate, responses={202: FineTune})
+@describe(
+    "Create a fine-tune",
+    body=FineTuneCreate,
+    responses={202: FineTune},
+    body_ids={"training_file": "files.upload_file", "validation_file": "files.upload_file"},
+)
 def create_fine_tune() -> Response:
     body = FineTuneCreate.model_validate(read_json_object())
     principal = current_principal()

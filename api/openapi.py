@@ -11,7 +11,12 @@ How a route is described (the one mechanism; every public route uses it): decora
 - `query`: a model whose fields are the query parameters (all optional unless required in the model);
 - `responses`: status -> the response model (`None`: no body); `EVENTS` as a model means text/event-stream;
   `also_events=True` adds a text/event-stream alternative to the 200 (OpenAI's `stream`);
-- `headers`: extra request headers (`Header`), `public=True` for a route that needs no key.
+- `headers`: extra request headers (`Header`), `public=True` for a route that needs no key;
+- `body_ids`: body field -> the endpoint (e.g. "files.upload_file") whose response `id` it takes.
+
+Links (OpenAPI `links`, which schemathesis' stateful phase follows) are derived: from every operation that
+answers an object with an `id` (or a list of them) to the operations on that id below its path, and from
+the endpoints named in `body_ids` to those body fields (see `add_links`).
 
 Path parameters come from the route itself (`<job_id>` -> `{job_id}`, a string). Every described operation
 also lists the error statuses in ERROR_STATUSES with the one error shape (`ErrorBody`). The schemas of all
@@ -24,7 +29,7 @@ tests/api/test_openapi.py fails for any public route left out (the admin dashboa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
@@ -73,6 +78,7 @@ class Operation:
     public: bool = False
     also_events: bool = False
     description: str = ""
+    body_ids: Mapping[str, str] = field(default_factory=dict)
 
     def models(self) -> list[tuple[type[BaseModel], str]]:
         """(model, pydantic JSON-schema mode) of every model this operation names."""
@@ -95,9 +101,12 @@ def describe(
     public: bool = False,
     also_events: bool = False,
     description: str = "",
+    body_ids: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Attach an Operation to a view function (see the module docstring); the view is returned unchanged."""
-    operation = Operation(summary, dict(responses), body, form, query, tuple(headers), public, also_events, description)
+    operation = Operation(
+        summary, dict(responses), body, form, query, tuple(headers), public, also_events, description, body_ids or {}
+    )
 
     def attach(view: F) -> F:
         view.openapi_operation = operation  # type: ignore[attr-defined]
@@ -165,7 +174,7 @@ def _responses(op: Operation, refs: Refs) -> dict[str, Any]:
 
 
 def _operation(rule: Rule, op: Operation, refs: Refs) -> dict[str, Any]:
-    doc: dict[str, Any] = {"summary": op.summary, "operationId": rule.endpoint.replace(".", "_")}
+    doc: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(rule.endpoint)}
     if op.description:
         doc["description"] = op.description
     if params := _parameters(rule, op):
@@ -196,6 +205,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         item = paths.setdefault(openapi_path(rule), {})
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             item[method.lower()] = _operation(rule, op, refs)
+    add_links(paths, described)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Canvas", "version": "1", "description": "Jobs for block-diffusion language models."},
@@ -207,6 +217,69 @@ def build_document(app: Flask) -> dict[str, Any]:
             "responses": {"Error": {"description": "An error", "content": _json(refs[(ErrorBody, "serialization")])}},
         },
     }
+
+
+def _id_expression(model: Any) -> str | None:
+    """Where a response of `model` holds an id: its own `id`, or its first item's in `data`."""
+    if not _is_model(model):
+        return None
+    if "id" in model.model_fields:
+        return "$response.body#/id"
+    data = model.model_fields.get("data")
+    items = [a for a in getattr(data.annotation, "__args__", ()) if _is_model(a)] if data is not None else []
+    return "$response.body#/data/0/id" if items and "id" in items[0].model_fields else None
+
+
+def add_links(paths: dict[str, dict[str, Any]], described: list[tuple[Rule, Operation]]) -> None:
+    """OpenAPI links, so that a fuzzer's (or a reader's) ids flow from one operation to the next: from an
+    operation answering an object (or a list) with an `id`, to each operation on that id below the same
+    path (POST /v1/jobs -> GET /v1/jobs/{job_id}, ...), the other path parameters taken from the request;
+    and from the operation named in a target's `body_ids` to that body field (an uploaded file's id into
+    a fine-tune's `training_file`)."""
+    operations = [
+        (openapi_path(rule), method.lower(), op, paths[openapi_path(rule)][method.lower()])
+        for rule, op in described
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
+    ]
+    by_endpoint = {rule.endpoint: (openapi_path(rule), op) for rule, op in described}
+    for source_path, _method, op, item in operations:
+        for status, model in op.responses.items():
+            if not 200 <= status < 300 or (expression := _id_expression(model)) is None:
+                continue
+            links: dict[str, Any] = {}
+            for target_path, target_method, _target, target_item in operations:
+                if not target_path.startswith(source_path + "/{"):
+                    continue
+                new = target_path[len(source_path) + 2 :].split("}", 1)[0]
+                params = {new: expression}
+                params.update({n: f"$request.path.{n}" for n in _path_names(source_path)})
+                if set(params) == set(_path_names(target_path)):
+                    links[f"{target_method.upper()} {target_path}"] = {
+                        "operationId": target_item["operationId"],
+                        "parameters": params,
+                    }
+            if links and str(status) in item["responses"]:
+                item["responses"][str(status)]["links"] = links
+    for target_path, target_method, op, target_item in operations:
+        for field_name, endpoint in op.body_ids.items():
+            source_path, source_op = by_endpoint[endpoint]
+            for status, model in source_op.responses.items():
+                if 200 <= status < 300 and _id_expression(model) == "$response.body#/id":
+                    for source_item in paths[source_path].values():
+                        response = source_item["responses"].get(str(status))
+                        if response is not None and source_item["operationId"] == _operation_id(endpoint):
+                            response.setdefault("links", {})[f"{target_method.upper()} {target_path} {field_name}"] = {
+                                "operationId": target_item["operationId"],
+                                "requestBody": {field_name: "$response.body#/id"},
+                            }
+
+
+def _operation_id(endpoint: str) -> str:
+    return endpoint.replace(".", "_")
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
 def app_document(app: Flask) -> dict[str, Any]:

@@ -44,3 +44,18 @@ def test_the_schemas_are_valid_and_come_from_the_models(client) -> None:
     assert listing["limit"]["schema"]["anyOf"][0]["maximum"] == 100
     refs = {op["operationId"] for item in doc["paths"].values() for op in item.values()}
     assert len(refs) == sum(len(item) for item in doc["paths"].values())  # operation ids are unique
+
+
+def test_links_carry_ids_from_one_operation_to_the_next(client) -> None:
+    paths = client.get("/v1/openapi.json").get_json()["paths"]
+    created = paths["/v1/jobs"]["post"]["responses"]["202"]["links"]
+    assert created["GET /v1/jobs/{job_id}"] == {
+        "operationId": paths["/v1/jobs/{job_id}"]["get"]["operationId"],
+        "parameters": {"job_id": "$response.body#/id"},
+    }
+    listed = paths["/v1/webhook_endpoints/{endpoint_id}/deliveries"]["get"]["responses"]["200"]["links"]
+    replay = listed["POST /v1/webhook_endpoints/{endpoint_id}/deliveries/{message_id}/replay"]["parameters"]
+    assert replay == {"message_id": "$response.body#/data/0/id", "endpoint_id": "$request.path.endpoint_id"}
+    uploaded = paths["/v1/files"]["post"]["responses"]["201"]["links"]
+    assert uploaded["POST /v1/fine_tunes training_file"]["requestBody"] == {"training_file": "$response.body#/id"}
+    assert "links" not in paths["/v1/jobs"]["get"]["responses"]["400"]
