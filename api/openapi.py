@@ -9,7 +9,8 @@ How a route is described (the one mechanism; every public route uses it): decora
 
 - `body`: the JSON request body's model (`form`: a multipart form's model, fields as in the form);
 - `query`: a model whose fields are the query parameters (all optional unless required in the model);
-- `responses`: status -> the response model (`None`: no body); `EVENTS` as a model means text/event-stream;
+- `responses`: status -> the response model (`None`: no body); `EVENTS` means text/event-stream, each
+  event described by `ServerSentEvent` (OpenAPI 3.1: the media type's schema describes one event);
   `also_events=True` adds a text/event-stream alternative to the 200 (OpenAI's `stream`);
 - `headers`: extra request headers (`Header`), `public=True` for a route that needs no key;
 - `body_ids`: body field -> the endpoint (e.g. "files.upload_file") whose response `id` it takes.
@@ -37,7 +38,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import Rule
 
-from api.response_schemas import ErrorBody, OpenApiDocument
+from api.response_schemas import ErrorBody, OpenApiDocument, ServerSentEvent
 
 bp = Blueprint("openapi", __name__)
 
@@ -162,12 +163,12 @@ def _responses(op: Operation, refs: Refs) -> dict[str, Any]:
     for status, model in sorted(op.responses.items()):
         entry: dict[str, Any] = {"description": op.summary if status < 300 else "see the body"}
         if model is EVENTS:
-            entry["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+            entry["content"] = {"text/event-stream": {"schema": refs[(ServerSentEvent, "serialization")]}}
         elif _is_model(model):
             entry["content"] = _json(refs[(model, "serialization")])  # type: ignore[index]
         out[str(status)] = entry
     if op.also_events and "200" in out:
-        out["200"].setdefault("content", {})["text/event-stream"] = {"schema": {"type": "string"}}
+        out["200"].setdefault("content", {})["text/event-stream"] = {"schema": refs[(ServerSentEvent, "serialization")]}
     for status in ERROR_STATUSES:
         out.setdefault(str(status), {"$ref": "#/components/responses/Error"})
     return out
@@ -192,7 +193,7 @@ def _operation(rule: Rule, op: Operation, refs: Refs) -> dict[str, Any]:
 
 def _components(models: Iterable[tuple[type[BaseModel], str]]) -> tuple[Refs, dict[str, Any]]:
     """Every named model's JSON schema (and those of the models it uses), and the $ref of each."""
-    named = [*dict.fromkeys([*models, (ErrorBody, "serialization")])]
+    named = [*dict.fromkeys([*models, (ErrorBody, "serialization"), (ServerSentEvent, "serialization")])]
     refs, top = models_json_schema(named, ref_template=REF)  # type: ignore[arg-type]
     return refs, top.get("$defs", {})  # type: ignore[return-value]
 

@@ -37,6 +37,16 @@ class ErrorBody(_Shape):
     error: ErrorDetail
 
 
+class ServerSentEvent(_Shape):
+    """One event of a text/event-stream response (job events: `data` is a JSON object; OpenAI streams:
+    a JSON chunk, and `[DONE]` last)."""
+
+    event: str | None = None
+    data: str
+    id: str | None = None
+    retry: int | None = None
+
+
 class OpenApiDocument(BaseModel):
     """This OpenAPI document."""
 
