@@ -7,9 +7,9 @@ database host that has gone silent fails requests with an error instead of holdi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,9 +26,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-@lru_cache(maxsize=8)
+POOL_SIZE, POOL_OVERFLOW = 5, 10  # PostgreSQL: at most 15 connections per process
+POOL_TIMEOUT_SECONDS = 10  # a request that finds every connection in use waits this long, then gets a 503
+_engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
+_lock = threading.Lock()  # threads asking at once must get one engine, not one pool each
+
+
 def get_engine(url: str) -> Engine:
     """One engine per URL and process (engines hold connection pools; never share one across a fork)."""
+    with _lock:
+        if url not in _engines:
+            _engines[url] = _new_engine(url)
+        return _engines[url]
+
+
+def _new_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -36,12 +49,22 @@ def get_engine(url: str) -> Engine:
     connect_args = (
         {} if "connect_timeout" in make_url(url).query else {"connect_timeout": DEFAULT_CONNECT_TIMEOUT_SECONDS}
     )
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args=connect_args,
+    )
 
 
-@lru_cache(maxsize=8)
 def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    engine = get_engine(url)
+    with _lock:
+        if url not in _factories:
+            _factories[url] = sessionmaker(bind=engine, expire_on_commit=False)
+        return _factories[url]
 
 
 @contextmanager

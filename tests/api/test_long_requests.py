@@ -114,3 +114,18 @@ def test_waiting_replays_hold_no_database_connection(settings, keys) -> None:
             statuses = [f.result().status_code for f in replays]
     assert max(latencies) < 2.0, latencies
     assert set(statuses) == {504}, statuses  # each waited for the one job, which goes on
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_an_exhausted_pool_is_a_503_with_retry_after(settings, keys, client) -> None:
+    from shared.db import POOL_OVERFLOW, POOL_SIZE, get_engine
+
+    held = [get_engine(settings.database_url).connect() for _ in range(POOL_SIZE + POOL_OVERFLOW)]
+    try:
+        response = client.get("/v1/models", headers=auth(keys["a"]))  # waits POOL_TIMEOUT_SECONDS for one
+    finally:
+        for connection in held:
+            connection.close()
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    assert response.get_json()["error"]["type"] == "service_unavailable"
+    assert client.get("/v1/models", headers=auth(keys["a"])).status_code == 200

@@ -1,4 +1,5 @@
-"""Engines: a PostgreSQL server that never answers cannot hold a thread past the connect timeout."""
+"""Engines: a PostgreSQL server that never answers cannot hold a thread past the connect timeout; one
+engine per URL and process, however many threads ask for it at once."""
 
 from __future__ import annotations
 
@@ -52,3 +53,24 @@ def test_a_silent_database_host_fails_the_connect_after_the_default_timeout(sile
 def test_the_urls_own_connect_timeout_wins(silent_server) -> None:
     url = f"postgresql+psycopg://canvas@127.0.0.1:{silent_server}/canvas?connect_timeout=2"
     assert seconds_to_fail(url, limit=15) < DEFAULT_CONNECT_TIMEOUT_SECONDS - 1
+
+
+def test_threads_asking_at_once_share_one_engine(tmp_path) -> None:
+    """Before: each of a burst of first requests (a fresh API process under load) made an engine of its
+    own, each keeping a pool of open connections: 63 connections to PostgreSQL from 2 processes whose
+    pools allow 30 (bench/load.py)."""
+    from shared.db import session_factory
+
+    url = f"sqlite:///{tmp_path}/canvas.db"
+    start, engines = threading.Barrier(32), []
+
+    def ask() -> None:
+        start.wait()
+        engines.append(session_factory(url).kw["bind"])
+
+    threads = [threading.Thread(target=ask) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {id(e) for e in engines} == {id(get_engine(url))}
