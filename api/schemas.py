@@ -16,12 +16,18 @@ ChatRole = Literal["system", "user", "assistant"]
 
 class ChatMessage(BaseModel):
     """One chat turn. The role is one of three (a role is written into the template's markup, so free text
-    there could open turns of its own); the content is text, tokenized as text (api/tokenization.py)."""
+    there could open turns of its own); the content and the name are text, tokenized as text
+    (api/tokenization.py), and the name holds no newline or other control character."""
 
     model_config = ConfigDict(extra="forbid")
     role: ChatRole
     content: StrictStr
-    name: StrictStr | None = Field(None, max_length=256, description="the speaker's name, handed to the chat template")
+    name: StrictStr | None = Field(
+        None,
+        max_length=256,
+        pattern=r"^[^\x00-\x1f\x7f]*$",  # no newline or other control character: it may sit in the markup
+        description="the speaker's name, handed to the chat template (tokenized as text; no control characters)",
+    )
 
 
 class JobCreate(BaseModel):
