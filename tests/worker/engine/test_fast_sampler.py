@@ -232,6 +232,34 @@ def test_fast_and_exact_rows_share_a_pass_and_each_keeps_its_output(model) -> No
     assert all(r.denoising_steps > 0 for r in together)
 
 
+def test_a_tick_with_fast_rows_reads_the_device_once(model) -> None:
+    """Fast rows of every kind beside an exact one: the tick's only host read is the one copy of flags and
+    argmax canvases (as for exact rows alone, tests/worker/engine/test_engine.py)."""
+    from tests.worker.engine.test_engine import DIGITS, HostReads
+
+    def steps(sampler: str, **kw: str) -> SamplingParams:
+        return SamplingParams(max_new_tokens=32, max_denoising_steps=40, stability_threshold=50, sampler=sampler, **kw)
+
+    groups = ((0, 1, 2, 3),)
+    requests = [
+        Request("exact", (2, 70), steps("exact")),
+        Request("fast", (2, 70), steps("fast")),
+        Request("pinned", (2, 71), steps("fast"), frozenset(), {0: 80}, {o: DIGITS for o in range(1, 9)}),
+        Request("distinct", (2, 72), steps("fast"), frozenset(), {0: 54}, {o: DIGITS[:4] for o in range(1, 4)}, groups),
+        Request("l2r", (2, 73), steps("fast", order="left_to_right")),
+    ]
+    engine = Engine(model, max_rows=5)
+    for request in requests:
+        engine.submit(request)
+    engine.step()  # prefill: every row starts its canvas
+    for _ in range(2):
+        with HostReads() as reads:
+            engine.step()
+        assert len(engine.rows) == 5 and all(row.step > 0 for row in engine.rows)
+        assert reads.calls[0] == "cpu" and reads.calls.count("cpu") == 1, reads.calls
+        assert set(reads.calls[1:]) <= {"tolist"}, reads.calls
+
+
 def test_an_unknown_sampler_is_refused_naming_the_field(model) -> None:
     from worker.engine import InvalidParams
 
