@@ -8,6 +8,7 @@ and a final `done` event carrying the finished job, after which the stream ends.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import redis
 from flask import Blueprint, Response, request, stream_with_context
 
 from api.auth import authenticate_request, current_principal
+from api.errors import InvalidHeader
 from api.long_requests import take_slot
 from api.openapi import EVENTS, LAST_EVENT_ID, describe
 from api.state import db_session, events_client, release_db_session, settings
@@ -29,6 +31,7 @@ bp = Blueprint("job_events", __name__, url_prefix="/v1/jobs")
 bp.before_request(authenticate_request)
 KEEPALIVE_SECONDS = 15.0
 TERMINAL_VALUES = {s.value for s in TERMINAL}
+EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")  # a Redis stream id, as the events carry
 
 
 def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
@@ -92,6 +95,10 @@ def stream_job_events(job_id: str) -> Response:
     job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
     release_db_session()  # the stream must not hold a database connection
     after = request.headers.get("Last-Event-ID") or "0-0"
+    if not EVENT_ID.fullmatch(after):
+        raise InvalidHeader(
+            f"Last-Event-ID must be an event id such as 1717000000000-0, not {after[:40]!r}", "Last-Event-ID"
+        )
     return events_response(job.id, after)
 
 

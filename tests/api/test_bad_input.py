@@ -236,3 +236,10 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_job(app, keys)
     assert statuses[-1] < 500, [r.get_data(as_text=True) for r in responses if r.status_code >= 500]
     assert statuses.count(202) == 1 and statuses.count(200) == 7, statuses
     assert len({r.get_json()["id"] for r in responses}) == 1
+
+
+@pytest.mark.parametrize("last_event_id", ["abc", "1-2-3", "-1", "9" * 30])
+def test_a_malformed_last_event_id_is_400_naming_the_header(client, keys, last_event_id) -> None:
+    job = submit(client, keys["a"], {"model": TINY, "prompt": "hi"}).get_json()["id"]
+    response = client.get(f"/v1/jobs/{job}/events", headers={**auth(keys["a"]), "Last-Event-ID": last_event_id})
+    assert response.status_code == 400 and error_of(response)["param"] == "Last-Event-ID"
