@@ -91,7 +91,7 @@ if triton is not None:
         HAS_SOFTCAP: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
-        n = tl.program_id(0)
+        n = tl.program_id(0).to(tl.int64)  # n * V passes 2**31 from 8,192 positions of a 262,144 vocabulary
         t = tl.load(temperatures + n // C)
         key = tl.load(keys + n).to(tl.uint32)
         top, total, plogp, best, race, sample, nan = _block_stats(
