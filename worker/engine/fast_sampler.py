@@ -257,14 +257,13 @@ def fast_tile(
         p = z.sub_(listed.max[..., None]).exp_().div_(listed.sum[..., None])  # (B, C, K)
         own = torch.einsum("bck,bckh->bch", p.to(weight.dtype), weight[tokens]).float()
         soft = torch.where(c.constrained[..., None], own, soft)
-    entropy = stats.entropy()
+    entropy = torch.where(stats.nonfinite, torch.nan, stats.entropy())  # NaN flags the row (as exact mode)
     sampled, argmax = stats.sample, stats.argmax
-    if c is not None:  # pinned: one-hot, zero entropy, always its token
+    if c is not None:  # pinned: one-hot, zero entropy, always its token (whatever its logits hold)
         entropy = torch.where(c.pinned, 0.0, entropy)
         sampled = torch.where(c.pinned, c.pinned_token, sampled)
         argmax = torch.where(c.pinned, c.pinned_token, argmax)
         soft = torch.where(c.pinned[..., None], weight[c.pinned_token].float(), soft)
-    entropy = torch.where(stats.nonfinite, torch.nan, entropy)
     renoise = mix32(position ^ _RENOISE) % V  # (B, C)
     return finish_step(sampled, argmax, entropy, state, renoise), soft.to(weight.dtype) * scale.to(weight.dtype)
 

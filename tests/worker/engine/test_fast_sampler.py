@@ -20,7 +20,7 @@ from tests.worker.engine.test_sampler import CPU, C, H, V, rows
 from worker.engine import Engine, Request, SamplingParams
 from worker.engine.constraints import canvas_constraint
 from worker.engine.fast_sampler import fast_tile, noise_key, vocabulary_stats
-from worker.engine.sampler import FILL, categorical_entropy, denoise_tile, draw_noise, exponential_race
+from worker.engine.sampler import FILL, NONFINITE, categorical_entropy, denoise_tile, draw_noise, exponential_race
 from worker.engine.slots import Slots
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -152,6 +152,23 @@ def test_the_fast_step_agrees_with_the_exact_step_where_nothing_is_random() -> N
     exact16, _ = denoise_tile(as_bf16.float(), state, draw_noise(generators, C, V, CPU))
     fast16, _ = fast_tile(as_bf16, state, keys_of(requests), None, weight, torch.tensor(1.0), chunk=16)
     assert torch.equal(fast16.argmax[free], exact16.argmax[free])
+
+
+def test_nan_logits_flag_a_row_as_the_exact_step_flags_it() -> None:
+    """A NaN at a free position flags its row; one at a pinned position (whose logits are overridden) or
+    at a token a constrained position may not take does not, in either mode."""
+    requests = rows()
+    slots, index = tile(requests)
+    state = slots.gather(torch.tensor(index), index)
+    logits = torch.randn(len(requests), C, V) * 3
+    logits[0, 5, 17] = torch.nan  # "plain": free position
+    logits[2, 0, 3] = torch.nan  # "pinned": its pinned position 0
+    logits[2, 1, 40] = torch.nan  # "pinned": position 1 may take tokens 2-5 only
+    generators = [torch.Generator().manual_seed(i) for i in range(len(requests))]
+    exact, _ = denoise_tile(logits.clone(), state, draw_noise(generators, C, V, CPU))
+    fast, _ = fast_tile(logits.clone(), state, keys_of(requests), None, torch.randn(V, H), torch.tensor(1.0), chunk=16)
+    assert torch.equal(fast.flags & NONFINITE, exact.flags & NONFINITE)
+    assert [bool(f & NONFINITE) for f in fast.flags] == [True] + [False] * (len(requests) - 1)
 
 
 def largest_allocations(fn) -> list[int]:
