@@ -27,7 +27,16 @@ from api.schemas import JobCreate, JobListQuery
 from api.state import db_session, publish_after_commit, publish_status
 from api.webhooks import check_webhook_url
 from shared.errors import InvalidRequest
-from shared.jobs import create_job, get_job, job_view, new_job_id, request_cancel, served_by, timeline
+from shared.jobs import (
+    create_job,
+    get_job,
+    job_view,
+    new_job_id,
+    queued_event,
+    request_cancel,
+    served_by,
+    timeline,
+)
 from shared.logs import bind
 from shared.metrics import JOBS_SUBMITTED
 from shared.models import Job, utcnow
@@ -80,9 +89,13 @@ def idempotency_key() -> str | None:
 def submit_job() -> Response:
     raw = read_json_object()
     job, created = accept_job(JobCreate.model_validate(raw), raw)
-    response = _job_response(db_session(), job, 202 if created else 200)
-    if created:
-        response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
+    if not created:
+        return _job_response(db_session(), job, 200)
+    # Not read back: once the job is committed, a database that fails now must not answer an error for it
+    # (a client would submit it again). Its timeline is its queued event.
+    response = jsonify(job_view(job, [queued_event(job)]))
+    response.status_code = 202
+    response.headers["Location"] = url_for("jobs.get_job_route", job_id=job.id)
     return response
 
 
@@ -117,6 +130,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
     )
     try:
         outbox = create_job(session, job)  # flushes: a duplicate key fails here, or at the commit
+        served = served_by(session, job.model)  # read before the commit: nothing after it may fail the answer
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
         session.rollback()
@@ -124,7 +138,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
         if existing is None:
             raise
         return existing, False
-    JOBS_SUBMITTED.labels(job.kind, served_by(session, job.model)).inc()
+    JOBS_SUBMITTED.labels(job.kind, served).inc()
     publish_status(job.id, JobStatus.QUEUED.value)  # before the task exists, so it precedes "running"
     publish_after_commit(session, outbox.id)
     bind(job_id=job.id, model=job.model)

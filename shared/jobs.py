@@ -35,11 +35,16 @@ def create_job(session: Session, job: Job) -> OutboxMessage:
     job.queue = queue  # the fair publisher (shared/fairness.py) releases it from there
     session.add(job)
     session.flush()
-    session.add(JobEvent(job_id=job.id, type="status", status=JobStatus.QUEUED.value, created_at=job.created_at))
+    session.add(queued_event(job))
     outbox = OutboxMessage(job_id=job.id, task_name=task, queue=queue)
     session.add(outbox)
     session.flush()
     return outbox
+
+
+def queued_event(job: Job) -> JobEvent:
+    """A new job's first (and, until a worker claims it, only) timeline event."""
+    return JobEvent(job_id=job.id, type="status", status=JobStatus.QUEUED.value, created_at=job.created_at)
 
 
 def task_route(session: Session, job: Job) -> tuple[str, str]:

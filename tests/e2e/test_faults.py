@@ -5,6 +5,7 @@ The worker that is killed is a process of its own; workers that only have to run
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import requests
@@ -13,8 +14,10 @@ from shared.db import session_scope
 from shared.local_redis import LocalRedis
 from shared.models import OutboxMessage
 from tests.conftest import REDIS_DB, TINY
-from tests.e2e.live import ApiServer, Client, Worker, serving_worker
+from tests.e2e.live import ApiServer, Client, Worker, serving_worker, webhook_worker
+from tests.e2e.receiver import Receiver
 from tests.e2e.test_generation_jobs import LONG
+from tests.faults.checks import assert_each_ended_once_with_its_output, assert_no_webhook_lost_or_doubled
 
 
 @pytest.fixture
@@ -51,8 +54,11 @@ def test_a_job_on_a_killed_worker_is_requeued_and_completes(settings, keys, back
     settings = settings.with_(
         redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 2}", lease_seconds=2.0
     )
-    with ApiServer(settings) as api:
+    receiver = Receiver()
+    with ApiServer(settings) as api, webhook_worker(settings):
         client = Client(api.url, keys["a"])
+        hook = {"url": receiver.script("/hooks"), "events": ["job.succeeded", "job.failed"]}
+        assert client.http.post(f"{api.url}/v1/webhook_endpoints", json=hook, timeout=10).status_code == 201
         first = Worker(settings, TINY, tmp_path / "first.log").wait_ready()
         try:
             job = client.submit(model=TINY, prompt="survive", params={**LONG, "max_denoising_steps": 600})
@@ -60,9 +66,14 @@ def test_a_job_on_a_killed_worker_is_requeued_and_completes(settings, keys, back
             first.kill()
             with serving_worker(settings, model_host):  # takes the job once the reaper requeues it
                 done = client.wait(job["id"])
+            receiver.wait_for("/hooks", 1)
+            time.sleep(1.0)  # the webhook worker records its answer
         finally:
             first.stop()
+            receiver.close()
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2
     statuses = [e["status"] for e in done["timeline"]]
     assert statuses == ["queued", "running", "queued", "running", "succeeded"]
+    assert_each_ended_once_with_its_output(settings.database_url, [job["id"]])
+    assert_no_webhook_lost_or_doubled(settings.database_url, [job["id"]], receiver, "/hooks")
