@@ -1,6 +1,6 @@
 """/metrics: Prometheus' scrape of the API. The counters of this process, or of every gunicorn worker
-(PROMETHEUS_MULTIPROC_DIR), and the depth of every queue, read from Redis now (none when Redis does not
-answer: the scrape still succeeds).
+(PROMETHEUS_MULTIPROC_DIR), and the depth of every queue, read from Redis and the jobs table now (none when
+Redis does not answer: the scrape still succeeds).
 
 No API key: with CANVAS_METRICS_TOKEN set, a scrape must send it as a bearer token (401 otherwise); without
 it, anyone who reaches the port may scrape (keep /metrics off the public ingress then)."""
@@ -16,6 +16,7 @@ from sqlalchemy import select
 from api.state import db_session, events_client, settings
 from shared.contracts import TRAIN_QUEUE, WEBHOOK_QUEUE, generation_queue
 from shared.errors import Unauthorized
+from shared.fairness import waiting_by_queue
 from shared.metrics import CONTENT_TYPE, Gauges, exposition
 from shared.models import ModelRecord
 
@@ -38,8 +39,10 @@ def queue_depths() -> Iterator[tuple[str, str, list[str], list[tuple[list[str], 
                 pipe.llen(name + suffix)
         lengths = pipe.execute()
     step = len(PRIORITY_LISTS)
-    depths = [([name], float(sum(lengths[i * step : (i + 1) * step]))) for i, name in enumerate(names)]
-    yield "canvas_queue_depth", "Messages waiting in the queue (not yet taken by a worker).", ["queue"], depths
+    held = waiting_by_queue(db_session())  # jobs the fair publisher has not released yet
+    depths = [([n], float(sum(lengths[i * step : (i + 1) * step]) + held[n])) for i, n in enumerate(names)]
+    help_text = "Jobs or deliveries waiting for a worker: in the broker's queue, or held for fair release."
+    yield "canvas_queue_depth", help_text, ["queue"], depths
 
 
 def require_metrics_token() -> None:

@@ -183,6 +183,17 @@ def _lock(session: Session, queue: str) -> None:
         session.execute(text("UPDATE jobs SET priority = priority WHERE 0 = 1"))
 
 
+def waiting_by_queue(session: Session) -> Counter[str]:
+    """Jobs waiting in SQL for release, per queue. A queue's backlog is these plus its broker list (released,
+    not yet claimed): what metrics and autoscaling must read, since the broker list stays at most the depth."""
+    stmt = (
+        select(Job.queue, func.count())
+        .where(Job.status == JobStatus.QUEUED.value, Job.released_at.is_(None))
+        .group_by(Job.queue)
+    )
+    return Counter({queue: count for queue, count in session.execute(stmt) if queue is not None})
+
+
 def waiting_queues(session: Session) -> list[str]:
     """Queues with jobs waiting for release."""
     stmt = select(Job.queue).where(Job.status == JobStatus.QUEUED.value, Job.released_at.is_(None)).distinct()

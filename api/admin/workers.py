@@ -18,6 +18,7 @@ from api.admin.charts import bar_chart
 from api.admin.queries import Finished, finished_since
 from api.state import db_session, events_client
 from shared.contracts import TRAIN_QUEUE, WEBHOOK_QUEUE, generation_queue
+from shared.fairness import waiting_by_queue
 from shared.models import ModelRecord, utcnow
 from shared.workers import live_workers
 
@@ -33,14 +34,15 @@ def queue_names() -> list[str]:
 
 
 def queue_depths(client: redis.Redis, names: list[str]) -> dict[str, int]:
-    """Messages waiting in each Celery queue: the lengths of its Redis lists."""
+    """What waits in each queue: the lengths of its Redis lists, plus the jobs the fair publisher holds."""
     pipe = client.pipeline(transaction=False)
     for name in names:
         for suffix in PRIORITY_SUFFIXES:
             pipe.llen(name + suffix)
     lengths = pipe.execute()
     n = len(PRIORITY_SUFFIXES)
-    return {name: sum(lengths[i * n : (i + 1) * n]) for i, name in enumerate(names)}
+    held = waiting_by_queue(db_session())
+    return {name: sum(lengths[i * n : (i + 1) * n]) + held[name] for i, name in enumerate(names)}
 
 
 def tokens_per_second(finished: list[Finished]) -> dict[str | None, float]:
