@@ -231,48 +231,54 @@ def _id_expression(model: Any) -> str | None:
     return "$response.body#/data/0/id" if items and "id" in items[0].model_fields else None
 
 
+Described = list[tuple[str, str, Operation, dict[str, Any]]]  # (path, method, operation, its document)
+
+
 def add_links(paths: dict[str, dict[str, Any]], described: list[tuple[Rule, Operation]]) -> None:
     """OpenAPI links, so that a fuzzer's (or a reader's) ids flow from one operation to the next: from an
     operation answering an object (or a list) with an `id`, to each operation on that id below the same
     path (POST /v1/jobs -> GET /v1/jobs/{job_id}, ...), the other path parameters taken from the request;
     and from the operation named in a target's `body_ids` to that body field (an uploaded file's id into
     a fine-tune's `training_file`)."""
-    operations = [
+    operations: Described = [
         (openapi_path(rule), method.lower(), op, paths[openapi_path(rule)][method.lower()])
         for rule, op in described
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
     ]
-    by_endpoint = {rule.endpoint: (openapi_path(rule), op) for rule, op in described}
     for source_path, _method, op, item in operations:
         for status, model in op.responses.items():
-            if not 200 <= status < 300 or (expression := _id_expression(model)) is None:
-                continue
-            links: dict[str, Any] = {}
-            for target_path, target_method, _target, target_item in operations:
-                if not target_path.startswith(source_path + "/{"):
-                    continue
-                new = target_path[len(source_path) + 2 :].split("}", 1)[0]
-                params = {new: expression}
-                params.update({n: f"$request.path.{n}" for n in _path_names(source_path)})
-                if set(params) == set(_path_names(target_path)):
-                    links[f"{target_method.upper()} {target_path}"] = {
-                        "operationId": target_item["operationId"],
-                        "parameters": params,
-                    }
-            if links and str(status) in item["responses"]:
+            expression = _id_expression(model) if 200 <= status < 300 else None
+            if expression is not None and (links := _path_links(source_path, expression, operations)):
                 item["responses"][str(status)]["links"] = links
+    by_endpoint = {_operation_id(rule.endpoint): (openapi_path(rule), op) for rule, op in described}
     for target_path, target_method, op, target_item in operations:
         for field_name, endpoint in op.body_ids.items():
-            source_path, source_op = by_endpoint[endpoint]
-            for status, model in source_op.responses.items():
-                if 200 <= status < 300 and _id_expression(model) == "$response.body#/id":
-                    for source_item in paths[source_path].values():
-                        response = source_item["responses"].get(str(status))
-                        if response is not None and source_item["operationId"] == _operation_id(endpoint):
-                            response.setdefault("links", {})[f"{target_method.upper()} {target_path} {field_name}"] = {
-                                "operationId": target_item["operationId"],
-                                "requestBody": {field_name: "$response.body#/id"},
-                            }
+            source_path, source_op = by_endpoint[_operation_id(endpoint)]
+            link = {"operationId": target_item["operationId"], "requestBody": {field_name: "$response.body#/id"}}
+            for source_item in paths[source_path].values():
+                if source_item["operationId"] != _operation_id(endpoint):
+                    continue
+                for status, model in source_op.responses.items():
+                    if 200 <= status < 300 and _id_expression(model) == "$response.body#/id":
+                        links = source_item["responses"][str(status)].setdefault("links", {})
+                        links[f"{target_method.upper()} {target_path} {field_name}"] = link
+
+
+def _path_links(source_path: str, expression: str, operations: Described) -> dict[str, Any]:
+    """Links from an operation at `source_path` whose response holds an id at `expression` to every operation
+    on that id: the path's next parameter takes the id, the source's own parameters come from its request."""
+    links: dict[str, Any] = {}
+    for target_path, target_method, _op, target_item in operations:
+        if not target_path.startswith(source_path + "/{"):
+            continue
+        params = {target_path[len(source_path) + 2 :].split("}", 1)[0]: expression}
+        params.update({name: f"$request.path.{name}" for name in _path_names(source_path)})
+        if set(params) == set(_path_names(target_path)):
+            links[f"{target_method.upper()} {target_path}"] = {
+                "operationId": target_item["operationId"],
+                "parameters": params,
+            }
+    return links
 
 
 def _operation_id(endpoint: str) -> str:
