@@ -15,14 +15,16 @@ from typing import Literal
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import authenticate_request, current_principal
 from api.batch_lines import PlannedLines, plan_lines
 from api.bodies import read_json_object
 from api.files import get_file
+from api.jobs import _request_hash, idempotency_key
 from api.limits import check_submission
-from api.openapi import describe
+from api.openapi import IDEMPOTENCY_KEY, describe
 from api.pagination import parse_limit
 from api.response_schemas import Batch as BatchShape
 from api.response_schemas import BatchList
@@ -67,10 +69,19 @@ class BatchCreate(BaseModel):
 
 
 @bp.post("")
-@describe("Create a batch from an uploaded JSONL file", body=BatchCreate, responses={200: BatchShape})
+@describe(
+    "Create a batch from an uploaded JSONL file",
+    body=BatchCreate,
+    responses={200: BatchShape},
+    headers=[IDEMPOTENCY_KEY],
+)
 def create_batch() -> Response:
-    body = BatchCreate.model_validate(read_json_object())
+    raw = read_json_object()
+    body = BatchCreate.model_validate(raw)
     tenant_id = current_principal().tenant_id
+    key, digest = idempotency_key(), _request_hash(raw)
+    if key and (existing := _replay(tenant_id, key, digest)):
+        return _batch_response(existing)
     window = completion_window(body.completion_window)
     source = get_file(body.input_file_id, "input_file_id")
     if source.purpose != "batch":
@@ -96,6 +107,8 @@ def create_batch() -> Response:
         total=0,
         completed=0,
         failed=0,
+        idempotency_key=key,
+        request_hash=digest if key else None,
     )
     fields = {"tenant_id": tenant_id, "batch_id": batch.id, "deadline_at": batch.expires_at}
     planned = plan_lines(session, source.content, body.endpoint, fields)
@@ -109,11 +122,29 @@ def create_batch() -> Response:
     else:
         batch.total = len(planned.rows)
         insert_lines(session, planned.rows, now)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key made the batch first
+        session.rollback()
+        if key and (existing := _replay(tenant_id, key, digest)):
+            return _batch_response(existing)
+        raise
     log.info("batch %s: %d lines, %d bad, status %s", batch.id, batch.total, len(planned.errors), batch.status)
     if batch.status == BatchStatus.IN_PROGRESS.value:
         _release_now(batch.id)
-    return jsonify(batch_view(batch, request_counts(session, batch)))
+    return _batch_response(batch)
+
+
+def _replay(tenant_id: str, key: str, digest: str) -> Batch | None:
+    """The batch this Idempotency-Key made (the same body), or None; another body is a 400."""
+    batch = db_session().scalar(select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key))
+    if batch is not None and batch.request_hash != digest:
+        raise InvalidRequest("this Idempotency-Key was used with a different request body", "Idempotency-Key")
+    return batch
+
+
+def _batch_response(batch: Batch) -> Response:
+    return jsonify(batch_view(batch, request_counts(db_session(), batch)))
 
 
 def _fail(session: Session, batch: Batch, planned: PlannedLines) -> None:

@@ -313,6 +313,7 @@ class Batch(Base):
         CheckConstraint(BATCH_STATUS_CHECK, name="status"),
         Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_batches_status", "status"),
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency"),  # 0010
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
@@ -336,3 +337,5 @@ class Batch(Base):
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))  # a retried create finds its batch (0010)
+    request_hash: Mapped[str | None] = mapped_column(String(64))

@@ -161,3 +161,17 @@ def test_finalization_writes_the_files_once_however_many_sweeps_run(client, keys
     body = lines[0]["response"]["body"]
     assert body["choices"][0]["message"]["content"] == "fine" and body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+
+
+def test_a_retried_create_with_the_same_idempotency_key_finds_its_batch(client, keys, settings) -> None:
+    file_id = upload(client, keys["a"], [chat_line("r0"), chat_line("r1")])
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    headers = {**auth(keys["a"]), "Idempotency-Key": "nightly-1"}
+    first = client.post("/v1/batches", json=body, headers=headers).get_json()
+    again = client.post("/v1/batches", json=body, headers=headers).get_json()
+    assert again["id"] == first["id"] and again["request_counts"]["total"] == 2
+    assert count(settings) == 2  # one batch's lines, not two
+    other = client.post("/v1/batches", json={**body, "metadata": {"x": "y"}}, headers=headers)
+    assert other.status_code == 422 and other.get_json()["error"]["param"] == "Idempotency-Key"
+    elsewhere = client.post("/v1/batches", json=body, headers={**auth(keys["b"]), "Idempotency-Key": "nightly-1"})
+    assert elsewhere.status_code == 404  # another tenant's key space (and a's file is not b's)
