@@ -12,6 +12,13 @@ from shared.states import TERMINAL
 from tests.e2e.receiver import Receiver
 
 TERMINAL_VALUES = {s.value for s in TERMINAL}
+FIGURES: list[str] = []  # printed in pytest's summary by tests/faults/conftest.py
+
+
+def report(line: str) -> None:
+    """A figure of this run (answers, attempts, times) for the summary: docs/reliability.md quotes them
+    with the command that printed them."""
+    FIGURES.append(line)
 
 
 def assert_each_ended_once_with_its_output(database_url: str, job_ids: list[str]) -> None:
@@ -46,3 +53,12 @@ def assert_no_webhook_lost_or_doubled(database_url: str, job_ids: list[str], rec
     ids = {i for i, *_ in rows}
     assert ids <= received, f"lost: {ids - received}"
     assert received <= ids, f"delivered under ids the database does not know: {received - ids}"
+
+
+def outcome_figures(database_url: str, job_ids: list[str]) -> str:
+    """Jobs by attempts, and the longest time from acceptance to end: for the test's report line."""
+    with session_scope(database_url) as session:
+        rows = session.execute(select(Job.attempts, Job.created_at, Job.finished_at).where(Job.id.in_(job_ids))).all()
+    attempts = dict(sorted(Counter(a for a, _c, _f in rows).items()))
+    slowest = max((f - c).total_seconds() for _a, c, f in rows)
+    return f"{len(rows)} jobs, by attempts {attempts}, slowest ended {slowest:.1f} s after it was accepted"

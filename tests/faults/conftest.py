@@ -21,7 +21,15 @@ from shared.settings import Settings
 from tests.conftest import TINY
 from tests.e2e.conftest import backend, model_host  # noqa: F401  (PostgreSQL only; the tiny model, loaded once)
 from tests.e2e.test_faults import private_redis  # noqa: F401  (a Redis server the test may stop)
+from tests.faults.checks import FIGURES
 from tests.faults.servers import PrivatePostgres
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("fault figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import requests
 
 from tests.conftest import TINY
 from tests.e2e.live import ApiServer, Client, serving_worker, webhook_worker
 from tests.e2e.receiver import Receiver
-from tests.faults.checks import assert_each_ended_once_with_its_output, assert_no_webhook_lost_or_doubled
+from tests.faults.checks import (
+    assert_each_ended_once_with_its_output,
+    assert_no_webhook_lost_or_doubled,
+    outcome_figures,
+    report,
+)
 from tests.faults.conftest import tenant_key
 from tests.faults.servers import PrivatePostgres
 
@@ -79,6 +85,8 @@ def test_every_job_accepted_around_a_postgres_restart_ends_once(
     assert before >= 2 and len(load.accepted) - during >= 2, (before, during, len(load.accepted))
     assert_each_ended_once_with_its_output(settings.database_url, load.accepted)
     assert_no_webhook_lost_or_doubled(settings.database_url, load.accepted, receiver, "/hooks")
+    statuses = dict(sorted(Counter(load.statuses).items()))
+    report(f"postgres restart: answers {statuses}; {outcome_figures(settings.database_url, load.accepted)}")
 
 
 def test_a_job_delivered_while_postgres_is_down_runs_once_it_is_back(

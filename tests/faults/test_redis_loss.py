@@ -15,7 +15,12 @@ from shared.contracts import generation_queue
 from tests.conftest import TINY
 from tests.e2e.live import ApiServer, Client, serving_worker, webhook_worker
 from tests.e2e.receiver import Receiver
-from tests.faults.checks import assert_each_ended_once_with_its_output, assert_no_webhook_lost_or_doubled
+from tests.faults.checks import (
+    assert_each_ended_once_with_its_output,
+    assert_no_webhook_lost_or_doubled,
+    outcome_figures,
+    report,
+)
 
 JOB = {"model": TINY, "prompt": "in flight", "params": {"max_new_tokens": 16, "max_denoising_steps": 200}}
 
@@ -53,3 +58,4 @@ def test_jobs_in_flight_when_redis_loses_its_queues_end_once(settings, keys, pri
         receiver.close()
     assert_each_ended_once_with_its_output(settings.database_url, jobs)
     assert_no_webhook_lost_or_doubled(settings.database_url, jobs, receiver, "/hooks")
+    report(f"redis {loss}: {waiting} messages lost from the broker; {outcome_figures(settings.database_url, jobs)}")
