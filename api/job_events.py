@@ -94,18 +94,24 @@ def event_stream(database_url: str, client: redis.Redis, job_id: str, after: str
 def stream_job_events(job_id: str) -> Response:
     job = get_job(db_session(), job_id, current_principal().tenant_id)  # 404 for another tenant's job
     release_db_session()  # the stream must not hold a database connection
+    return events_response(job.id, last_event_id(), current_principal().tenant_id)
+
+
+def last_event_id() -> str:
+    """The request's Last-Event-ID (where a reconnecting stream resumes), "0-0" without one; 400 if malformed."""
     after = request.headers.get("Last-Event-ID") or "0-0"
     if not EVENT_ID.fullmatch(after):
         raise InvalidHeader(
             f"Last-Event-ID must be an event id such as 1717000000000-0, not {after[:40]!r}", "Last-Event-ID"
         )
-    return events_response(job.id, after)
+    return after
 
 
-def events_response(job_id: str, after: str) -> Response:
-    """The job's events as a server-sent-event response; it holds a long-request slot while it streams
-    (503 when this process holds as many long requests as it may)."""
-    release = take_slot()
+def events_response(job_id: str, after: str, tenant: str) -> Response:
+    """The job's events as a server-sent-event response; it holds one of `tenant`'s long-request slots while
+    it streams (503 when this process, or that tenant, holds as many long requests as it may). The caller
+    has released its database session: a stream never holds a connection."""
+    release = take_slot(tenant)
     body = event_stream(settings().database_url, events_client(), job_id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)

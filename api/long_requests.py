@@ -65,7 +65,8 @@ def install(app: Flask, limit: int, per_tenant: int = 0) -> None:
     app.extensions["canvas.long_requests"] = LongRequestSlots(limit, per_tenant)
 
 
-def take_slot() -> Callable[[], None]:
-    """A slot of the current app for the request's (authenticated) tenant (see LongRequestSlots.take)."""
+def take_slot(tenant: str | None = None) -> Callable[[], None]:
+    """A slot of the current app for `tenant`, by default the request's authenticated tenant (see
+    LongRequestSlots.take); admin pages, which authenticate by session, name the admin's tenant."""
     slots: LongRequestSlots = current_app.extensions["canvas.long_requests"]
-    return slots.take(current_principal().tenant_id)
+    return slots.take(tenant if tenant is not None else current_principal().tenant_id)

@@ -3,7 +3,7 @@ its live canvas (a session-authenticated copy of the SSE stream), and the cancel
 
 from __future__ import annotations
 
-from flask import Response, jsonify, redirect, render_template, request, url_for
+from flask import Response, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from api.admin import actions
@@ -20,8 +20,8 @@ from api.admin.queries import (
     timeline,
 )
 from api.admin.webhooks import deliveries
-from api.job_events import events_response
-from api.state import db_session
+from api.job_events import events_response, last_event_id
+from api.state import db_session, release_db_session
 from api.tokenization import tokenizer_for
 from shared.errors import InvalidRequest, NotFound
 from shared.jobs import get_job
@@ -95,7 +95,8 @@ def job_json(job_id: str) -> Response:
 def job_events(job_id: str) -> Response:
     """The job's live events (status, drafts, canvases, done) as server-sent events, for the session's admin."""
     job = get_job(db_session(), job_id)
-    return events_response(job.id, request.headers.get("Last-Event-ID") or "0-0")
+    release_db_session()  # the stream must not hold a database connection
+    return events_response(job.id, last_event_id(), g.admin.tenant_id)
 
 
 @bp.get("/models/<path:name>/pieces.json")
