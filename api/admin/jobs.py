@@ -106,9 +106,11 @@ def token_pieces(name: str) -> Response:
     if record is None:
         raise NotFound(f"no model {name!r}", "name")
     raw = [p for p in (request.args.get("ids") or "").split(",") if p]
-    if len(raw) > MAX_PIECES or not all(p.isdigit() for p in raw):
-        raise InvalidRequest(f"ids must be up to {MAX_PIECES} comma-separated token ids", "ids")
     tokenizer = tokenizer_for(record.path).tokenizer
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    valid = all(p.isascii() and p.isdigit() and len(p) < 10 and int(p) < vocab for p in raw)
+    if len(raw) > MAX_PIECES or not valid:
+        raise InvalidRequest(f"ids must be up to {MAX_PIECES} comma-separated token ids below {vocab}", "ids")
     return jsonify({p: tokenizer.decode([int(p)], skip_special_tokens=False) for p in raw})
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, load_only
 
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import decode_cursor, encode_cursor, parse_limit
 from shared.errors import InvalidRequest
 from shared.job_kinds import JobKind
 from shared.models import Job, JobEvent, ModelRecord, utcnow
@@ -68,11 +68,8 @@ class JobPage:
 
 
 def parse_page_size(value: str | None) -> int:
-    if value is None:
-        return PAGE_SIZE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_SIZE:
-        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}", "limit")
-    return int(value)
+    """The table's `limit` argument: ASCII digits only ('²' passes str.isdigit but not int)."""
+    return parse_limit(value, PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def list_jobs(

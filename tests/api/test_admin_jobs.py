@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from shared.db import session_scope
 from shared.models import Job, JobEvent
 from tests.api.test_admin_access import admin_login, seed_jobs
+from tests.conftest import TINY
 
 ROW_ID = re.compile(r'<tr data-id="([^"]+)"')
 
@@ -112,3 +113,19 @@ def test_retry_makes_a_new_job_with_the_same_input_and_links_both(client, keys, 
     assert f'retry of <a href="/admin/jobs/{job_id}">' in client.get(f"/admin/jobs/{new_id}").text
     response = client.post(f"/admin/jobs/{new_id}/retry", data={"csrf_token": token})
     assert response.status_code == 409 and "only a finished job can be retried" in response.text
+
+
+def test_non_ascii_digits_and_huge_ids_are_a_clear_422(client, keys) -> None:
+    """Superscript and Arabic-Indic digits pass str.isdigit(); int('²') raised a 500. Ids past the
+    vocabulary are refused too."""
+    admin_login(client, keys["admin"])
+    for path in ("/admin/jobs?limit=%C2%B2", "/admin/batches?limit=%C2%B2", "/admin/fine-tunes?limit=%D9%A1"):
+        response = client.get(path)
+        assert response.status_code == 422, (path, response.status_code)
+        assert "limit" in response.text
+    pieces = f"/admin/models/{TINY}/pieces.json"
+    assert client.get(f"{pieces}?ids=1,2").status_code == 200
+    for ids in ("%C2%B2", "%D9%A1", "99999999999999999999999", "9" * 5000):
+        response = client.get(f"{pieces}?ids={ids}")
+        assert response.status_code == 422, (ids, response.status_code, response.text[:200])
+        assert "ids" in response.text
