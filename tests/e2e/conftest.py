@@ -34,13 +34,15 @@ def model_host(tiny_model_dir: Path) -> ModelHost:
     return host
 
 
-@pytest.fixture(scope="session")
+# Package scope: the in-process workers stop when the last e2e test ends, so they never claim the jobs of the
+# tests that run after this package on the same database and Redis (tests/shared, tests/worker).
+@pytest.fixture(scope="package")
 def live_worker(base_settings: Settings, model_host: ModelHost) -> Iterator[EmbeddedWorker]:
     with serving_worker(base_settings, model_host) as worker:
         yield worker
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live_webhook_worker(base_settings: Settings) -> Iterator[EmbeddedWorker]:
     with webhook_worker(base_settings) as worker:
         yield worker
