@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     app.json.sort_keys = False  # type: ignore[attr-defined]
     _configure_sessions(app, settings)
     app.extensions["canvas.settings"] = settings
-    app.extensions["canvas.celery"] = make_celery(settings, "canvas-api")
+    app.extensions["canvas.celery"] = make_celery(settings, "canvas-api", publish_only=True)
     app.extensions["canvas.redis"] = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
     long_requests.install(app, settings.max_long_requests, settings.max_long_requests_per_tenant)
     sealing.configure(settings.webhook_sealing_keys)  # a bad key fails here, at start, naming the setting

@@ -153,7 +153,7 @@ def cmd_sweeper(args: argparse.Namespace, settings: Settings) -> int:
 
     stop_on = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_on)  # before the thread starts: it inherits the mask
-    sweeper = Sweeper(settings, make_celery(settings, "canvas-sweeper"))
+    sweeper = Sweeper(settings, make_celery(settings, "canvas-sweeper", publish_only=True))
     sweeper.start()
     received = None
     while received is None and sweeper.is_alive():

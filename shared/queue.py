@@ -24,16 +24,23 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 78
 
 
-def make_celery(settings: Settings, name: str = "canvas", *, set_as_current: bool = True) -> Celery:
+def make_celery(
+    settings: Settings, name: str = "canvas", *, set_as_current: bool = True, publish_only: bool = False
+) -> Celery:
     """A Celery app configured for long GPU jobs: late acks, prefetch 1, a long visibility timeout. Without
     `set_as_current` it does not become the calling thread's current app (a worker's pool thread looks up
-    the tasks it runs in its current app)."""
+    the tasks it runs in its current app). A `publish_only` app (the API's, the sweeper's, a worker's
+    producer) also gives up a read after publish_timeout_seconds: a broker that accepts the connection but
+    never answers (paused for a failover, a proxy whose backend is gone) would otherwise hold a release
+    pass, and the per-queue lock it holds (shared/fairness.py), forever."""
     app = Celery(name, broker=settings.redis_url, set_as_current=set_as_current)
     transport = {
         # Longer than the longest job, or Redis redelivers a running job (celery#5935, pretix#2058).
         "visibility_timeout": settings.max_job_seconds + 3600,
         "socket_connect_timeout": settings.publish_timeout_seconds,
     }
+    if publish_only:  # a consumer keeps no read timeout: it waits in BRPOP between jobs
+        transport["socket_timeout"] = settings.publish_timeout_seconds
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -113,7 +120,7 @@ def producer(settings: Settings) -> Celery:
     """This process's Celery app for publishing with `settings` (made once: a worker publishes on every
     claim and finish). It never becomes a thread's current app: made in a worker's pool thread, it would
     hide the worker's tasks from that thread."""
-    return make_celery(settings, "canvas-producer", set_as_current=False)
+    return make_celery(settings, "canvas-producer", set_as_current=False, publish_only=True)
 
 
 def app_from_env(module: str, factory: Callable[[Settings], Celery]) -> Callable[[str], Celery]:

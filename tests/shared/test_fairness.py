@@ -4,6 +4,8 @@ a real Redis broker (this backend's database on the tests' server)."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -15,7 +17,7 @@ from shared.contracts import generation_queue
 from shared.db import session_scope
 from shared.fairness import QueueState, plan_releases, release, release_all
 from shared.jobs import claim, create_job, new_job_id, transition
-from shared.models import Job
+from shared.models import Job, OutboxMessage
 from shared.queue import producer
 from shared.states import JobStatus, Lane
 from tests.conftest import TINY, auth
@@ -154,3 +156,38 @@ def test_submission_releases_at_once_when_there_is_room(settings, keys, client, 
             "/v1/jobs", json={"model": TINY, "prompt": "hi", "priority": bad}, headers=auth(keys["a"])
         )
         assert response.status_code == 422 and response.get_json()["error"]["param"] == "priority"
+
+
+@pytest.fixture
+def silent_broker():
+    """A TCP server that accepts connections and never answers (a Redis paused for a failover, a proxy whose
+    backend is gone): its redis:// URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            while True:
+                accepted.append(server.accept()[0])
+        except OSError:  # closed at the end of the test
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_a_broker_that_never_answers_does_not_hold_the_release_pass(settings, silent_broker) -> None:
+    settings = settings.with_(redis_url=silent_broker, publish_timeout_seconds=0.5)
+    ids = add_jobs(settings, "ten_a", 2)
+    sent: list[int] = []
+    worker = threading.Thread(target=lambda: sent.append(release_pass(settings)), daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "the release pass (and its per-queue lock) hangs on a silent broker"
+    assert sent == [0] and released(settings, ids) == []
+    with session_scope(settings.database_url) as session:
+        errors = session.scalars(select(OutboxMessage.last_error).where(OutboxMessage.job_id.in_(ids))).all()
+    assert any(errors), errors
