@@ -12,8 +12,6 @@ their text, and the rendered text is tokenized piece by piece.
 from __future__ import annotations
 
 import json
-import re
-import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from shared.chat_placeholders import PlacedMessages
 from shared.errors import InvalidRequest
 
 
@@ -51,37 +50,18 @@ class ModelTokenizer:
         """The messages rendered with the chat template: its markup as control tokens, their text as text."""
         if self.chat_template is None:
             raise InvalidRequest("this model has no chat template; send 'prompt' or 'input_ids'", "messages")
-        nonce = secrets.token_hex(8)
-        texts: dict[str, str] = {}
-        placed = [_with_placeholders(message, nonce, texts) for message in messages]
+        placed = PlacedMessages(messages)
         try:
             rendered = self.chat_template.render(
-                messages=placed, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
+                messages=placed.messages, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
             )
         except TemplateError as exc:
             raise InvalidRequest(f"the chat template could not render these messages: {exc}", "messages") from None
         # Templates write the BOS themselves, so the post-processor must not add a second one.
         ids: list[int] = []
-        for number, piece in enumerate(re.split(f"({PLACEHOLDER.format(nonce=nonce, i=r'[0-9]+')})", rendered)):
-            if number % 2:
-                ids += self.tokenizer.encode(texts[piece], add_special_tokens=False).ids
-            elif piece:
-                ids += self._control.encode(piece, add_special_tokens=False).ids
+        for piece, is_text in placed.pieces(rendered):
+            ids += (self.tokenizer if is_text else self._control).encode(piece, add_special_tokens=False).ids
         return ids
-
-
-PLACEHOLDER = "\ue000{nonce}:{i}\ue001"  # private-use characters around a per-call nonce: no user can write it
-
-
-def _with_placeholders(message: dict[str, Any], nonce: str, texts: dict[str, str]) -> dict[str, Any]:
-    """The message with each text field (all but `role`, which the schema limits) replaced by a placeholder."""
-    out = dict(message)
-    for field, value in message.items():
-        if field != "role" and isinstance(value, str):
-            placeholder = PLACEHOLDER.format(nonce=nonce, i=len(texts))
-            texts[placeholder] = value
-            out[field] = placeholder
-    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
