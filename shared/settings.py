@@ -46,7 +46,12 @@ class Settings(BaseSettings):
     max_job_seconds: int = 6 * 3600  # the longest job we allow; the broker visibility timeout exceeds it
     publish_timeout_seconds: float = 2.0
     engine_max_rows: int = 16  # rows the engine denoises together; the worker takes as many jobs at once
-    engine_memory_bytes: int = 0  # KV and row-state budget of the engine; 0: rows are limited by count only
+    # K/V and row-state budget of the engine: rows are fewer than engine_max_rows if their slots do not fit;
+    # 0: half the GPU memory free after the weights (2 GiB on the CPU).
+    engine_memory_bytes: int = 0
+    # Tokens of prompt and output one engine row holds (its K/V is preallocated for them); the API refuses a
+    # job that needs more, naming the limit. Give the API and the workers the same value.
+    engine_max_context: int = 8192
     draft_interval_seconds: float = 0.25  # at most this often a running job publishes its draft canvas
     # Per tenant (0: no limit): job submissions per minute (jobs, completions, fine-tunes), and jobs queued
     # or running at once. Past either, a submission gets 429 with Retry-After; nothing is recorded.

@@ -78,7 +78,12 @@ def load_models(settings: Settings, host: ModelHost, names: tuple[str, ...]) -> 
     for name, (path, eos_ids, weight_bytes) in found.items():
         check_cpu_fits(name, weight_bytes, device.type, settings.cpu_model_max_bytes)
         loaded = load_model(
-            name, path, eos_ids, max_rows=settings.engine_max_rows, memory_bytes=settings.engine_memory_bytes
+            name,
+            path,
+            eos_ids,
+            max_rows=settings.engine_max_rows,
+            memory_bytes=settings.engine_memory_bytes,
+            max_context=settings.engine_max_context,
         )
         host.add(loaded)
 

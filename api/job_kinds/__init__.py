@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from api.job_kinds import generate, infill, sudoku
 from api.schemas import JobCreate
+from api.state import settings
 from shared.contracts import GenerationParams
 from shared.errors import InvalidRequest
 from shared.job_kinds import JobKind
@@ -48,18 +49,21 @@ def plan_job(body: JobCreate, model: ModelRecord) -> JobPlan:
     if stray:
         raise InvalidRequest(f"'{stray[0]}' does not apply to {body.kind} jobs", stray[0])
     ids, plan, params, field = planner.plan(body, model)
-    check_length(ids, params.max_new_tokens, model, field)
+    check_length(ids, params.max_new_tokens, model, field, settings().engine_max_context)
     return JobPlan(ids, plan, params)
 
 
-def check_length(ids: list[int], max_new_tokens: int, model: ModelRecord, field: str) -> None:
-    """The prompt plus the whole canvases needed for max_new_tokens must fit the model's positions."""
+def check_length(ids: list[int], max_new_tokens: int, model: ModelRecord, field: str, max_context: int) -> None:
+    """The prompt plus the whole canvases needed for max_new_tokens must fit the model's positions and the
+    context an engine row holds (`CANVAS_ENGINE_MAX_CONTEXT`, 0: the model's positions)."""
     canvases = math.ceil(max_new_tokens / model.canvas_length)
     needed = len(ids) + canvases * model.canvas_length
-    if needed > model.max_positions:
+    allowed, whose = model.max_positions, f"model {model.name!r} allows"
+    if 0 < max_context < allowed:
+        allowed, whose = max_context, "this service's engines hold (CANVAS_ENGINE_MAX_CONTEXT)"
+    if needed > allowed:
         raise InvalidRequest(
             f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} ({canvases} canvas(es) of "
-            f"{model.canvas_length}) it needs {needed} positions, and model {model.name!r} allows "
-            f"{model.max_positions}",
+            f"{model.canvas_length}) it needs {needed} positions, and {whose} {allowed}",
             field,
         )

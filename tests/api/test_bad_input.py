@@ -87,6 +87,21 @@ def test_max_new_tokens_past_the_context_is_422(client, keys) -> None:
     assert "positions" in error_of(response)["message"]
 
 
+def test_a_job_longer_than_an_engine_row_holds_is_422_naming_the_setting(settings, keys) -> None:
+    # The tiny model has 1024 positions, but the service's engines preallocate 256 per row: a prompt and
+    # canvases needing 288 would be accepted and then refused by the worker; the API refuses it first.
+    from api.app import create_app
+
+    client = create_app(settings.model_copy(update={"engine_max_context": 256})).test_client()
+    response = submit(client, keys["a"], {"model": TINY, "prompt": "y" * 250, "params": {"max_new_tokens": 8}})
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["param"] == "prompt"
+    assert "CANVAS_ENGINE_MAX_CONTEXT" in error["message"] and "256" in error["message"]
+    fits = submit(client, keys["a"], {"model": TINY, "prompt": "y" * 200, "params": {"max_new_tokens": 8}})
+    assert fits.status_code == 202
+
+
 def test_unknown_model_is_404_naming_it(client, keys) -> None:
     response = submit(client, keys["a"], {"model": "no-such-model", "prompt": "hi"})
     assert response.status_code == 404

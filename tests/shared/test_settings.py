@@ -29,6 +29,7 @@ EVERY_FIELD: dict[str, Any] = {
     "publish_timeout_seconds": 1.5,
     "engine_max_rows": 4,
     "engine_memory_bytes": 1 << 30,
+    "engine_max_context": 4096,
     "draft_interval_seconds": 0.125,
     "rate_limit_per_minute": 7,
     "max_active_jobs": 8,

@@ -182,6 +182,7 @@ def _model_in_use(
         should_stop=watch.should_stop,
         max_rows=settings.engine_max_rows,
         memory_bytes=settings.engine_memory_bytes,
+        max_context=settings.engine_max_context,
     ) as loaded:
         if loaded is None:
             raise JobError(JobErrorCode.MODEL_NOT_LOADED, f"model {model_name!r} is not loaded here")
