@@ -31,13 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
-from sqlalchemy import select, text
+from sqlalchemy import text
 
+from shared.broker_loss import stale_releases
 from shared.db import dispose_engine, session_scope
 from shared.fairness import _next_jobs, queue_state, waiting_queues
 from shared.migrate import upgrade
-from shared.models import Job, utcnow
-from shared.states import JobStatus
+from shared.models import utcnow
 
 ADMIN = os.environ.get("CANVAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 QUEUE = "gen.m"
@@ -63,9 +63,7 @@ def timed(label: str, url: str, query: Callable) -> None:
 
 
 def stale(session) -> list:
-    cutoff = utcnow() - timedelta(seconds=15)
-    stmt = select(Job.id).where(Job.status == JobStatus.QUEUED.value, Job.released_at < cutoff)
-    return session.execute(stmt).all()
+    return stale_releases(session, utcnow() - timedelta(seconds=15))
 
 
 def main() -> None:

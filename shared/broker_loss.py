@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import session_scope
+from shared.fairness import known_queues
 from shared.jobs import task_route
 from shared.models import Job, OutboxMessage, utcnow
 from shared.settings import Settings
@@ -34,11 +35,8 @@ def release_lost(settings: Settings, app: Celery) -> int:
     """Undo the release of every queued job the broker lost; returns how many (the caller's release pass
     sends them again). A broker that cannot be read is left for the next sweep."""
     cutoff = utcnow() - timedelta(seconds=settings.release_lost_seconds)
-    stale_stmt = select(Job.id, Job.queue, Job.released_at).where(
-        Job.status == JobStatus.QUEUED.value, Job.released_at < cutoff
-    )
     with session_scope(settings.database_url) as session:
-        stale = session.execute(stale_stmt).all()
+        stale = stale_releases(session, cutoff)
     if not stale:
         return 0
     try:
@@ -54,6 +52,15 @@ def release_lost(settings: Settings, app: Celery) -> int:
     if undone:
         log.warning("%d queued jobs were lost by the broker; they are released again", undone)
     return undone
+
+
+def stale_releases(session: Session, cutoff: datetime) -> list[Row]:
+    """(id, queue, released_at) of the queued jobs released before `cutoff`, read queue by queue (the range
+    of ix_jobs_release, not the whole backlog)."""
+    stmt = select(Job.id, Job.queue, Job.released_at).where(
+        Job.status == JobStatus.QUEUED.value, Job.released_at < cutoff
+    )
+    return [row for queue in known_queues(session) for row in session.execute(stmt.where(Job.queue == queue))]
 
 
 def jobs_in_broker(app: Celery, queues: set[str]) -> set[str]:
