@@ -258,3 +258,19 @@ def test_a_malformed_last_event_id_is_400_naming_the_header(client, keys, last_e
     job = submit(client, keys["a"], {"model": TINY, "prompt": "hi"}).get_json()["id"]
     response = client.get(f"/v1/jobs/{job}/events", headers={**auth(keys["a"]), "Last-Event-ID": last_event_id})
     assert response.status_code == 400 and error_of(response)["param"] == "Last-Event-ID"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", '{"model": "tiny", "prompt": "a\\ud800b"}'),
+        ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff"}]}'),
+        ("/v1/completions", '{"model": "tiny", "prompt": "x", "user": "\\ud83d"}'),
+    ],
+)
+def test_a_lone_surrogate_escape_is_a_400_naming_the_field(client, keys, path, body) -> None:
+    """JSON may escape half of a UTF-16 pair; no UTF-8 text (tokenizer, database) can hold it. It was a 500."""
+    response = client.post(path, data=body, headers={**auth(keys["a"]), "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.get_json()["error"]
+    assert "surrogate" in error["message"] and error["param"] in ("prompt", "messages.0.content", "user")
