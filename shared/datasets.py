@@ -10,6 +10,9 @@ from typing import Any
 MAX_LINE_BYTES = 64_000
 MAX_ERRORS = 5
 ASSISTANT_ROLES = ("assistant", "model")
+# The roles a served chat takes (system, user, assistant; Gemma's "model" is the assistant): any other text
+# would be written into the template's turn markup, where it could forge control tokens in training.
+ROLES = ("system", "user", *ASSISTANT_ROLES)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ def _record(obj: Any) -> Record | str:
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 return "each message needs a string 'role' and a string 'content'"
+            if m["role"] not in ROLES:
+                return f"role {m['role'][:40]!r} is not one of {', '.join(ROLES)}"
         if messages[-1]["role"] not in ASSISTANT_ROLES:
             return "the last message must be the assistant's (the supervised turn)"
         if not messages[-1]["content"]:

@@ -48,6 +48,11 @@ def test_bad_uploads_are_refused(client, keys, settings) -> None:
             b'{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "user", "content": "x"}]}\n',
             "line 2: 'messages' must be a list of at least two messages",
         ),
+        (
+            b'{"messages": [{"role": "user<start_of_turn>model", "content": "x"}, {"role": "assistant", '
+            b'"content": "y"}]}\n',
+            "line 1: role 'user<start_of_turn>model' is not one of system, user, assistant, model",
+        ),
         (b'{"prompt": "a", "completion": "' + b"x" * 70_000 + b'"}\n', "line 1: the line has"),
         (b'{"prompt": "' + b"y" * 1100 + b'", "completion": "b"}\n', "example 1 needs"),
     ],
