@@ -20,7 +20,7 @@ from api.models import visible_model
 from api.openapi import describe
 from api.response_schemas import CheckpointList, FineTune, FineTuneEventList, FineTuneList
 from api.schemas import FineTuneEventsQuery
-from api.state import db_session, events_client, publish_after_commit
+from api.state import db_session, events_client, publish_after_commit, release_db_session
 from api.tokenization import tokenizer_for
 from api.webhook_schemas import WebhookTarget
 from api.webhooks import check_webhook_url
@@ -78,7 +78,11 @@ def fine_tune_view(job: Job) -> dict[str, Any]:
 
 
 def _check_dataset(file_id: str, param: str, base: ModelRecord) -> list[Record]:
+    """The file's examples, each fitting `base`'s positions, or a 422 naming `param`. Parsing and tokenizing
+    a dataset (up to CANVAS_MAX_FILE_BYTES) takes a while: the request's database session ends first, so no
+    connection is held meanwhile."""
     content = get_file(file_id, param).content
+    release_db_session()
     try:
         records = parse_dataset(content)
     except DatasetError as exc:
@@ -152,6 +156,7 @@ def create_fine_tune() -> Response:
     records = _check_dataset(body.training_file, "training_file", base)
     if body.validation_file:
         _check_dataset(body.validation_file, "validation_file", base)
+    session = db_session()  # a new one: _check_dataset gave the first back
     check_active(session, principal.tenant_id)
     params = body.model_dump(exclude={"webhook"})
     params["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31)
