@@ -3,8 +3,9 @@
 Taken: `max_tokens` (or `max_completion_tokens`), `temperature` (scales the released schedule: 1.0 is
 t 0.4 -> 0.8), `stop`, `seed`, `stream`, `stream_options.include_usage`, `n` (seeds denoised side by side),
 `logprobs`/`top_logprobs` (under the final denoising step's distribution), and on /v1/completions a token-id
-`prompt` and `suffix` (an infill job). Chat messages may hold text content parts, a `name`, null assistant
-content and the `developer` role (rendered as `system`).
+`prompt`, several prompts (up to MAX_PROMPTS, one job each; not streamed) and `suffix` (an infill job).
+Chat messages may hold text content parts, a `name`, null assistant content and the `developer` role
+(rendered as `system`).
 
 Knobs of autoregressive decoding at their neutral values (`top_p` 1, penalties 0, `logit_bias` {}, `best_of`
 1, `echo` false, `response_format` text, no tools) are accepted, because common clients send them by
@@ -30,6 +31,7 @@ RELEASED_T = (0.4, 0.8)  # t_min, t_max of the released schedule: temperature 1.
 OPENAI_NAMES = {"max_new_tokens": "max_tokens", "t_min": "temperature", "t_max": "temperature", "stop": "stop"}
 COLDEST = 0.0025  # temperature 0 (greedy in OpenAI's terms) -> t_min = 0.001: effectively argmax
 SUFFIX_HOLE_TOKENS = 16  # the fill's length with `suffix` when max_tokens is not given (OpenAI's default)
+MAX_PROMPTS = 20  # prompts in one /v1/completions request (LangChain's OpenAI batches 20): one job each
 
 
 class UnsupportedValue(InvalidRequest):
@@ -170,21 +172,45 @@ class CompletionCreate(_Common):
         return bool(self.suffix)
 
     def job(self) -> JobCreate:
-        prompt = self._one_prompt()
+        """The job of a request with one prompt (a Batch API line); several prompts are a 400 here."""
+        prompts = self._prompts()
+        if len(prompts) != 1:
+            raise InvalidRequest("send one prompt per line (a list of prompts must hold exactly one)", "prompt")
+        return self._job(prompts[0])
+
+    def jobs(self) -> list[JobCreate]:
+        """One job per prompt, in order (each with `n` seeds); every prompt is checked before any is returned.
+        Several prompts cannot stream (a 400 naming `prompt`)."""
+        prompts = self._prompts()
+        if len(prompts) > 1 and self.streaming:
+            raise InvalidRequest(
+                f"stream: true takes one prompt, not {len(prompts)}: send one streaming request per prompt, "
+                "or leave stream out to get all the choices at once",
+                "prompt",
+            )
+        return [self._job(prompt) for prompt in prompts]
+
+    def _job(self, prompt: str | list[int]) -> JobCreate:
         if self.infill:
             return self._infill_job(prompt)
         given = {"prompt": prompt} if isinstance(prompt, str) else {"input_ids": prompt}
         return self.generate_job(self.params(self.max_tokens), self.logprobs, **given)
 
-    def _one_prompt(self) -> str | list[int]:
+    def _prompts(self) -> list[str | list[int]]:
+        """The request's prompts: one text or token-id list, or a list of them (at most MAX_PROMPTS)."""
         prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise InvalidRequest("send one prompt per request (a list of prompts must hold exactly one)", "prompt")
-            prompt = prompt[0]
-        if not prompt:
-            raise InvalidRequest("prompt must not be empty", "prompt")
-        return prompt  # type: ignore[return-value]
+        several = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], str | list)
+        prompts: list[Any] = list(prompt) if several else [prompt]  # type: ignore[arg-type]
+        if len(prompts) > MAX_PROMPTS:
+            raise InvalidRequest(
+                f"{len(prompts)} prompts in one request; at most {MAX_PROMPTS} (send the rest in another request, "
+                "or use the Batch API)",
+                "prompt",
+            )
+        for i, one in enumerate(prompts):
+            if not one:
+                raise InvalidRequest("prompt must not be empty", "prompt" if not several else f"prompt.{i}")
+        return prompts
 
     def _infill_job(self, prompt: str | list[int]) -> JobCreate:
         """prompt + a hole of max_tokens tokens + suffix, denoised as one canvas with the texts pinned."""
@@ -267,6 +293,9 @@ class ChatCompletionCreate(_Common):
     audio: Any = None
     prediction: Any = None
     web_search_options: Any = None
+
+    def jobs(self) -> list[JobCreate]:
+        return [self.job()]
 
     def job(self) -> JobCreate:
         if self.max_tokens is not None and self.max_completion_tokens is not None:

@@ -9,6 +9,10 @@ chunks (server-sent events ending with `data: [DONE]`), one `index` per choice, 
 could begin a stop string, and the text is cut at the first stop string however it was tokenized. Errors
 about a job that exists carry `x-should-retry: false` and its id: a retry would submit a second job.
 Errors are in OpenAI's shape, bad input a 400 (api/errors.py).
+
+A completion with several prompts (`prompt: ["a", "b"]` or token-id lists, at most 20) makes one job per
+prompt and answers once all are done, choice `index` = prompt_index * n + choice_index, usage summed; the
+`x-canvas-job-id` header lists the jobs, comma-separated. It cannot stream (a 400 naming `prompt`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from api.bodies import read_json_object
 from api.completion_schemas import ChatCompletionCreate, CompletionCreate
 from api.errors import error_response, register_openai_error_handlers
 from api.job_events import KEEPALIVE_SECONDS, follow_job
+from api.job_kinds import plan_job
 from api.jobs import accept_job
 from api.long_requests import take_slot
+from api.models import visible_model
 from api.openapi import IDEMPOTENCY_KEY, describe
 from api.response_schemas import ErrorBody, OpenAICompletion
-from api.state import events_client, release_db_session, settings
+from api.state import db_session, events_client, release_db_session, settings
+from shared.errors import InvalidRequest
 from shared.openai_responses import Shape, answers, completion_body, error_status, job_error, usage
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
@@ -78,10 +85,10 @@ def create_chat_completion() -> Response:
 def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bool) -> Response:
     raw = read_json_object()
     body = schema.model_validate(raw)
-    job = body.job()  # every check of the body before a slot is taken
+    jobs = body.jobs()  # every check of the body before a slot is taken
     release = take_slot()  # before the job exists: a 503 here records nothing
     try:
-        response = _answer(body, job, raw, chat)
+        response = _answer(body, jobs[0], raw, chat) if len(jobs) == 1 else _answer_several(body, jobs, raw)
     except BaseException:
         release()
         raise
@@ -108,14 +115,65 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: di
         return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
     finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
     if finished is None:
-        message = (
-            f"job {job.id} is still running after {settings().sync_wait_seconds:g} s; it goes on: "
-            f"GET /v1/jobs/{job.id} (or stream it: stream=true, or retry with the same Idempotency-Key)"
-        )
-        return error_response(504, "timeout", message, code="timeout", job_id=job.id)
+        return _timeout([job.id])
     if finished["status"] != "succeeded":
         return _job_error(finished)
     return jsonify(completion_body(shape, finished))
+
+
+def _answer_several(
+    body: CompletionCreate | ChatCompletionCreate, requests: list[Any], raw: dict[str, Any]
+) -> Response:
+    """A completion with several prompts (never streamed): every prompt is planned first (a prompt that does
+    not fit the model is a 400 before any job exists), then one job per prompt is accepted, each with the
+    request's Idempotency-Key and its index (`key#i`), so a replay finds them all. A rate limit reached part
+    way leaves the earlier prompts' jobs accepted; its 429 names them (a retry with the same key reuses
+    them). The answer waits for all of them within one deadline."""
+    session = db_session()
+    for i, request in enumerate(requests):
+        try:
+            plan_job(request, visible_model(session, request.model))
+        except InvalidRequest as exc:  # name the prompt: prompt.1, not input_ids
+            raise type(exc)(f"prompt {i}: {exc.message}", f"prompt.{i}") from None
+    jobs = []
+    for i, request in enumerate(requests):
+        job, _created = accept_job(request, raw, part=i)
+        jobs.append(job)
+        g.canvas_job_id = ",".join(j.id for j in jobs)  # answers name every accepted job (name_the_job)
+    release_db_session()
+    created = int(jobs[0].created_at.timestamp())
+    shape = Shape(
+        False, jobs[0].id, jobs[0].model, created, body.choices, isinstance(body, CompletionCreate) and body.infill
+    )
+    deadline = time.monotonic() + settings().sync_wait_seconds
+    finished = []
+    for job in jobs:
+        events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=1.0)
+        view = _wait(events, deadline)
+        if view is None:
+            return _timeout([j.id for j in jobs])
+        if view["status"] != "succeeded":
+            return _job_error(view)
+        finished.append(view)
+    return jsonify(completion_body(shape, *finished))
+
+
+def _timeout(job_ids: list[str]) -> Response:
+    """A 504 naming the jobs still running: they go on."""
+    wait = settings().sync_wait_seconds
+    if len(job_ids) == 1:
+        (job_id,) = job_ids
+        message = (
+            f"job {job_id} is still running after {wait:g} s; it goes on: "
+            f"GET /v1/jobs/{job_id} (or stream it: stream=true, or retry with the same Idempotency-Key)"
+        )
+        return error_response(504, "timeout", message, code="timeout", job_id=job_id)
+    named = ", ".join(job_ids)
+    message = (
+        f"jobs {named} (one per prompt) are not all finished after {wait:g} s; they go on: "
+        "GET /v1/jobs/{id} for each (or retry with the same Idempotency-Key)"
+    )
+    return error_response(504, "timeout", message, code="timeout", job_id=job_ids[0], job_ids=job_ids)
 
 
 def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, Any] | None:

@@ -69,7 +69,7 @@ OPENAI_CODES: dict[type[CanvasError], str] = {
 PYDANTIC_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter"}
 
 
-def error_response(status: int, type_: str, message: str, param: str | None = None, **extra: str | None) -> Response:
+def error_response(status: int, type_: str, message: str, param: str | None = None, **extra: Any) -> Response:
     """The error as JSON; `extra` adds fields to it (OpenAI's `code`)."""
     response = jsonify({"error": {"type": type_, "message": message, "param": param, **extra}})
     response.status_code = status

@@ -84,6 +84,15 @@ def idempotency_key() -> str | None:
     return key
 
 
+def part_key(key: str, part: int) -> str:
+    """The Idempotency-Key of part `part` of a request that makes several jobs: `key#part` (a key too long
+    for that is replaced by its SHA-256 first), so a replay of the request finds each part's job."""
+    suffix = f"#{part}"
+    if len(key) + len(suffix) > MAX_IDEMPOTENCY_KEY:
+        key = hashlib.sha256(key.encode()).hexdigest()
+    return key + suffix
+
+
 @bp.post("")
 @describe("Submit a job", body=JobCreate, responses={202: JobShape, 200: JobShape}, headers=[IDEMPOTENCY_KEY])
 def submit_job() -> Response:
@@ -99,14 +108,18 @@ def submit_job() -> Response:
     return response
 
 
-def accept_job(body: JobCreate, raw: dict[str, Any]) -> tuple[Job, bool]:
+def accept_job(body: JobCreate, raw: dict[str, Any], part: int | None = None) -> tuple[Job, bool]:
     """Record and enqueue a validated job for the request's tenant, or find the one its Idempotency-Key
-    made (same body). Returns (job, created). Raises InvalidRequest naming the field that is wrong, and
-    RateLimited past the tenant's limits (a replay is never limited)."""
+    made (same body). Returns (job, created). `part`: the job is part `part` of a request that makes several
+    (a completion with several prompts): its key is the request's key and the part (part_key). Raises
+    InvalidRequest naming the field that is wrong, and RateLimited past the tenant's limits (a replay is
+    never limited)."""
     principal = current_principal()
     session = db_session()
     model = visible_model(session, body.model)
     key = idempotency_key()
+    if key and part is not None:
+        key = part_key(key, part)
     digest = _request_hash(raw)
     if key and (existing := _replay_idempotent(session, principal.tenant_id, key, digest)):
         return existing, False

@@ -1,6 +1,7 @@
 """OpenAI's response shapes for a generation job: the one owner of how a finished job reads as a completion
 or chat completion (the OpenAI routes answer with it; the Batch API writes it into output files): its
-choices (one, or `n`), their log-probabilities, an infill job's fill, usage.
+choices (one, or `n`; `n` per prompt for a completion with several prompts, one job each), their
+log-probabilities, an infill job's fill, usage.
 
 Knows job views (the dicts of shared/views.py), not Flask, the database or how the job ran.
 """
@@ -115,14 +116,18 @@ def usage(job: dict[str, Any], choices: list[Answer] | None = None) -> dict[str,
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_body(shape: Shape, job: dict[str, Any]) -> dict[str, Any]:
-    """The whole non-streamed answer for a succeeded job's view."""
-    choices = answers(job["output"], shape.infill or job.get("kind") == "infill")
-    return {
-        **shape.envelope(chunk=False),
-        "choices": [shape.choice(a.text, a.finish, False, i, a.logprobs) for i, a in enumerate(choices)],
-        "usage": usage(job, choices),
-    }
+def completion_body(shape: Shape, *jobs: dict[str, Any]) -> dict[str, Any]:
+    """The whole non-streamed answer for succeeded jobs' views: one job per prompt, in the prompts' order
+    (usually one); choice `index` is prompt_index * n + choice_index, as OpenAI numbers them; usage summed."""
+    choices: list[dict[str, Any]] = []
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for p, job in enumerate(jobs):
+        mine = answers(job["output"], shape.infill or job.get("kind") == "infill")
+        first = p * shape.choices
+        choices += [shape.choice(a.text, a.finish, False, first + i, a.logprobs) for i, a in enumerate(mine)]
+        for name, count in usage(job, mine).items():
+            total[name] += count
+    return {**shape.envelope(chunk=False), "choices": choices, "usage": total}
 
 
 def job_error(job: dict[str, Any]) -> tuple[str, str]:

@@ -100,6 +100,40 @@ def test_a_token_id_prompt_and_a_list_of_one_prompt_are_taken(quick_app, keys) -
     assert job["input"] == {"prompt": "say"}
 
 
+def jobs_of(client, key: str) -> list[dict]:
+    return client.get("/v1/jobs", headers=auth(key)).get_json()["data"]
+
+
+def test_several_prompts_make_one_job_each_and_a_replay_finds_them_all(quick_app, keys) -> None:
+    """prompt: [...] (as LangChain's OpenAI batches it): one job per prompt, in order, each with n seeds;
+    the 504 names them all; the same Idempotency-Key again makes no new job and names the same ones."""
+    client = quick_app.test_client()
+    key = {"Idempotency-Key": "many-1"}
+    response = post(client, keys["a"], "completions", headers=key, prompt=["a", "b", "c"], n=2, max_tokens=4)
+    assert response.status_code == 504 and response.headers["x-should-retry"] == "false"
+    error = response.get_json()["error"]
+    ids = error["job_ids"]
+    assert len(set(ids)) == 3 and error["job_id"] == ids[0] and all(i in error["message"] for i in ids)
+    assert response.headers["x-canvas-job-id"] == ",".join(ids)
+    jobs = [client.get(f"/v1/jobs/{i}", headers=auth(keys["a"])).get_json() for i in ids]
+    assert [j["input"] for j in jobs] == [{"prompt": p, "n": 2} for p in "abc"]
+    again = post(client, keys["a"], "completions", headers=key, prompt=["a", "b", "c"], n=2, max_tokens=4)
+    assert again.get_json()["error"]["job_ids"] == ids and len(jobs_of(client, keys["a"])) == 3
+    ids_only = post(client, keys["a"], "completions", prompt=[[5, 6], [7]], max_tokens=4).get_json()["error"]
+    assert [client.get(f"/v1/jobs/{i}", headers=auth(keys["a"])).get_json()["input"] for i in ids_only["job_ids"]] == [
+        {"input_ids": [5, 6]},
+        {"input_ids": [7]},
+    ]
+
+
+def test_one_bad_prompt_among_several_makes_no_job(quick_app, keys) -> None:
+    client = quick_app.test_client()
+    response = post(client, keys["a"], "completions", prompt=[[5, 6], [10**9]], max_tokens=4)
+    error = response.get_json()["error"]
+    assert response.status_code == 400 and error["param"] == "prompt.1" and "vocabulary" in error["message"]
+    assert jobs_of(client, keys["a"]) == []
+
+
 def test_n_and_logprobs_are_recorded_on_the_job(quick_app, keys) -> None:
     client = quick_app.test_client()
     job = recorded_job(client, keys["a"], post(client, keys["a"], "completions", prompt="x", n=3, logprobs=2))
@@ -125,7 +159,9 @@ def test_a_suffix_makes_an_infill_job_with_a_hole_of_max_tokens(quick_app, keys)
         ("completions", {"prompt": "hi", "echo": True}, "echo", "unsupported_value", "prepend"),
         ("completions", {"prompt": "hi", "bogus": 1}, "bogus", "unknown_parameter", "unknown field"),
         ("completions", {"prompt": "hi", "n": 17}, "n", "invalid_value", "less than or equal to 16"),
-        ("completions", {"prompt": ["a", "b"]}, "prompt", "invalid_value", "one prompt per request"),
+        ("completions", {"prompt": ["a"] * 21}, "prompt", "invalid_value", "at most 20"),
+        ("completions", {"prompt": ["a", "b"], "stream": True}, "prompt", "invalid_value", "one streaming request"),
+        ("completions", {"prompt": ["a", ""]}, "prompt.1", "invalid_value", "must not be empty"),
         ("completions", {"prompt": []}, "prompt", "invalid_value", "must not be empty"),
         ("completions", {}, "prompt", "missing_required_parameter", "Field required"),
         ("completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens", "invalid_value", "greater than or equal to 1"),
