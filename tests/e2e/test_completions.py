@@ -85,6 +85,35 @@ def test_n_choices_stream_each_under_its_index(live_api, keys) -> None:
     assert texts == [c["text"] for c in job["output"]["choices"]] and finished == {0, 1}
 
 
+def test_several_prompts_answer_n_choices_each_in_order(live_api, keys) -> None:
+    """prompt=[...] with n=2: a job per prompt; choice index prompt_index * 2 + choice_index holds that
+    job's choice; usage is the jobs' summed; the same Idempotency-Key replays the same jobs."""
+    client = sdk(live_api, keys["a"])
+    headers = {"Idempotency-Key": "many-sdk"}
+    prompts = ["hello", "the sky"]
+    answer = client.completions.create(
+        model=TINY, prompt=prompts, n=2, max_tokens=12, seed=7, extra_body=FAST, extra_headers=headers
+    )
+    native = Client(live_api.url, keys["a"])
+    jobs = native.http.get(f"{live_api.url}/v1/jobs").json()["data"]
+    by_prompt = {j["input"]["prompt"]: native.get(j["id"]) for j in jobs}
+    assert sorted(by_prompt) == sorted(prompts)
+    assert [c.index for c in answer.choices] == [0, 1, 2, 3]
+    expected = [c["text"] for p in prompts for c in by_prompt[p]["output"]["choices"]]
+    assert [c.text for c in answer.choices] == expected
+    assert answer.usage.prompt_tokens == sum(j["stats"]["prompt_tokens"] for j in by_prompt.values())
+    assert answer.usage.completion_tokens == sum(j["stats"]["output_tokens"] for j in by_prompt.values())
+    assert answer.id == "cmpl-" + by_prompt["hello"]["id"]
+    again = client.completions.create(
+        model=TINY, prompt=prompts, n=2, max_tokens=12, seed=7, extra_body=FAST, extra_headers=headers
+    )
+    assert again.id == answer.id and [c.text for c in again.choices] == expected
+    assert len(native.http.get(f"{live_api.url}/v1/jobs").json()["data"]) == 2
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=TINY, prompt=prompts, stream=True)
+    assert caught.value.param == "prompt"
+
+
 def test_logprobs_are_those_of_the_final_denoising_step(live_api, keys) -> None:
     """A canvas commits the argmax of its last step, so each returned token is that step's most likely
     one: its log-probability equals the first alternative's, and the alternatives come in order."""

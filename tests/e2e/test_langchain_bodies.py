@@ -65,3 +65,14 @@ def test_openai_llm_bodies_are_answered(live_api, keys) -> None:
     chunks = events(streamed)  # the SDK's Completion type has no null finish_reason: only the last parses
     assert all(c["object"] == "text_completion" and c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     assert Completion.model_validate(chunks[-1]).choices[0].finish_reason in ("stop", "length")
+
+
+def test_an_openai_llm_generate_body_with_several_prompts_is_answered(live_api, keys) -> None:
+    """LangChain's OpenAI.generate([...]) sends the prompts in one request: one choice per prompt, in order."""
+    payload = {**body("openai_llm_batch.json"), "max_tokens": 8, "canvas": {"max_denoising_steps": 6}}
+    response = post(live_api, keys["a"], "completions", payload)
+    assert response.status_code == 200, response.text
+    answer = Completion.model_validate(response.json())
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    job_ids = response.headers["x-canvas-job-id"].split(",")
+    assert len(set(job_ids)) == 3 and answer.id == "cmpl-" + job_ids[0]
