@@ -29,6 +29,7 @@ class ErrorDetail(_Shape):
     param: str | None = None
     code: str | None = None  # the OpenAI routes' errors (OpenAI's shape)
     job_id: str | None = None  # the OpenAI routes' errors about a job that exists (it goes on or it ended)
+    job_ids: list[str] | None = None  # a completion with several prompts: every job (job_id is the first)
 
 
 class ErrorBody(_Shape):

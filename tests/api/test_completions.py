@@ -9,6 +9,7 @@ import json
 import pytest
 
 from api.completions import _chunks
+from api.response_schemas import ErrorBody
 from shared.openai_responses import Shape, final_text
 from tests.conftest import TINY, auth
 
@@ -111,7 +112,7 @@ def test_several_prompts_make_one_job_each_and_a_replay_finds_them_all(quick_app
     key = {"Idempotency-Key": "many-1"}
     response = post(client, keys["a"], "completions", headers=key, prompt=["a", "b", "c"], n=2, max_tokens=4)
     assert response.status_code == 504 and response.headers["x-should-retry"] == "false"
-    error = response.get_json()["error"]
+    error = ErrorBody.model_validate(response.get_json()).error.model_dump()  # the documented shape
     ids = error["job_ids"]
     assert len(set(ids)) == 3 and error["job_id"] == ids[0] and all(i in error["message"] for i in ids)
     assert response.headers["x-canvas-job-id"] == ",".join(ids)
