@@ -3,7 +3,7 @@
 Taken: `max_tokens` (or `max_completion_tokens`), `temperature` (scales the released schedule: 1.0 is
 t 0.4 -> 0.8), `stop`, `seed`, `stream`, `stream_options.include_usage`, `n` (seeds denoised side by side),
 `logprobs`/`top_logprobs` (under the final denoising step's distribution), and on /v1/completions a token-id
-`prompt`, several prompts (up to MAX_PROMPTS, one job each; not streamed) and `suffix` (an infill job).
+`prompt`, several prompts (up to MAX_PROMPTS, one job each) and `suffix` (an infill job).
 Chat messages may hold text content parts, a `name`, null assistant content and the `developer` role
 (rendered as `system`).
 
@@ -179,16 +179,8 @@ class CompletionCreate(_Common):
         return self._job(prompts[0])
 
     def jobs(self) -> list[JobCreate]:
-        """One job per prompt, in order (each with `n` seeds); every prompt is checked before any is returned.
-        Several prompts cannot stream (a 400 naming `prompt`)."""
-        prompts = self._prompts()
-        if len(prompts) > 1 and self.streaming:
-            raise InvalidRequest(
-                f"stream: true takes one prompt, not {len(prompts)}: send one streaming request per prompt, "
-                "or leave stream out to get all the choices at once",
-                "prompt",
-            )
-        return [self._job(prompt) for prompt in prompts]
+        """One job per prompt, in order (each with `n` seeds); every prompt is checked before any is returned."""
+        return [self._job(prompt) for prompt in self._prompts()]
 
     def _job(self, prompt: str | list[int]) -> JobCreate:
         if self.infill:

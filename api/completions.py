@@ -12,14 +12,15 @@ Errors are in OpenAI's shape, bad input a 400 (api/errors.py).
 
 A completion with several prompts (`prompt: ["a", "b"]` or token-id lists, at most 20) makes one job per
 prompt and answers once all are done, choice `index` = prompt_index * n + choice_index, usage summed; the
-`x-canvas-job-id` header lists the jobs, comma-separated. It cannot stream (a 400 naming `prompt`).
+`x-canvas-job-id` header lists the jobs, comma-separated. Streamed, the jobs' chunks are relayed one job
+after the other, each under its global index.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, stream_with_context
@@ -43,6 +44,7 @@ bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
 register_openai_error_handlers(bp)
 JOB_ID_HEADER = "x-canvas-job-id"
+Usage = dict[str, int]
 
 
 @bp.after_request
@@ -109,10 +111,7 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: di
     quiet = KEEPALIVE_SECONDS if body.streaming else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
     if body.streaming:
-        with_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chunks(events, shape, with_usage)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
+        return _stream(_chunks([events], shape, _with_usage(body)))
     finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
     if finished is None:
         return _timeout([job.id])
@@ -124,11 +123,11 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: di
 def _answer_several(
     body: CompletionCreate | ChatCompletionCreate, requests: list[Any], raw: dict[str, Any]
 ) -> Response:
-    """A completion with several prompts (never streamed): every prompt is planned first (a prompt that does
+    """A completion with several prompts: every prompt is planned first (a prompt that does
     not fit the model is a 400 before any job exists), then one job per prompt is accepted, each with the
     request's Idempotency-Key and its index (`key#i`), so a replay finds them all. A rate limit reached part
     way leaves the earlier prompts' jobs accepted; its 429 names them (a retry with the same key reuses
-    them). The answer waits for all of them within one deadline."""
+    them). The answer waits for all of them within one deadline, or streams them one after the other."""
     session = db_session()
     for i, request in enumerate(requests):
         try:
@@ -145,6 +144,9 @@ def _answer_several(
     shape = Shape(
         False, jobs[0].id, jobs[0].model, created, body.choices, isinstance(body, CompletionCreate) and body.infill
     )
+    if body.streaming:  # each job's events wait in its stream until its turn to be relayed
+        streams = [follow_job(settings().database_url, events_client(), j.id, "0-0") for j in jobs]
+        return _stream(_chunks(streams, shape, _with_usage(body)))
     deadline = time.monotonic() + settings().sync_wait_seconds
     finished = []
     for job in jobs:
@@ -176,6 +178,15 @@ def _timeout(job_ids: list[str]) -> Response:
     return error_response(504, "timeout", message, code="timeout", job_id=job_ids[0], job_ids=job_ids)
 
 
+def _with_usage(body: CompletionCreate | ChatCompletionCreate) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _stream(chunks: Iterator[str]) -> Response:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(stream_with_context(chunks), mimetype="text/event-stream", headers=headers)
+
+
 def _wait(events: Iterator[tuple[str, Any, Any]], deadline: float) -> dict[str, Any] | None:
     """The finished job's view, or None once `deadline` passes (checked at every event and keep-alive)."""
     for kind, _event_id, data in events:
@@ -191,19 +202,37 @@ def _job_error(job: dict[str, Any]) -> Response:
     return error_response(error_status(job), *job_error(job), code=f"job_{job['status']}", job_id=job.get("id"))
 
 
-def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, with_usage: bool) -> Iterator[str]:
-    """OpenAI chunks from the job's canvas events, relayed as the worker assembled them (it holds back what
-    could begin a stop string), one `index` per choice; each choice's final text decides what its last
-    chunk adds. If the job is retried (a lost worker), its new attempt's text is followed from its start,
-    and only what goes beyond the text already sent is relayed."""
-    sent = [""] * shape.choices  # text relayed per choice
-    current = [""] * shape.choices  # text of the current attempt so far, per choice
+def _chunks(streams: list[Iterator[tuple[str, Any, Any]]], shape: Shape, with_usage: bool) -> Iterator[str]:
+    """OpenAI chunks from the jobs' canvas events: one job per prompt (usually one), relayed one job after
+    the other (a later job's events wait in its stream), its choice i under `index` prompt_index * n + i;
+    then the usage of them all (with `with_usage`) and `[DONE]`."""
     if shape.chat:
         roles = [
             {"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
             for i in range(shape.choices)
         ]
         yield _data({**shape.envelope(chunk=True), "choices": roles})
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for p, events in enumerate(streams):
+        counted = yield from _relay(events, shape, p * shape.choices)
+        if counted is None:  # an error chunk ended the stream
+            break
+        for name, count in counted.items():
+            total[name] += count
+    else:
+        if with_usage:
+            yield _data({**shape.envelope(chunk=True), "choices": [], "usage": total})
+    yield "data: [DONE]\n\n"
+
+
+def _relay(events: Iterator[tuple[str, Any, Any]], shape: Shape, first: int) -> Generator[str, None, Usage | None]:
+    """One job's chunks, relayed as the worker assembled them (it holds back what could begin a stop
+    string), its choice i under index `first` + i; each choice's final text decides what its last chunk
+    adds. If the job is retried (a lost worker), its new attempt's text is followed from its start, and only
+    what goes beyond the text already sent is relayed. Returns the job's usage, or None if it did not
+    succeed (its error chunk was sent) or its events ended first."""
+    sent = [""] * shape.choices  # text relayed per choice
+    current = [""] * shape.choices  # text of the current attempt so far, per choice
     for kind, _event_id, data in events:
         if kind == "keepalive":
             yield ": keep-alive\n\n"
@@ -216,18 +245,18 @@ def _chunks(events: Iterator[tuple[str, Any, Any]], shape: Shape, with_usage: bo
             current[i] += data.get("text", "")
             if len(current[i]) > len(sent[i]) and current[i].startswith(sent[i]):
                 delta, sent[i] = current[i][len(sent[i]) :], current[i]
-                yield _data({**shape.envelope(chunk=True), "choices": [shape.choice(delta, None, chunk=True, index=i)]})
+                chunk = shape.choice(delta, None, chunk=True, index=first + i)
+                yield _data({**shape.envelope(chunk=True), "choices": [chunk]})
         elif kind == "done":
-            yield from _last_chunks(data, shape, sent, with_usage)
-            break
-    yield "data: [DONE]\n\n"
+            return (yield from _last_chunks(data, shape, sent, first))
+    return None
 
 
-def _last_chunks(job: dict[str, Any], shape: Shape, sent: list[str], with_usage: bool) -> Iterator[str]:
+def _last_chunks(job: dict[str, Any], shape: Shape, sent: list[str], first: int) -> Generator[str, None, Usage | None]:
     if job.get("status") != "succeeded":
         type_, message = job_error(job)
         yield _data({"error": {"type": type_, "message": message, "param": None, "code": f"job_{job.get('status')}"}})
-        return
+        return None
     choices = answers(job["output"], shape.infill)
     for i, answer in enumerate(choices):
         if not answer.text.startswith(sent[i]):  # a retried attempt wrote other text than the one relayed
@@ -235,13 +264,12 @@ def _last_chunks(job: dict[str, Any], shape: Shape, sent: list[str], with_usage:
             yield _data(
                 {"error": {"type": "output_changed", "message": message, "param": None, "code": "output_changed"}}
             )
-            return
+            return None
     for i, answer in enumerate(choices):
         rest = answer.text[len(sent[i]) :]
-        last = shape.choice(rest, answer.finish, chunk=True, index=i, logprobs=answer.logprobs)
+        last = shape.choice(rest, answer.finish, chunk=True, index=first + i, logprobs=answer.logprobs)
         yield _data({**shape.envelope(chunk=True), "choices": [last]})
-    if with_usage:
-        yield _data({**shape.envelope(chunk=True), "choices": [], "usage": usage(job, choices)})
+    return usage(job, choices)
 
 
 def _data(payload: dict[str, Any]) -> str:

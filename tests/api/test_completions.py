@@ -161,7 +161,6 @@ def test_a_suffix_makes_an_infill_job_with_a_hole_of_max_tokens(quick_app, keys)
         ("completions", {"prompt": "hi", "bogus": 1}, "bogus", "unknown_parameter", "unknown field"),
         ("completions", {"prompt": "hi", "n": 17}, "n", "invalid_value", "less than or equal to 16"),
         ("completions", {"prompt": ["a"] * 21}, "prompt", "invalid_value", "at most 20"),
-        ("completions", {"prompt": ["a", "b"], "stream": True}, "prompt", "invalid_value", "one streaming request"),
         ("completions", {"prompt": ["a", ""]}, "prompt.1", "invalid_value", "must not be empty"),
         ("completions", {"prompt": []}, "prompt", "invalid_value", "must not be empty"),
         ("completions", {}, "prompt", "missing_required_parameter", "Field required"),
@@ -226,7 +225,7 @@ def test_models_carry_openais_fields_and_ours(client, keys) -> None:
 
 def streamed(events: list, choices: int = 1) -> tuple[list[str], list[dict]]:
     shape = Shape(chat=False, job_id="job_1", model="m", created=0, choices=choices)
-    chunks = list(_chunks(iter(events), shape, with_usage=False))
+    chunks = list(_chunks([iter(events)], shape, with_usage=False))
     assert chunks[-1] == "data: [DONE]\n\n"
     payloads = [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
     texts = [""] * choices
@@ -294,3 +293,33 @@ def test_a_retried_job_is_not_streamed_twice() -> None:
     other = [*events[:3], ("canvas", "4", {"text": "howdy"}), done("howdy")]  # a retry that wrote otherwise
     changed, payloads = streamed(other)
     assert changed == ["hello "] and payloads[-1]["error"]["type"] == "output_changed"
+
+
+def test_several_jobs_stream_one_after_the_other_under_global_indexes() -> None:
+    """Two prompts, n=2: job p's choice i comes under index p * 2 + i; usage is both jobs' sum; a job that
+    failed ends the stream with its error and no usage."""
+    shape = Shape(chat=False, job_id="job_1", model="m", created=0, choices=2)
+
+    def job(texts: list[str], prompt_tokens: int) -> list[tuple]:
+        choices = [{"text": t, "token_ids": [1] * len(t), "finish_reason": "eos"} for t in texts]
+        canvases = [("canvas", str(i), {"text": t[:1], "index": i}) for i, t in enumerate(texts)]
+        view = {
+            "id": "j",
+            "status": "succeeded",
+            "output": {"choices": choices},
+            "stats": {"prompt_tokens": prompt_tokens},
+        }
+        return [*canvases, ("done", None, view)]
+
+    streams = [iter(job(["ab", "cd"], 3)), iter(job(["efg", "h"], 4))]
+    chunks = list(_chunks(streams, shape, with_usage=True))
+    payloads = [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
+    texts = ["", "", "", ""]
+    for p in payloads:
+        for c in p["choices"]:
+            texts[c["index"]] += c["text"]
+    assert texts == ["ab", "cd", "efg", "h"] and chunks[-1] == "data: [DONE]\n\n"
+    assert payloads[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15}
+    failed = [("done", None, {"id": "j2", "status": "failed", "error": {"message": "boom"}})]
+    chunks = list(_chunks([iter(job(["ab", "cd"], 3)), iter(failed)], shape, with_usage=True))
+    assert "boom" in chunks[-2] and not any("usage" in c for c in chunks)

@@ -87,7 +87,8 @@ def test_n_choices_stream_each_under_its_index(live_api, keys) -> None:
 
 def test_several_prompts_answer_n_choices_each_in_order(live_api, keys) -> None:
     """prompt=[...] with n=2: a job per prompt; choice index prompt_index * 2 + choice_index holds that
-    job's choice; usage is the jobs' summed; the same Idempotency-Key replays the same jobs."""
+    job's choice; usage is the jobs' summed; the same Idempotency-Key replays the same jobs; streamed, each
+    job's choices come under their global index."""
     client = sdk(live_api, keys["a"])
     headers = {"Idempotency-Key": "many-sdk"}
     prompts = ["hello", "the sky"]
@@ -109,9 +110,20 @@ def test_several_prompts_answer_n_choices_each_in_order(live_api, keys) -> None:
     )
     assert again.id == answer.id and [c.text for c in again.choices] == expected
     assert len(native.http.get(f"{live_api.url}/v1/jobs").json()["data"]) == 2
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=TINY, prompt=prompts, stream=True)
-    assert caught.value.param == "prompt"
+    stream = client.completions.create(
+        model=TINY, prompt=prompts, n=2, max_tokens=40, seed=7, stream=True, extra_body=FAST
+    )
+    streamed, finished = ["", "", "", ""], set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    earlier = {j["id"] for j in by_prompt.values()}
+    later = [native.get(j["id"]) for j in native.http.get(f"{live_api.url}/v1/jobs").json()["data"]]
+    later_by_prompt = {j["input"]["prompt"]: j for j in later if j["id"] not in earlier}
+    assert streamed == [c["text"] for p in prompts for c in later_by_prompt[p]["output"]["choices"]]
+    assert finished == {0, 1, 2, 3}
 
 
 def test_logprobs_are_those_of_the_final_denoising_step(live_api, keys) -> None:
