@@ -127,6 +127,23 @@ def test_several_prompts_make_one_job_each_and_a_replay_finds_them_all(quick_app
     ]
 
 
+def test_a_rate_limit_part_way_names_the_accepted_jobs_and_a_keyed_retry_reuses_them(settings, keys) -> None:
+    """The documented rule: prompts are accepted in order; a 429 at prompt 2 leaves jobs 0 and 1, names
+    them and says not to retry blindly; the same Idempotency-Key later reuses them and adds prompt 2's."""
+    from api.app import create_app
+
+    client = create_app(settings.with_(sync_wait_seconds=0.5, max_active_jobs=2)).test_client()
+    key = {"Idempotency-Key": "limited"}
+    response = post(client, keys["a"], "completions", headers=key, prompt=["a", "b", "c"], max_tokens=4)
+    assert response.status_code == 429 and response.headers["x-should-retry"] == "false"
+    accepted = response.headers["x-canvas-job-id"].split(",")
+    assert len(accepted) == 2 and {j["id"] for j in jobs_of(client, keys["a"])} == set(accepted)
+    client.post(f"/v1/jobs/{accepted[1]}/cancel", headers=auth(keys["a"]))  # one slot frees up
+    again = post(client, keys["a"], "completions", headers=key, prompt=["a", "b", "c"], max_tokens=4)
+    named = again.headers["x-canvas-job-id"].split(",")
+    assert named[:2] == accepted and len(named) == 3 and len(jobs_of(client, keys["a"])) == 3
+
+
 def test_one_bad_prompt_among_several_makes_no_job(quick_app, keys) -> None:
     client = quick_app.test_client()
     response = post(client, keys["a"], "completions", prompt=[[5, 6], [10**9]], max_tokens=4)
