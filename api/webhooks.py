@@ -18,6 +18,7 @@ from api.response_schemas import WebhookEndpoint as EndpointShape
 from api.schemas import DeliveriesQuery
 from api.state import db_session, settings
 from api.webhook_schemas import EndpointCreate, EndpointUpdate
+from shared.db import commit_retrying
 from shared.errors import InvalidRequest, NotFound
 from shared.jobs import get_job
 from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
@@ -170,9 +171,9 @@ def update_endpoint(endpoint_id: str) -> Response:
 @bp.delete("/v1/webhook_endpoints/<endpoint_id>")
 @describe("Delete a webhook endpoint", responses={204: None})
 def delete_endpoint(endpoint_id: str) -> Response:
-    session = db_session()
-    session.delete(_endpoint(session, endpoint_id))
-    session.commit()
+    # Deleting an endpoint deletes its messages and attempts (ON DELETE CASCADE), whose rows the webhook
+    # worker may be updating in another order: a deadlock PostgreSQL breaks by aborting one side.
+    commit_retrying(db_session(), lambda session: session.delete(_endpoint(session, endpoint_id)))
     return Response(status=204)
 
 

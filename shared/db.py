@@ -8,10 +8,12 @@ database host that has gone silent fails requests with an error instead of holdi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5  # libpq counts whole seconds (and waits at least 2)
@@ -84,3 +86,27 @@ def session_scope(url: str) -> Iterator[Session]:
 def dispose_engine(url: str) -> None:
     """Drop the pooled connections of one URL (after a fork, or when a test drops its database)."""
     get_engine(url).dispose()
+
+
+T = TypeVar("T")
+
+# PostgreSQL aborts one transaction of a deadlock (SQLSTATE 40P01) or of a serialization conflict (40001)
+# and expects the application to run it again.
+RETRYABLE_SQLSTATES = ("40P01", "40001")
+TRANSACTION_ATTEMPTS = 3
+
+
+def commit_retrying(session: Session, work: Callable[[Session], T]) -> T:
+    """Run `work(session)` and commit; when PostgreSQL aborts the transaction as a deadlock's victim, roll
+    back and run it again (up to TRANSACTION_ATTEMPTS times). `work` must be safe to run again from the
+    start: it reads what it changes inside the transaction. Other errors propagate at once."""
+    for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+        try:
+            result = work(session)
+            session.commit()
+            return result
+        except OperationalError as exc:
+            session.rollback()
+            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == TRANSACTION_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import psycopg
 import pytest
+from sqlalchemy import make_url
 
 from api.app import create_app
+from shared.db import session_scope
+from shared.models import WebhookMessage
 from tests.conftest import TINY, auth
 
 
@@ -160,3 +167,46 @@ def test_bad_endpoint_bodies_are_422(client, keys, body, param) -> None:
     response = client.post("/v1/webhook_endpoints", json=body, headers=auth(keys["a"]))
     assert response.status_code == 422
     assert response.get_json()["error"]["param"] == param
+
+
+def test_deleting_an_endpoint_is_retried_when_it_is_a_deadlocks_victim(client, keys, settings, backend) -> None:
+    """The delete cascades to the endpoint's messages while another transaction (the webhook worker's, here
+    a plain connection) holds one of them and waits for the endpoint: PostgreSQL aborts the delete, which
+    used to answer 503; it is run again and succeeds."""
+    if backend != "postgresql":
+        pytest.skip("SQLite locks the whole database: no row-lock deadlock to break")
+    created = client.post("/v1/webhook_endpoints", json={"url": "http://127.0.0.1:9/hook"}, headers=auth(keys["a"]))
+    endpoint_id = created.get_json()["id"]
+    with session_scope(settings.database_url) as session:
+        for name in ("msg_deadlock_1", "msg_deadlock_2"):
+            session.add(
+                WebhookMessage(
+                    id=name, tenant_id="t", endpoint_id=endpoint_id, url="http://127.0.0.1:9/hook",
+                    event_type="job.succeeded", payload={},
+                )
+            )  # fmt: skip
+    url = make_url(settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as other:
+        other.execute("SET deadlock_timeout = '30s'")  # the API's backend (1 s) detects the deadlock first
+        other.execute("UPDATE webhook_messages SET attempts = 1 WHERE id = 'msg_deadlock_2'")
+        answers: list[int] = []
+        deleting = threading.Thread(
+            target=lambda: answers.append(
+                client.delete(f"/v1/webhook_endpoints/{endpoint_id}", headers=auth(keys["a"])).status_code
+            )
+        )
+        deleting.start()
+        with psycopg.connect(url, autocommit=True) as watch:  # until the delete waits for msg_deadlock_2
+            for _ in range(200):
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
+                    "current_database()"
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                time.sleep(0.05)
+        other.execute("SELECT 1 FROM webhook_endpoints WHERE id = %s FOR UPDATE", (endpoint_id,)).fetchall()
+        other.commit()
+        deleting.join(30)
+    assert answers == [204]
+    assert client.get(f"/v1/webhook_endpoints/{endpoint_id}", headers=auth(keys["a"])).status_code == 404
