@@ -164,7 +164,9 @@ def gunicorn(env: dict[str, str], port: int, workers: int) -> Iterator[str]:
         "/dev/null",
         "api.wsgi:app",
     ]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # gunicorn's log lines (access lines included, since its logconfig_dict sends them to stderr) go to
+    # /dev/null: an unread pipe fills after 64 KiB and then blocks every request thread on its log line.
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -178,8 +180,13 @@ def gunicorn(env: dict[str, str], port: int, workers: int) -> Iterator[str]:
             raise RuntimeError("gunicorn did not answer /healthz within 60 s")
         yield url
     finally:
-        process.terminate()
-        process.wait(30)
+        process.terminate()  # gunicorn lets requests in flight finish for up to its graceful_timeout (30 s)
+        try:
+            process.wait(45)
+        except subprocess.TimeoutExpired:
+            print("gunicorn had not stopped 45 s after SIGTERM; killed", file=sys.stderr)
+            process.kill()
+            process.wait()
 
 
 def percentile(values: list[float], q: float) -> float:
