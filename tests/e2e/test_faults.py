@@ -5,7 +5,6 @@ The worker that is killed is a process of its own; workers that only have to run
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 import requests
@@ -17,7 +16,11 @@ from tests.conftest import REDIS_DB, TINY
 from tests.e2e.live import ApiServer, Client, Worker, serving_worker, webhook_worker
 from tests.e2e.receiver import Receiver
 from tests.e2e.test_generation_jobs import LONG
-from tests.faults.checks import assert_each_ended_once_with_its_output, assert_no_webhook_lost_or_doubled
+from tests.faults.checks import (
+    assert_each_ended_once_with_its_output,
+    assert_no_webhook_lost_or_doubled,
+    wait_for_webhooks_to_settle,
+)
 
 
 @pytest.fixture
@@ -67,7 +70,7 @@ def test_a_job_on_a_killed_worker_is_requeued_and_completes(settings, keys, back
             with serving_worker(settings, model_host):  # takes the job once the reaper requeues it
                 done = client.wait(job["id"])
             receiver.wait_for("/hooks", 1)
-            time.sleep(1.0)  # the webhook worker records its answer
+            wait_for_webhooks_to_settle(settings.database_url, [job["id"]])
         finally:
             first.stop()
             receiver.close()

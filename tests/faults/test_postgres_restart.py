@@ -18,6 +18,7 @@ from tests.faults.checks import (
     assert_no_webhook_lost_or_doubled,
     outcome_figures,
     report,
+    wait_for_webhooks_to_settle,
 )
 from tests.faults.conftest import tenant_key
 from tests.faults.servers import PrivatePostgres
@@ -77,7 +78,7 @@ def test_every_job_accepted_around_a_postgres_restart_ends_once(
             for job_id in load.accepted:
                 client.wait(job_id, timeout=60)
             receiver.wait_for("/hooks", len(load.accepted), timeout=30)
-            time.sleep(1.0)  # the webhook worker records its last answers
+            wait_for_webhooks_to_settle(settings.database_url, load.accepted)
     finally:
         receiver.close()
     assert 503 in load.statuses, "the outage was not seen: nothing was tested"

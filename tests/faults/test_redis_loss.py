@@ -6,8 +6,6 @@ whose own queue was lost too. (tests/e2e/test_broker_loss.py covers the loss wit
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 
@@ -20,6 +18,7 @@ from tests.faults.checks import (
     assert_no_webhook_lost_or_doubled,
     outcome_figures,
     report,
+    wait_for_webhooks_to_settle,
 )
 
 JOB = {"model": TINY, "prompt": "in flight", "params": {"max_new_tokens": 16, "max_denoising_steps": 200}}
@@ -53,7 +52,7 @@ def test_jobs_in_flight_when_redis_loses_its_queues_end_once(settings, keys, pri
             for job_id in jobs:
                 client.wait(job_id, timeout=40)
             receiver.wait_for("/hooks", len(jobs), timeout=30)
-            time.sleep(1.0)  # the webhook worker records its last answers
+            wait_for_webhooks_to_settle(settings.database_url, jobs)
     finally:
         receiver.close()
     assert_each_ended_once_with_its_output(settings.database_url, jobs)
