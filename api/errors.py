@@ -28,6 +28,7 @@ from shared.errors import (
     RateLimited,
     RetryLater,
     Unauthorized,
+    Unavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ STATUS_BY_ERROR: dict[type[CanvasError], int] = {
     QuotaExceeded: 413,
     RateLimited: 429,
     Overloaded: 503,
+    Unavailable: 503,
     IllegalTransition: 409,
     Unauthorized: 401,
     Forbidden: 403,
@@ -62,6 +64,7 @@ OPENAI_CODES: dict[type[CanvasError], str] = {
     Conflict: "conflict",
     RateLimited: "rate_limit_exceeded",
     Overloaded: "overloaded",
+    Unavailable: "model_unavailable",
     IllegalTransition: "conflict",
     Unauthorized: "invalid_api_key",
     Forbidden: "permission_denied",

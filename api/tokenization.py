@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from shared.chat_placeholders import PlacedMessages
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, Unavailable
 
 
 class ModelTokenizer:
@@ -74,6 +74,18 @@ def _token_text(value: object) -> str:
     return str(value or "")
 
 
-@lru_cache(maxsize=32)
 def tokenizer_for(directory: str) -> ModelTokenizer:
+    """The tokenizer of a registered model's directory, cached once read. A directory whose tokenizer files
+    are gone or unreadable is Unavailable (503, naming the directory), and is read again on the next
+    request, so a repaired model serves at once."""
+    try:
+        return _cached_tokenizer(directory)
+    except Exception as exc:  # `tokenizers` raises plain Exception; any failure here is the files'
+        raise Unavailable(
+            f"this model cannot be served: its tokenizer in {directory} cannot be read ({exc})", "model"
+        ) from None
+
+
+@lru_cache(maxsize=32)
+def _cached_tokenizer(directory: str) -> ModelTokenizer:
     return ModelTokenizer(Path(directory))

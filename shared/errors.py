@@ -44,6 +44,13 @@ class IllegalTransition(CanvasError):
     type = "conflict_error"
 
 
+class Unavailable(CanvasError):
+    """Something registered that the service cannot use now (503), such as a model whose tokenizer files
+    are missing or unreadable: the operator must fix it, the client cannot; the message says what."""
+
+    type = "service_unavailable_error"
+
+
 class RetryLater(CanvasError):
     """Refused for now: the client should retry after `retry_after` seconds (sent as Retry-After)."""
 
