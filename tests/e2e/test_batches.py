@@ -140,7 +140,9 @@ def test_a_cancelled_batch_keeps_what_finished_and_reports_the_rest(settings, ba
 def test_a_batch_past_its_window_expires_its_waiting_lines(settings, backend, model_host, keys) -> None:
     with one_line_at_a_time(settings, backend, model_host) as api:
         client = sdk(api.url, keys["a"])
-        lines = [completion_line(f"e{i}", f"late {i}", max_tokens=40, max_denoising_steps=24) for i in range(5)]
+        # Lines that cannot settle early, so five of them one at a time outlast the 1 s window on any machine.
+        slow = {"max_denoising_steps": 400, "stability_threshold": 4096, "confidence_threshold": 1e-9}
+        lines = [completion_line(f"e{i}", f"late {i}", max_tokens=40, **slow) for i in range(5)]
         source = client.files.create(file=("late.jsonl", jsonl(lines)), purpose="batch")
         # A window shorter than OpenAI's 24h (Canvas's extension), so the test need not wait a day.
         created = client.batches.create(input_file_id=source.id, endpoint="/v1/completions", completion_window="1s")
