@@ -18,6 +18,7 @@ import torch
 
 from worker.engine.constraints import canvas_constraint
 from worker.engine.fast_sampler import fast_tile, noise_key
+from worker.engine.graphs import decoder_graphs
 from worker.engine.kv import SlotKV, layer_shapes, slot_bytes, to_device
 from worker.engine.logprobs import StepLogprobs, committed_entries, step_logprobs
 from worker.engine.output import find_end
@@ -57,11 +58,14 @@ class Engine:
         prefill_chunk: int = 512,
         sampler_bytes: int | None = None,
         max_context: int | None = None,
+        graphs: str = "auto",
     ) -> None:
         """`max_rows` rows at most, fewer if their K/V slots do not fit `memory_budget_bytes` (default: half
         the GPU memory free after the weights; on the CPU `CPU_MEMORY_BUDGET`). A row holds up to
         `max_context` tokens of prompt and output (default: the model's positions, at most
-        `DEFAULT_MAX_CONTEXT`); longer requests are refused at `submit`."""
+        `DEFAULT_MAX_CONTEXT`); longer requests are refused at `submit`. `graphs` (graphs.py): "auto"
+        captures the decoder passes in CUDA graphs on a GPU (none on the CPU), "off" keeps every pass
+        eager, "uncaptured" runs the bucketed passes eagerly (the CPU stand-in for graphs)."""
         self.runner = r = ModelRunner(model)
         self.max_context = max_context or min(r.text_config.max_position_embeddings, DEFAULT_MAX_CONTEXT)
         self.prefill_chunk = prefill_chunk
@@ -73,7 +77,8 @@ class Engine:
         self.kv = SlotKV(shapes, rows, r.window, r.dtype, r.device)
         self.scheduler: Scheduler[Row] = Scheduler(rows, None)  # a slot per row: its bytes are preallocated
         self.slots = Slots(rows, r.canvas_length, r.hidden_size, r.vocab_size, r.dtype, r.device)
-        self.tile_rows = sampler_tile_rows(r, sampler_bytes)
+        self.graphs = decoder_graphs(graphs, r, self.kv, self.slots, self.max_context)
+        self.tile_rows = sampler_tile_rows(r, sampler_bytes)  # after the graphs: their pool is taken
         self._draw_threads = torch.get_num_threads() if r.device.type == "cpu" else 0
         self._draw_pool = ThreadPoolExecutor(self._draw_threads, "canvas-draws") if self._draw_threads else None
         self.rows: list[Row] = []
@@ -82,7 +87,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._calls: list[tuple[Callable[[], Any], RequestHandle]] = []
-        self.stats = {"ticks": 0, "decoder_passes": 0, "rows_in_decoder": 0, "encoder_passes": 0}
+        self.stats = {"ticks": 0, "decoder_passes": 0, "graph_passes": 0, "rows_in_decoder": 0, "encoder_passes": 0}
 
     # ---- the thread-safe surface -------------------------------------------------------------------
 
@@ -121,6 +126,7 @@ class Engine:
         def install() -> bool:
             self.runner.adapters = load(self.runner.adapters or self.runner.model)
             self.runner.active_adapter = "?"  # unknown after loading: the next use sets it
+            self._check_graphs()
             return True
 
         self.call_between_steps(install).wait()
@@ -133,9 +139,17 @@ class Engine:
             remaining = unload(self.runner.adapters)
             self.runner.adapters = None if remaining is self.runner.model else remaining
             self.runner.active_adapter = "?" if self.runner.adapters is not None else None
+            self._check_graphs()
             return True
 
         self.call_between_steps(uninstall).wait()
+
+    def _check_graphs(self) -> None:
+        """Captured graphs read the weights where they were: if loading or unloading an adapter moved any
+        (a merge), drop the graphs and run every pass eagerly."""
+        if self.graphs is not None and not self.graphs.weights_unchanged():
+            log.warning("the decoder's weights moved: its CUDA graphs are dropped, passes run eagerly")
+            self.graphs = None
 
     def cancel(self, request_id: str) -> None:
         with self._lock:
@@ -373,17 +387,7 @@ class Engine:
         try:
             slots = [row.slot for row in rows]
             index = to_device(slots, device)  # (B,)
-            lo, hi = min(slots), max(slots) + 1
-            kv, masks, positions = self.kv.decoder(lo, hi, C)
-            canvas, soft = self.slots.canvas[lo:hi], self.slots.soft[lo:hi]
-            adapters: list[Any] = [IDLE] * (hi - lo)
-            for row in rows:
-                adapters[row.slot - lo] = row.request.adapter
-            with self.runner.adapters_per_row(adapters):
-                hidden = self.runner.decode(canvas, soft, kv, self.runner.masks(masks), positions)
-            if slots != list(range(lo, hi)):  # idle slots in the range, or another order: the rows' hidden
-                hidden = hidden.index_select(0, index - lo)
-            del kv, masks
+            hidden = self._decode(rows, slots, index)
             self.stats["decoder_passes"] += 1
             self.stats["rows_in_decoder"] += len(rows)
             results = []
@@ -403,6 +407,35 @@ class Engine:
         for (out, soft), tile in zip(results, tiles, strict=True):
             self.slots.store(index[tile], out, soft)
         return torch.cat([torch.cat([out.flags[:, None].long(), out.argmax], dim=1) for out, _ in results])
+
+    def _decode(self, rows: list[Row], slots: list[int], index: torch.Tensor) -> torch.Tensor:
+        """The rows' hidden states (B, C, H) from one decoder pass: a bucketed pass (a CUDA graph's replay)
+        when every row uses the base weights and the pass fits a bucket, else the eager pass over the
+        rows' slot range. Slots in the pass but not among `rows` are computed and dropped."""
+        lo, hi = min(slots), max(slots) + 1
+        hidden = None
+        if self.graphs is not None and all(row.request.adapter is None for row in rows):
+            self.runner.use_adapter(None)  # for uncaptured passes; a replay runs the captured kernels
+            hidden = self.graphs.run(hi, max(self.kv.length[s] for s in slots))
+        if hidden is None:
+            hidden = self._eager_decode(rows, lo, hi)
+        else:
+            lo = 0
+            self.stats["graph_passes"] += 1
+        if slots != list(range(lo, hi)):  # idle slots in the range, or another order: the rows' hidden
+            hidden = hidden.index_select(0, index - lo)
+        return hidden
+
+    def _eager_decode(self, rows: list[Row], lo: int, hi: int) -> torch.Tensor:
+        """The decoder pass over slots [lo, hi), its keys just as long as the longest prefix needs, each
+        row with its own adapter: hidden (hi - lo, C, H)."""
+        kv, masks, positions = self.kv.decoder(lo, hi, self.runner.canvas_length)
+        canvas, soft = self.slots.canvas[lo:hi], self.slots.soft[lo:hi]
+        adapters: list[Any] = [IDLE] * (hi - lo)
+        for row in rows:
+            adapters[row.slot - lo] = row.request.adapter
+        with self.runner.adapters_per_row(adapters):
+            return self.runner.decode(canvas, soft, kv, self.runner.masks(masks), positions)
 
     def _draw_ahead(self, rows: list[Row], tiles: list[slice]) -> tuple[list[TileDraws | None], list[list[Future]]]:
         """On the CPU a generator draws serially, on one core: there every tile's draws start now, in

@@ -72,8 +72,13 @@ class SlotKV:
         self.lengths = torch.zeros(slots, dtype=torch.int32, device=device)  # the same, on the device
 
     def reset(self, slot: int) -> None:
+        """A freed slot: no tokens, and its K/V zeroed. Passes read masked keys beyond a row's prefix (and
+        a bucketed pass reads them on every row): a masked key weighs zero, but zero times a stale NaN
+        (of a row that failed with NaN logits) is NaN."""
         self.length[slot] = 0
         self.lengths[slot] = 0
+        for buffer in (*self.keys, *self.values):
+            buffer[slot].zero_()
 
     def kept(self, length: int, sliding: bool) -> int:
         """Valid prefix entries of a layer for a row that encoded `length` tokens."""
@@ -98,6 +103,24 @@ class SlotKV:
                 keep = torch.arange(spans[sliding], device=self.device)[None, :] < (start + C)[:, None]  # (B, L)
                 masks[sliding] = keep[:, None, None, :].expand(-1, 1, C, -1)
         return DecoderKV(self, lo, hi, writes, spans), masks, positions
+
+    def decoder_bucket(
+        self, rows: int, prefix: int, C: int
+    ) -> tuple[DecoderKV, dict[bool, torch.Tensor], torch.Tensor]:
+        """A decoder pass of fixed shape (what a CUDA graph captures): slots [0, rows), keys up to `prefix`
+        prefix entries plus the canvas on every row, masks always. Built from the lengths on the device
+        alone, no host value, so the same kernels serve every tick; the caller checks that the prefixes of
+        the rows it reads fit in `prefix` (a slot whose prefix does not is computed and must be dropped)."""
+        lengths = self.lengths[:rows]  # (B,)
+        offsets = torch.arange(C, dtype=torch.int32, device=self.device)
+        writes, spans, masks = {}, {}, {}
+        for sliding in (False, True):
+            start = lengths.clamp(max=self.window - 1) if sliding else lengths  # (B,)
+            writes[sliding] = (start[:, None] + offsets).long()  # (B, C)
+            spans[sliding] = (min(prefix, self.window - 1) if sliding else prefix) + C
+            keep = torch.arange(spans[sliding], device=self.device)[None, :] < (start + C)[:, None]  # (B, L)
+            masks[sliding] = keep[:, None, None, :].expand(-1, 1, C, -1)
+        return DecoderKV(self, 0, rows, writes, spans), masks, lengths[:, None] + offsets
 
     # ---- encoder passes: rows anywhere, new tokens written after each row's prefix ---------------------
 

@@ -67,6 +67,9 @@ class Slots:
         return slot
 
     def release(self, slot: int) -> None:
+        """A free slot is still computed (and dropped) in passes that cover it: no stale NaN may stay in
+        its self-conditioning input, or the K/V it writes there would carry it (see SlotKV.reset)."""
+        self.soft[slot] = 0
         self.free.append(slot)
 
     def start_canvas(self, slot: int, canvas: torch.Tensor, constraint: CanvasConstraint | None) -> None:
