@@ -1,0 +1,182 @@
+"""Bucketed decoder passes (what a CUDA graph captures), run eagerly on the CPU: padding rows change no
+real row, the pass reads no host value, the buffers keep their addresses, a shape outside the buckets
+runs the eager pass, and the engine's outputs are those of the eager engine and of generate()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from tests.worker.engine.test_engine import EOS, PARAMS, HostReads, mixed_requests, reference, run
+from worker.engine import Engine, Request, SamplingParams
+from worker.engine.engine import NonFiniteLogits
+from worker.engine.graphs import ROW_BUCKETS, DecoderGraphs, prefix_buckets, row_buckets
+from worker.engine.rows import Phase
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval()
+
+
+def denoising(model, prompt_lengths: tuple[int, ...], max_rows: int = 8) -> Engine:
+    """An eager engine whose rows (one per prompt length, in slots 0, 1, ...) have taken a step."""
+    engine = Engine(model, max_rows=max_rows, graphs="off")
+    for i, n in enumerate(prompt_lengths):
+        engine.submit(Request(f"r{i}", tuple(range(2, 2 + n)), SamplingParams(max_new_tokens=32, seed=i)))
+    engine.step()  # prefill, then the first step in the same tick
+    assert all(row.phase is Phase.DENOISE and row.step == 1 for row in engine.rows)
+    return engine
+
+
+def bucketed(engine: Engine, rows: tuple[int, ...], prefixes: tuple[int, ...]) -> DecoderGraphs:
+    return DecoderGraphs(engine.runner, engine.kv, engine.slots, rows, prefixes, capture=False)
+
+
+def eager(engine: Engine) -> torch.Tensor:
+    return engine._eager_decode(engine.rows, 0, len(engine.rows)).clone()
+
+
+def test_buckets_are_powers_of_two_capped_at_the_slots_and_the_context() -> None:
+    assert row_buckets(8) == (1, 2, 4, 8)
+    assert row_buckets(12) == (1, 2, 4, 8, 12)
+    assert row_buckets(64) == ROW_BUCKETS == (1, 2, 4, 8, 16, 32)
+    assert row_buckets(1) == (1,)
+    assert prefix_buckets(32, 1024) == (32, 64, 128, 256, 512, 1024)
+    assert prefix_buckets(256, 384) == (256, 384)
+
+
+def test_padding_rows_change_no_real_rows_output_and_no_valid_kv(model) -> None:
+    """Three rows of mixed prefix lengths (one past the 64-token sliding window) in a bucket of 4 rows
+    whose prefix is the longest row's: each row's hidden states are the eager pass's bit for bit, and
+    no slot's valid K/V (its prefix) changes."""
+    engine = denoising(model, (3, 70, 40))
+    graphs = bucketed(engine, row_buckets(8), (max(engine.kv.length),))
+    assert graphs.bucket(3, max(engine.kv.length)) == (4, max(engine.kv.length))
+    expected = eager(engine)
+    valid = [
+        buffer[s, :, : engine.kv.kept(n, shape.sliding)].clone()
+        for s, n in enumerate(engine.kv.length)
+        for shape, buffer in zip(engine.kv.shapes * 2, engine.kv.keys + engine.kv.values, strict=True)
+    ]
+    hidden = graphs.run(3, max(engine.kv.length))
+    assert hidden is not None and hidden.shape == expected.shape
+    assert torch.equal(hidden, expected)
+    after = [
+        buffer[s, :, : engine.kv.kept(n, shape.sliding)]
+        for s, n in enumerate(engine.kv.length)
+        for shape, buffer in zip(engine.kv.shapes * 2, engine.kv.keys + engine.kv.values, strict=True)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(valid, after, strict=True))
+
+
+def test_longer_keys_change_only_the_last_bits(model) -> None:
+    """A prefix bucket longer than the rows' prefixes: the masked keys weigh nothing, but SDPA sums the
+    keys in blocks that depend on their count, so the output equals the eager pass's to rounding."""
+    engine = denoising(model, (5, 9, 40))
+    expected = eager(engine)
+    for prefixes in ((64,), (1024,)):
+        hidden = bucketed(engine, (4,), prefixes).run(3, 40)
+        assert hidden is not None
+        torch.testing.assert_close(hidden, expected, rtol=1e-4, atol=2e-5)
+
+
+def test_the_bucketed_pass_reads_no_host_value_and_compiles_without_a_graph_break(model) -> None:
+    """A host read inside a capture fails it; no graph break under `torch.compile(fullgraph=True)` is
+    the CPU stand-in for a capturable pass."""
+    engine = denoising(model, (3, 17))
+    graphs = bucketed(engine, (4,), (64,))
+    with HostReads() as reads:
+        graphs._pass(4, 64)
+    assert reads.calls == []
+    expected = graphs.output.clone()
+    torch._dynamo.reset()
+    compiled = torch.compile(DecoderGraphs._pass.__wrapped__, fullgraph=True, backend="eager")
+    compiled(graphs, 4, 64)
+    assert torch.equal(graphs.output, expected)
+
+
+def test_a_pass_outside_the_buckets_is_left_to_the_eager_pass(model) -> None:
+    engine = denoising(model, (3, 9, 40))
+    graphs = bucketed(engine, (1, 2), (32, 64))
+    assert graphs.run(3, 40) is None  # more rows than the largest bucket
+    assert graphs.run(2, 65) is None  # a prefix longer than the largest bucket
+    assert graphs.run(2, 40) is not None
+
+
+def test_an_engine_with_small_buckets_mixes_bucketed_and_eager_passes_with_the_same_outputs(model) -> None:
+    requests = mixed_requests()
+    alone = [run(model, [r])[0].token_ids for r in requests]
+    engine = Engine(model, max_rows=4, graphs="uncaptured")
+    engine.graphs = bucketed(engine, (1, 2), prefix_buckets(32, 128))
+    handles = [engine.submit(r) for r in requests]
+    engine.run_until_idle()
+    assert [h.wait(0).token_ids for h in handles] == alone
+    assert 0 < engine.stats["graph_passes"] < engine.stats["decoder_passes"]
+
+
+def test_the_buffers_a_bucketed_pass_reads_and_writes_keep_their_addresses(model) -> None:
+    """Canvas, self-conditioning input, lengths, K/V and the output: what a captured graph reads and
+    writes never moves across ticks, and the rows' hidden states are a view of the output."""
+    steps = SamplingParams(max_new_tokens=64, max_denoising_steps=6, stability_threshold=20, seed=1)
+    engine = Engine(model, max_rows=4, graphs="uncaptured")
+    for i, n in enumerate((3, 17, 40)):
+        engine.submit(Request(f"r{i}", tuple(range(2, 2 + n)), steps))
+
+    def addresses() -> list[int]:
+        slots, kv = engine.slots, engine.kv
+        tensors = [slots.canvas, slots.soft, kv.lengths, engine.graphs.output, *kv.keys, *kv.values]
+        return [t.data_ptr() for t in tensors]
+
+    before = addresses()
+    for _ in range(10):  # prefill, a whole canvas, its commit and the next canvas
+        engine.step()
+        assert addresses() == before
+    assert engine.stats["graph_passes"] == engine.stats["decoder_passes"] > 0
+    hidden = engine.graphs.run(3, max(engine.kv.length))
+    assert hidden is not None and hidden._base is engine.graphs.output
+
+
+@pytest.mark.parametrize("params", PARAMS[:2])
+def test_one_request_through_bucketed_passes_reproduces_generate(model, params) -> None:
+    """Token for token, as the eager engine does: the last-bit differences of the longer keys do not
+    change a sampled token here (no more than a batch's masks do in the eager engine's own tests)."""
+    prompt = [2, 80, 81, 82, 83, 84]
+    [result] = run(model, [Request("r", tuple(prompt), params, EOS)], graphs="uncaptured")
+    assert result.token_ids == reference(model, prompt, params)[0]
+
+
+def test_mixed_requests_through_bucketed_passes_equal_each_alone(model) -> None:
+    requests = mixed_requests()
+    alone = [run(model, [r])[0].token_ids for r in requests]
+    assert [r.token_ids for r in run(model, requests, max_rows=8, graphs="uncaptured")] == alone
+
+
+def test_a_row_that_fails_with_nan_leaves_no_nan_in_the_slots(model) -> None:
+    """Its freed slot is still computed (and dropped) by bucketed passes: its K/V and self-conditioning
+    input are zeroed, so no NaN reaches masked keys that later rows read."""
+    engine = Engine(model, max_rows=4, graphs="uncaptured")
+    logits = engine.runner.logits
+
+    def nan_for_the_first_row(hidden):
+        out = logits(hidden)
+        if engine.stats["ticks"] == 3:
+            out[0, 5, 7] = torch.nan
+        return out
+
+    engine.runner.logits = nan_for_the_first_row
+    steps = SamplingParams(max_new_tokens=64, max_denoising_steps=8, seed=3)
+    handles = [engine.submit(Request(f"r{i}", (2, 70 + i), steps)) for i in range(2)]
+    for _ in range(6):
+        engine.step()
+    with pytest.raises(NonFiniteLogits):
+        handles[0].wait(0)
+    assert all(bool(torch.isfinite(t).all()) for t in (engine.slots.soft, *engine.kv.keys, *engine.kv.values))
+
+
+def test_graph_modes_are_checked_and_the_cpu_captures_nothing(model) -> None:
+    with pytest.raises(ValueError, match="graphs"):
+        Engine(model, graphs="always")
+    assert Engine(model, max_rows=2).graphs is None  # "auto" on the CPU: eager passes
+    assert Engine(model, max_rows=2, graphs="uncaptured").graphs.graphs == {}
