@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # Tokens of prompt and output one engine row holds (its K/V is preallocated for them); the API refuses a
     # job that needs more, naming the limit. Give the API and the workers the same value.
     engine_max_context: int = 8192
+    # Capture the engine's decoder passes in CUDA graphs when its model loads (seconds; a GPU only).
+    engine_cuda_graphs: bool = True
     draft_interval_seconds: float = 0.25  # at most this often a running job publishes its draft canvas
     # Per tenant (0: no limit): job submissions per minute (jobs, completions, fine-tunes), and jobs queued
     # or running at once. Past either, a submission gets 429 with Retry-After; nothing is recorded.

@@ -84,6 +84,7 @@ def load_models(settings: Settings, host: ModelHost, names: tuple[str, ...]) -> 
             max_rows=settings.engine_max_rows,
             memory_bytes=settings.engine_memory_bytes,
             max_context=settings.engine_max_context,
+            cuda_graphs=settings.engine_cuda_graphs,
         )
         host.add(loaded)
 

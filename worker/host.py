@@ -121,6 +121,7 @@ def load_model(
     max_rows: int = 16,
     memory_bytes: int = 0,
     max_context: int = 0,
+    cuda_graphs: bool = True,
     device: torch.device | None = None,
 ) -> LoadedModel:
     """Load weights and tokenizer, warm up, and start the model's engine thread. A quantized checkpoint
@@ -132,7 +133,11 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(path)
     warm_up(model, device)
     engine = Engine(
-        model, max_rows=max_rows, memory_budget_bytes=memory_bytes or None, max_context=max_context or None
+        model,
+        max_rows=max_rows,
+        memory_budget_bytes=memory_bytes or None,
+        max_context=max_context or None,
+        graphs="auto" if cuda_graphs else "off",
     ).start()
     how = getattr(model, "canvas_quantization", "none")
     log.info("loaded model %s from %s on %s (weights: %s, engine: %d rows)", name, path, device, how, max_rows)

@@ -30,6 +30,7 @@ EVERY_FIELD: dict[str, Any] = {
     "engine_max_rows": 4,
     "engine_memory_bytes": 1 << 30,
     "engine_max_context": 4096,
+    "engine_cuda_graphs": False,
     "draft_interval_seconds": 0.125,
     "rate_limit_per_minute": 7,
     "max_active_jobs": 8,

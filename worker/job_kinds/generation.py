@@ -183,6 +183,7 @@ def _model_in_use(
         max_rows=settings.engine_max_rows,
         memory_bytes=settings.engine_memory_bytes,
         max_context=settings.engine_max_context,
+        cuda_graphs=settings.engine_cuda_graphs,
     ) as loaded:
         if loaded is None:
             raise JobError(JobErrorCode.MODEL_NOT_LOADED, f"model {model_name!r} is not loaded here")
