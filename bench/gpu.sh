@@ -35,7 +35,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 
 if [ "${CHECKS:-1}" != 0 ]; then
   phase "1. engine correctness (tiny model)"
-  timeout 60 python3 bench/gpu_checks.py
+  timeout 120 python3 bench/gpu_checks.py
 fi
 
 if [ "${ENGINE:-1}" != 0 ]; then
