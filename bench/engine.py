@@ -13,9 +13,14 @@ floor (the text weights' bytes over the device's copy bandwidth, measured in the
 row's K/V slot holds `--max-context` tokens (by default just what the scenario needs), so `peak_gib`
 counts the KV a deployment sized for these requests would hold.
 `--profile` adds host reads and kernel launches per step (torch profiler; on the CPU: top-level ATen ops).
+`--graphs` runs the engine scenarios with its decoder passes in CUDA graphs (`on`, the engine's default:
+captured on a GPU, none on the CPU), without (`off`), `both` (each scenario twice), or `uncaptured` (the
+bucketed passes run eagerly: the CPU stand-in); each scenario reports its graphs, the engine's start-up
+time (capture included) and how many passes were replayed.
 
   python bench/engine.py --arch small                      # CPU, the small config of shared/bench
   python bench/engine.py --arch 26b --concurrency 1,8,32 --requests 32 --baseline-requests 2 --profile
+  python bench/engine.py --arch 26b --concurrency 1,8,32 --requests 32 --baseline-requests 2 --graphs both
 
 Needs only torch and transformers (and this repository's worker/engine, which imports nothing else).
 """
@@ -44,6 +49,7 @@ from worker.engine.rows import Phase
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0}  # dense bf16, the vendor's data sheet
 ENGINE_OPTIONS: dict[str, Any] = {}  # keyword arguments of every Engine built here (set from the command line)
+GRAPH_MODES = {"on": ["auto"], "off": ["off"], "both": ["auto", "off"], "uncaptured": ["uncaptured"]}
 
 
 def sync(device: str) -> None:
@@ -148,7 +154,9 @@ def bench_engine(
     would. On the CPU the loop's thread matters: a loop in a second thread runs about 1.5x slower on this
     2-core machine (see docs/benchmarks.md); on a GPU the thread only launches kernels.
     """
+    started = time.perf_counter()
     engine = Engine(model, max_rows=rows, **ENGINE_OPTIONS)
+    start_s = time.perf_counter() - started
     reset_peak(device)
     submitted: dict[str, float] = {}
     finished: dict[str, float] = {}
@@ -187,6 +195,8 @@ def bench_engine(
     tokens = sum(p.max_new_tokens for p in params)
     how = f"arrivals {arrival_rate:.1f}/s" if arrival_rate else "arriving together"
     how += ", loop in its own thread" if engine_thread else ""
+    graphs = engine.graphs
+    how += f", graphs {graph_label(engine)}"
     stats = engine.stats
     mean_rows = round(stats["rows_in_decoder"] / max(stats["decoder_passes"], 1), 2)
     result = summary(
@@ -199,8 +209,18 @@ def bench_engine(
         mean_rows_per_pass=mean_rows,
         slot_bytes=engine.slot_bytes,
         slots=engine.scheduler.max_rows,
+        engine_start_s=round(start_s, 2),
+        graphs_captured=len(graphs.graphs) if graphs else 0,
+        graph_passes=stats["graph_passes"],
     )
     return result, [h.wait(0).token_ids for h in handles]
+
+
+def graph_label(engine: Engine) -> str:
+    """What the engine's decoder passes ran as: captured graphs, uncaptured buckets, or eager ("off")."""
+    if engine.graphs is None:
+        return "off"
+    return "uncaptured" if not engine.graphs.captured else "captured"
 
 
 def text_weight_bytes(model: Any) -> int:
@@ -226,9 +246,11 @@ def copy_bandwidth(device: str) -> float:
     return 2 * n / best
 
 
-def ready_engine(model: Any, prompts: list[list[int]], params: list[SamplingParams], rows: int) -> Engine:
+def ready_engine(
+    model: Any, prompts: list[list[int]], params: list[SamplingParams], rows: int, **options: Any
+) -> Engine:
     """An engine whose `rows` rows have all prefilled and are denoising."""
-    engine = Engine(model, max_rows=rows, **ENGINE_OPTIONS)
+    engine = Engine(model, max_rows=rows, **(ENGINE_OPTIONS | options))
     for i in range(rows):
         engine.submit(Request(f"p{i}", tuple(prompts[i % len(prompts)]), params[i % len(params)]))
     while len(engine.rows) < rows or any(row.phase is not Phase.DENOISE for row in engine.rows):
@@ -237,10 +259,11 @@ def ready_engine(model: Any, prompts: list[list[int]], params: list[SamplingPara
 
 
 def flops_per_canvas_token(model: Any, prompts: list[list[int]], params: list[SamplingParams]) -> float:
-    """FLOPs of one row's step (decoder pass, lm_head, self-conditioning embeddings) per canvas token."""
+    """FLOPs of one row's step (decoder pass, lm_head, self-conditioning embeddings) per canvas token,
+    counted on eager passes (a graph's replay runs no torch op the counter sees)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    engine = ready_engine(model, prompts, params, rows=1)
+    engine = ready_engine(model, prompts, params, rows=1, graphs="off")
     with FlopCounterMode(display=False) as counter:
         engine.step()
     return counter.get_total_flops() / model.config.canvas_length
@@ -263,8 +286,12 @@ class HostReads(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def launches_and_syncs(prof: Any, device: str) -> tuple[int, int]:
-    """(kernel launches, host syncs) in a profile; on the CPU (top-level ATen ops, 0)."""
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def launches_and_syncs(prof: Any, device: str) -> tuple[int, int, int]:
+    """(kernels run, host syncs, launch calls from the host: a graph's replay is one) in a profile; on the
+    CPU (top-level ATen ops, 0, the same ops)."""
     from torch.autograd import DeviceType
 
     events = prof.events()
@@ -274,10 +301,10 @@ def launches_and_syncs(prof: Any, device: str) -> tuple[int, int]:
             for e in events
             if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))
         ]
-        return len(top), 0
+        return len(top), 0, len(top)
     kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))]
     waits = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
-    return len(kernels), sum(e.name in waits for e in events)
+    return len(kernels), sum(e.name in waits for e in events), sum(e.name in LAUNCH_CALLS for e in events)
 
 
 def profile_steps(device: str, run: Any, steps: int) -> dict[str, float]:
@@ -288,10 +315,11 @@ def profile_steps(device: str, run: Any, steps: int) -> dict[str, float]:
     with HostReads(device) as reads, profile(activities=activities) as prof:
         run()
         sync(device)
-    launches, syncs = launches_and_syncs(prof, device)
+    launches, syncs, calls = launches_and_syncs(prof, device)
     return {
         "host_reads_per_step": round(reads.count / steps, 1),
         "launches_per_step": round(launches / steps, 1),
+        "launch_calls_per_step": round(calls / steps, 1),
         "syncs_per_step": round(syncs / steps, 1),
     }
 
@@ -346,6 +374,10 @@ def main() -> None:
         help="run the engine loop in its own thread, as the worker does (no Poisson scenarios)",
     )
     parser.add_argument("--profile", action="store_true", help="host reads and kernel launches per step")
+    parser.add_argument(
+        "--graphs", default="on", choices=list(GRAPH_MODES), help="decoder passes in CUDA graphs (see above)"
+    )
+    parser.add_argument("--skip-arrivals", action="store_true", help="skip the Poisson-arrival scenarios")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the MFU")
     parser.add_argument(
         "--baseline-requests",
@@ -386,7 +418,10 @@ def main() -> None:
     params = [fixed_params(steps, args.canvases, CANVAS[args.arch], seed=i) for i in range(args.requests)]
     warm = fixed_params(2, 1, CANVAS[args.arch], 0)
     bench_generate_sequential(model, prompts[:1], [warm], device)  # warm-up (lazy init, kernels)
-    bench_engine(model, prompts[:2], [warm, warm], device, rows=2)
+    modes = GRAPH_MODES[args.graphs]
+    for mode in modes:
+        ENGINE_OPTIONS["graphs"] = mode
+        bench_engine(model, prompts[:2], [warm, warm], device, rows=2)
 
     canvas = CANVAS[args.arch]
     flops_token = flops_per_canvas_token(model, prompts, params)
@@ -408,29 +443,30 @@ def main() -> None:
         results.append(bench_generate_static(model, prompts, params, device))
         print(json.dumps(results[-1]), flush=True)
     for rows in [int(c) for c in args.concurrency.split(",")]:
-        together, outputs = bench_engine(model, prompts, params, device, rows, engine_thread=args.engine_thread)
-        same = sum(o == r[: len(o)] for r, o in zip(reference, outputs[:k], strict=True))
-        together["outputs_equal_to_generate"] = f"{same}/{k}"
-        together["x_generate"] = round(together["tokens_per_s"] / sequential["tokens_per_s"], 2)
-        roofline(together, flops_token, canvas, floor_ms, peak)
-        results.append(together)
-        print(json.dumps(together), flush=True)
-        if args.profile:
-            print(
-                json.dumps({"profile": f"engine, {rows} rows"} | profile_engine(model, prompts, params, device, rows))
-            )
-        if args.engine_thread:
-            continue
-        capacity = len(prompts) / together["wall_s"]
-        spread, _ = bench_engine(model, prompts, params, device, rows, arrival_rate=0.8 * capacity)
-        results.append(spread)
-        print(json.dumps(spread), flush=True)
+        for mode in modes:  # with and without graphs side by side, so both meet the same conditions
+            ENGINE_OPTIONS["graphs"] = mode
+            together, outputs = bench_engine(model, prompts, params, device, rows, engine_thread=args.engine_thread)
+            same = sum(o == r[: len(o)] for r, o in zip(reference, outputs[:k], strict=True))
+            together["outputs_equal_to_generate"] = f"{same}/{k}"
+            together["x_generate"] = round(together["tokens_per_s"] / sequential["tokens_per_s"], 2)
+            roofline(together, flops_token, canvas, floor_ms, peak)
+            results.append(together)
+            print(json.dumps(together), flush=True)
+            if args.profile:
+                profile = profile_engine(model, prompts, params, device, rows)
+                print(json.dumps({"profile": f"engine, {rows} rows, graphs {mode}"} | profile), flush=True)
+            if args.engine_thread or args.skip_arrivals:
+                continue
+            capacity = len(prompts) / together["wall_s"]
+            spread, _ = bench_engine(model, prompts, params, device, rows, arrival_rate=0.8 * capacity)
+            results.append(spread)
+            print(json.dumps(spread), flush=True)
     print(
-        f"\n{'scenario':58} {'tok/s':>8} {'ms/step':>8} {'x gen':>6} {'MFU':>6} {'x floor':>8} {'p50 s':>7} {'GiB':>6}"
+        f"\n{'scenario':76} {'tok/s':>8} {'ms/step':>8} {'x gen':>6} {'MFU':>6} {'x floor':>8} {'p50 s':>7} {'GiB':>6}"
     )
     for r in results:
         print(
-            f"{r['scenario']:58} {r['tokens_per_s']:>8} {r['ms_per_step'] or '-':>8} {r.get('x_generate', '-'):>6} "
+            f"{r['scenario']:76} {r['tokens_per_s']:>8} {r['ms_per_step'] or '-':>8} {r.get('x_generate', '-'):>6} "
             f"{r.get('mfu') or '-':>6} {r.get('x_weight_floor', '-'):>8} {r['p50_s']:>7} {r['peak_gib'] or '-':>6}"
         )
 
