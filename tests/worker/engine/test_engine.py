@@ -385,10 +385,11 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_denoising_tick_reads_the_device_once(model) -> None:
+@pytest.mark.parametrize("graphs", ["auto", "uncaptured"])
+def test_a_denoising_tick_reads_the_device_once(model, graphs) -> None:
     """Rows of every kind (plain, pinned and allowed, all-different groups, left to right) step together;
     each tick's first host read is the one copy of flags and argmax canvases, and it is the only one
-    (what follows reads that host copy)."""
+    (what follows reads that host copy); with eager passes and with bucketed ones (graphs.py)."""
     steps = SamplingParams(max_new_tokens=32, max_denoising_steps=40, stability_threshold=50, seed=1)
     groups = ((0, 1, 2, 3),)
     requests = [
@@ -397,7 +398,7 @@ def test_a_denoising_tick_reads_the_device_once(model) -> None:
         Request("distinct", (2, 72), steps, frozenset(), {0: 54}, {o: DIGITS[:4] for o in range(1, 4)}, groups),
         Request("l2r", (2, 73), SamplingParams(max_new_tokens=32, max_denoising_steps=40, order="left_to_right")),
     ]
-    engine = Engine(model, max_rows=4)
+    engine = Engine(model, max_rows=4, graphs=graphs)
     for request in requests:
         engine.submit(request)
     engine.step()  # prefill: every row starts its canvas

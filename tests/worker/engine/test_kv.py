@@ -44,11 +44,13 @@ class Copies(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_decoder_tick_writes_the_canvas_in_place_and_copies_no_cache(model) -> None:
+@pytest.mark.parametrize("graphs", ["auto", "uncaptured"])
+def test_a_decoder_tick_writes_the_canvas_in_place_and_copies_no_cache(model, graphs) -> None:
     """Rows of different prompt lengths denoise together: the K/V buffers keep their addresses, and no
-    K/V tensor is concatenated, padded or gathered during the tick (the mask covers the shorter rows)."""
+    K/V tensor is concatenated, padded or gathered during the tick (the mask covers the shorter rows);
+    with eager passes and with bucketed ones (graphs.py)."""
     steps = SamplingParams(max_new_tokens=32, max_denoising_steps=10, stability_threshold=20, seed=1)
-    engine = Engine(model, max_rows=4)
+    engine = Engine(model, max_rows=4, graphs=graphs)
     for i, n in enumerate((3, 17, 40)):
         engine.submit(Request(f"r{i}", tuple(range(2, 2 + n)), steps))
     engine.step()  # prefill
