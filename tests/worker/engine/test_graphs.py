@@ -9,10 +9,12 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
 from tests.worker.engine.test_engine import EOS, PARAMS, HostReads, mixed_requests, reference, run
+from tests.worker.test_lora import trained_adapter
 from worker.engine import Engine, Request, SamplingParams
 from worker.engine.engine import NonFiniteLogits
 from worker.engine.graphs import ROW_BUCKETS, DecoderGraphs, prefix_buckets, row_buckets
 from worker.engine.rows import Phase
+from worker.training.lora import load_adapter
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +182,38 @@ def test_graph_modes_are_checked_and_the_cpu_captures_nothing(model) -> None:
         Engine(model, graphs="always")
     assert Engine(model, max_rows=2).graphs is None  # "auto" on the CPU: eager passes
     assert Engine(model, max_rows=2, graphs="uncaptured").graphs.graphs == {}
+
+
+def test_rows_with_an_adapter_run_eagerly_and_base_rows_alone_in_buckets(tiny_model_dir, tmp_path) -> None:
+    """A bucketed pass runs the base weights only: a tick with an adapter's row runs the eager pass, one
+    with base rows alone the bucketed pass; loading the adapter moved no weight (the graphs are kept)."""
+    path = trained_adapter(tiny_model_dir, tmp_path, "a", 0)
+    requests = [
+        Request(f"a{i}", tuple(range(2, 6 + 5 * i)), SamplingParams(max_new_tokens=32, seed=i), adapter="a")
+        for i in range(2)
+    ] + [Request(f"b{i}", tuple(range(3, 9 + 4 * i)), SamplingParams(max_new_tokens=96, seed=9 + i)) for i in range(2)]
+    outputs, stats = {}, {}
+    for graphs in ("off", "uncaptured"):
+        engine = Engine(DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), graphs=graphs)
+        engine.add_adapter("a", lambda model: load_adapter(model, path, "a"))
+        assert graphs == "off" or (engine.graphs is not None and engine.graphs.weights_unchanged())
+        handles = [engine.submit(r) for r in requests]
+        engine.run_until_idle()
+        outputs[graphs], stats[graphs] = [h.wait(0).token_ids for h in handles], engine.stats
+    assert outputs["uncaptured"] == outputs["off"]
+    assert 0 < stats["uncaptured"]["graph_passes"] < stats["uncaptured"]["decoder_passes"]
+
+
+def test_the_graphs_are_dropped_when_unloading_an_adapter_moves_a_weight(tiny_model_dir) -> None:
+    engine = Engine(DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), graphs="uncaptured")
+    weight = engine.runner.decoder.layers[0].self_attn.q_proj.weight
+
+    def merge(_adapters):
+        weight.data = weight.data.clone()  # what merging an adapter into the base weights does
+        return engine.runner.model
+
+    engine.remove_adapter(merge)
+    assert engine.graphs is None
+    result = engine.submit(Request("r", (2, 70), SamplingParams(max_new_tokens=32, seed=1)))
+    engine.run_until_idle()
+    assert result.wait(0).token_ids and engine.stats["graph_passes"] == 0
