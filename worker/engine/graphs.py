@@ -115,15 +115,15 @@ class DecoderGraphs:
     def _capture_all(self) -> None:
         """Capture every bucket, largest first (the shared pool is sized by the largest pass and the
         others reuse its blocks). A bucket whose warm-up fails (out of memory) is left to eager passes;
-        a failed capture leaves every pass eager, since the device's state is then unknown."""
+        a failed capture (an operation that cannot be captured) leaves every pass eager."""
         started = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.runner.device)
         for rows, prefix in sorted(((r, p) for r in self.rows for p in self.prefixes), reverse=True):
             try:
                 warm_up(lambda r=rows, p=prefix: self._pass(r, p), stream)
-            except torch.OutOfMemoryError:
-                log.warning("decoder graph (%d rows, prefix %d): out of memory warming up, left eager", rows, prefix)
+            except Exception:  # out of memory, most likely: this shape's passes stay eager (and may fail there)
+                log.exception("decoder graph (%d rows, prefix %d): its warm-up failed, left eager", rows, prefix)
                 continue
             try:
                 self.graphs[(rows, prefix)] = capture(lambda r=rows, p=prefix: self._pass(r, p), pool, stream)
