@@ -15,7 +15,8 @@ def test_gpu_checks_script_passes_on_this_device() -> None:
         [sys.executable, "bench/gpu_checks.py"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 5 and "FAIL" not in result.stdout
+    assert result.stdout.count("PASS") == 12 and "FAIL" not in result.stdout
+    assert result.stdout.count("PASS graphs") == 7  # issue 17 item 3: bucketed passes, uncaptured on the CPU
 
 
 def test_engine_benchmark_runs_on_a_small_config() -> None:
@@ -38,6 +39,7 @@ def test_engine_benchmark_runs_on_a_small_config() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "engine, 2 rows, arriving together" in result.stdout
     assert '"outputs_equal_to_generate"' in result.stdout  # the exactness column is reported
+    assert '"graphs_captured": 0' in result.stdout and "graphs off" in result.stdout  # nothing captured on a CPU
 
 
 def test_sampler_benchmark_runs_on_the_small_config() -> None:
