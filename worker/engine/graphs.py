@@ -77,7 +77,8 @@ class DecoderGraphs:
         self.captured, self.capture_seconds = capture, 0.0
         self.weights = weight_addresses(runner)
         if capture:
-            self._capture_all()
+            with torch.cuda.device(runner.device):  # streams and captures on the model's GPU
+                self._capture_all()
 
     def weights_unchanged(self) -> bool:
         """Whether every weight the passes read is still where it was when they were captured."""
