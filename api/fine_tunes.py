@@ -173,9 +173,10 @@ def create_fine_tune() -> Response:
         webhook=body.webhook.model_dump(exclude_unset=True) if body.webhook else None,
     )
     outbox = create_job(session, job)
+    served = served_by(session, job.model)  # read before the commit: nothing after it may fail the answer
     session.commit()
-    JOBS_SUBMITTED.labels(job.kind, served_by(session, job.model)).inc()
-    publish_after_commit(session, outbox.id)
+    JOBS_SUBMITTED.labels(job.kind, served).inc()
+    publish_after_commit(outbox.id)
     bind(job_id=job.id, model=job.model)
     log.info("fine-tune %s accepted: %s of %s", job.id, body.method, job.model)
     response = jsonify(fine_tune_view(job))

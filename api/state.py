@@ -57,10 +57,12 @@ def release_db_session() -> None:
     close_db_session(None)
 
 
-def publish_after_commit(session: Session, outbox_id: int) -> None:
+def publish_after_commit(outbox_id: int) -> None:
     """A release pass of the committed job's queue now (shared/fairness.py): the job goes to the broker at
     once if its tenant and the queue have room. If the broker or the database hiccups, the job stays
-    accepted and the sweeper releases it."""
+    accepted and the sweeper releases it. Runs in a session of its own: a failure here must not roll back
+    (and so expire) the request's session, whose committed rows the answer is still made from."""
+    session = session_factory(settings().database_url)()
     try:
         queue = session.scalar(select(OutboxMessage.queue).where(OutboxMessage.id == outbox_id))
         release(session, producer(), settings(), queue)
@@ -68,3 +70,5 @@ def publish_after_commit(session: Session, outbox_id: int) -> None:
     except Exception:
         session.rollback()
         log.exception("could not publish outbox message %s now; the sweeper will", outbox_id)
+    finally:
+        session.close()
