@@ -41,7 +41,30 @@ from shared.registry import register_model
 from shared.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("CANVAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_BASE = os.environ.get("CANVAS_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _redis_of_this_process() -> str:
+    """The Redis server of this test process (scheme, host and port; tests pick database numbers). Under
+    pytest-xdist (`make test` runs two processes) every process but the first starts a redis-server of its
+    own on a free port, stopped when it exits, so the fixed database numbers the suite uses are never
+    shared between processes. Set in the environment, where the modules that read it find it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    if worker != "gw0" and "CANVAS_TEST_REDIS_STARTED" not in os.environ:
+        import atexit
+        import shutil
+        import tempfile
+
+        from shared.local_redis import LocalRedis
+
+        server = LocalRedis(Path(tempfile.mkdtemp(prefix=f"redis-{worker}-")), executable=shutil.which("redis-server"))
+        server.start()
+        atexit.register(server.stop)
+        os.environ["CANVAS_TEST_REDIS"] = f"redis://127.0.0.1:{server.port}"
+        os.environ["CANVAS_TEST_REDIS_STARTED"] = "1"
+    return os.environ.get("CANVAS_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+REDIS_BASE = _redis_of_this_process()
 REDIS_DB = {"sqlite": 14, "postgresql": 15}
 TINY = "tiny"
 

@@ -20,12 +20,14 @@ from typing import Any
 import pytest
 import redis
 
+from shared.local_redis import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-# The Redis of the deployment tests: a port of their own (others' test runs use 6379-6385), a password
-# (the compose files always give Redis one).
-REDIS_PORT = 6386
+# The Redis of the deployment tests: a free port of this test process's own (`make test` runs two), and a
+# password (the compose files always give Redis one).
+REDIS_PORT = free_port()
 REDIS_PASSWORD = "deploy-tests"
 # What deploy/env.example asks for: values of the right shape, for `docker compose config`.
 EXAMPLE_SECRETS = {
@@ -99,7 +101,7 @@ def example_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def deploy_redis() -> Iterator[str]:
-    """redis-server on 127.0.0.1:6386 with a password, as a child of this process; its URL (database 0)."""
+    """redis-server on 127.0.0.1:REDIS_PORT with a password, as a child of this process; its URL (database 0)."""
     url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{REDIS_PORT}/0"
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
