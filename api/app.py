@@ -25,6 +25,7 @@ from api import (
     webhooks,
 )
 from api.admin.session import SESSION_LIFETIME, AdminSessionInterface
+from api.batch_validation import BatchValidator
 from api.errors import register_error_handlers
 from api.state import close_db_session
 from shared import logs, sealing
@@ -35,8 +36,10 @@ from shared.sweeper import Sweeper
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -> Flask:
-    """Build the API. With run_sweeper, a background thread publishes the outbox and reaps leases."""
+def create_app(settings: Settings | None = None, *, run_sweeper: bool = False, recover_batches: bool = False) -> Flask:
+    """Build the API. With run_sweeper, a background thread publishes the outbox and reaps leases. Long batch
+    files are validated in a background thread (started on first use); with recover_batches it starts now
+    and also validates the batches another process left `validating` (api/batch_validation.py)."""
     settings = settings or Settings.from_env()
     app = Flask("canvas")
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
@@ -55,6 +58,9 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = False) -
     app.before_request(_bind_job)
     app.teardown_request(lambda _exc: logs.clear())
     register_error_handlers(app)
+    app.extensions["canvas.batch_validator"] = validator = BatchValidator(app, recover=recover_batches)
+    if recover_batches:
+        validator.start()
     if run_sweeper:
         sweeper = Sweeper(settings, app.extensions["canvas.celery"])
         sweeper.start()

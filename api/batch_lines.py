@@ -73,7 +73,7 @@ def plan_lines(session: Session, content: bytes, endpoint: str, batch: dict[str,
         if not raw.strip():
             continue
         try:
-            row = _plan_line(session, raw, number, endpoint, seen, models)
+            row = _plan_line(session, raw, number, endpoint, seen, models, batch["tenant_id"])
         except LineFailure as failure:
             planned.errors.append(failure.error)
             continue
@@ -88,7 +88,13 @@ class LineFailure(Exception):
 
 
 def _plan_line(
-    session: Session, raw: bytes, number: int, endpoint: str, seen: set[str], models: dict[str, ModelRecord]
+    session: Session,
+    raw: bytes,
+    number: int,
+    endpoint: str,
+    seen: set[str],
+    models: dict[str, ModelRecord],
+    tenant_id: str,
 ) -> dict[str, Any]:
     try:
         parsed = json.loads(raw)
@@ -114,7 +120,7 @@ def _plan_line(
         if body.stream:
             raise fail("invalid_request", "stream is not supported in a batch", "body.stream")
         request = body.job()
-        model = models.get(request.model) or visible_model(session, request.model)
+        model = models.get(request.model) or visible_model(session, request.model, tenant_id=tenant_id)
         models[request.model] = model
         plan = plan_job(request, model)
     except ValidationError as exc:

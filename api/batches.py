@@ -1,25 +1,27 @@
 """/v1/batches: OpenAI's Batch API on the job queue: create from an uploaded JSONL file, get, list, cancel.
 
-Creating a batch validates every line first; a file with a bad line makes a `failed` batch (the bad lines,
-with their numbers, in `errors` and in its error file) and no job. A good file becomes one job per line,
-inserted in bounded chunks in the batch's own transaction: all of them or none. The jobs run behind
-interactive ones (the batch lane of shared/fairness.py); the sweeper finalizes the batch (shared/batch_finalizer.py).
+A batch starts `validating`: every line is checked first, then the batch becomes `in_progress` with one job
+per line (inserted in bounded chunks in one transaction: all of them or none), or `failed` with the bad
+lines, by number, in `errors` and in its error file, and no job. With `allow_partial` (Canvas's extension)
+the good lines run and the bad ones go to the error file. A short file is validated within the create
+request; a longer one in the background (api/batch_validation.py), so create answers at once. The jobs
+run behind interactive ones (the batch lane of shared/fairness.py); the sweeper finalizes the batch
+(shared/batch_finalizer.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Literal
 
-from flask import Blueprint, Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from sqlalchemy import and_, or_, select
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import authenticate_request, current_principal
-from api.batch_lines import PlannedLines, plan_lines
+from api.batch_validation import VALIDATION_LEASE, release_now, validate
 from api.bodies import read_json_object
 from api.files import get_file
 from api.jobs import _request_hash, idempotency_key
@@ -28,21 +30,18 @@ from api.openapi import IDEMPOTENCY_KEY, describe
 from api.pagination import parse_limit
 from api.response_schemas import Batch as BatchShape
 from api.response_schemas import BatchList
-from api.state import db_session, producer, settings
+from api.state import db_session, settings
 from shared.batches import (
     BatchStatus,
     batch_view,
     cancel_batch,
     completion_window,
     counts_of,
-    insert_lines,
     new_batch_id,
     request_counts,
 )
 from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.fairness import release
-from shared.files import new_file
-from shared.models import Batch, Job, utcnow
+from shared.models import Batch, utcnow
 from shared.webhooks import record_tenant_event
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,11 @@ class BatchCreate(BaseModel):
     endpoint: Literal["/v1/chat/completions", "/v1/completions"]
     completion_window: StrictStr = "24h"
     metadata: dict[StrictStr, StrictStr] | None = Field(None, max_length=16)
+    allow_partial: StrictBool = Field(
+        False,
+        description="Canvas's extension: run the valid lines and report the bad ones (with their line numbers) in "
+        "the error file, instead of failing the whole batch",
+    )
 
 
 @bp.post("")
@@ -76,6 +80,8 @@ class BatchCreate(BaseModel):
     headers=[IDEMPOTENCY_KEY],
 )
 def create_batch() -> Response:
+    """A short file is validated here (the answer is `in_progress` or `failed`); a longer one answers
+    `validating` and is validated in the background (api/batch_validation.py)."""
     raw = read_json_object()
     body = BatchCreate.model_validate(raw)
     tenant_id = current_principal().tenant_id
@@ -91,6 +97,8 @@ def create_batch() -> Response:
     if source.lines > settings().max_batch_lines:
         limit = settings().max_batch_lines
         raise InvalidRequest(f"the file has {source.lines} lines; a batch takes at most {limit}", "input_file_id")
+    if not source.content.strip():
+        raise InvalidRequest(f"file {source.id} holds no request", "input_file_id")
     session = db_session()
     now = utcnow()
     batch = Batch(
@@ -99,10 +107,11 @@ def create_batch() -> Response:
         endpoint=body.endpoint,
         input_file_id=source.id,
         completion_window=body.completion_window,
-        status=BatchStatus.IN_PROGRESS.value,
+        status=BatchStatus.VALIDATING.value,
         batch_metadata=body.metadata,
+        allow_partial=body.allow_partial,
+        validation_lease_until=now + VALIDATION_LEASE,
         created_at=now,
-        in_progress_at=now,
         expires_at=now + window,
         total=0,
         completed=0,
@@ -110,18 +119,12 @@ def create_batch() -> Response:
         idempotency_key=key,
         request_hash=digest if key else None,
     )
-    fields = {"tenant_id": tenant_id, "batch_id": batch.id, "deadline_at": batch.expires_at}
-    planned = plan_lines(session, source.content, body.endpoint, fields)
-    if not planned.rows and not planned.errors:
-        raise InvalidRequest(f"file {source.id} holds no request", "input_file_id")
-    check_submission(session, tenant_id)  # after validation, like a job: the rate counts the batch once
+    check_submission(session, tenant_id)  # like a job: the rate counts the batch once
     session.add(batch)
     session.flush()
-    if planned.errors:
-        _fail(session, batch, planned)
-    else:
-        batch.total = len(planned.rows)
-        insert_lines(session, planned.rows, now)
+    inline = source.lines <= settings().batch_inline_lines
+    if inline:
+        validate(session, batch, batch.validation_lease_until)
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key made the batch first
@@ -129,9 +132,11 @@ def create_batch() -> Response:
         if key and (existing := _replay(tenant_id, key, digest)):
             return _batch_response(existing)
         raise
-    log.info("batch %s: %d lines, %d bad, status %s", batch.id, batch.total, len(planned.errors), batch.status)
+    log.info("batch %s: %d lines, status %s", batch.id, source.lines, batch.status)
     if batch.status == BatchStatus.IN_PROGRESS.value:
-        _release_now(batch.id)
+        release_now(batch.id)
+    elif not inline:
+        current_app.extensions["canvas.batch_validator"].submit(batch.id, batch.validation_lease_until)
     return _batch_response(batch)
 
 
@@ -147,30 +152,20 @@ def _batch_response(batch: Batch) -> Response:
     return jsonify(batch_view(batch, request_counts(db_session(), batch)))
 
 
-def _fail(session: Session, batch: Batch, planned: PlannedLines) -> None:
-    """A batch whose file has bad lines: `failed` at once, with every bad line in its error file."""
-    batch.status, batch.failed_at = BatchStatus.FAILED.value, batch.created_at
-    batch.errors = [e.as_error() for e in planned.errors[:MAX_REPORTED_ERRORS]]
-    content = "".join(json.dumps(e.as_file_line()) + "\n" for e in planned.errors).encode()
-    error_file = new_file(batch.tenant_id, "batch_output", f"{batch.id}_errors.jsonl", content)
-    session.add(error_file)
-    session.flush()
-    batch.error_file_id = error_file.id
-    record_tenant_event(session, batch.tenant_id, "batch.failed", batch_view(batch, request_counts(session, batch)))
-
-
-def _release_now(batch_id: str) -> None:
-    """Start the batch's first lines now (as far as its queues have room) rather than at the next sweep; if
-    the broker or the database does not answer, the sweeper does it."""
-    session = db_session()
-    try:
-        queues = session.scalars(select(Job.queue).where(Job.batch_id == batch_id).distinct()).all()
-        for queue in queues:
-            release(session, producer(), settings(), queue)
-            session.commit()
-    except Exception:
-        session.rollback()
-        log.exception("could not release batch jobs now; the sweeper will")
+def cancel_validating(session: Session, batch: Batch) -> bool:
+    """validating -> cancelled, with its batch.cancelled message; False if the batch is past validating."""
+    now = utcnow()
+    stmt = (
+        update(Batch)
+        .where(Batch.id == batch.id, Batch.status == BatchStatus.VALIDATING.value)
+        .values(status=BatchStatus.CANCELLED.value, cancelling_at=now, cancelled_at=now, validation_lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.refresh(batch)
+    record_tenant_event(session, batch.tenant_id, "batch.cancelled", batch_view(batch, request_counts(session, batch)))
+    return True
 
 
 def get_batch(batch_id: str) -> Batch:
@@ -192,12 +187,15 @@ def get_batch_route(batch_id: str) -> Response:
 @describe("Cancel a batch", responses={200: BatchShape})
 def cancel_batch_route(batch_id: str) -> Response:
     """in_progress -> cancelling (queued lines canceled at once, running ones stopped); `cancelled` once
-    none runs. An ended batch is a 409."""
+    none runs. A batch still validating is `cancelled` at once (no line became a job). An ended batch is a
+    409."""
     session = db_session()
     batch = get_batch(batch_id)
-    if batch.status not in (BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value):
-        raise Conflict(f"batch {batch.id} is {batch.status}; only an in-progress batch can be cancelled", "batch_id")
-    cancel_batch(session, batch)
+    if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
+        raise Conflict(f"batch {batch.id} is {batch.status}; only an unfinished batch can be cancelled", "batch_id")
+    if not cancel_validating(session, batch):
+        session.refresh(batch)  # validated meanwhile: cancel its lines
+        cancel_batch(session, batch)
     session.commit()
     session.refresh(batch)
     return jsonify(batch_view(batch, request_counts(session, batch)))

@@ -18,10 +18,11 @@ bp = Blueprint("models", __name__, url_prefix="/v1/models")
 bp.before_request(authenticate_request)
 
 
-def visible_model(session: Session, name: str, param: str = "model") -> ModelRecord:
-    """The model, if it is public or the caller's tenant's own; otherwise 404 naming it."""
+def visible_model(session: Session, name: str, param: str = "model", tenant_id: str | None = None) -> ModelRecord:
+    """The model, if it is public or the tenant's own (by default the caller's); otherwise 404 naming it."""
+    tenant_id = tenant_id or current_principal().tenant_id
     model = session.get(ModelRecord, name)
-    if model is None or (model.tenant_id is not None and model.tenant_id != current_principal().tenant_id):
+    if model is None or (model.tenant_id is not None and model.tenant_id != tenant_id):
         raise NotFound(f"model {name!r} does not exist; GET /v1/models lists the available ones", param)
     return model
 

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, run_sweeper=not args.no_sweeper)
+    app = create_app(settings, run_sweeper=not args.no_sweeper, recover_batches=True)
     server = make_server(args.host, args.port, app, threaded=True)
 
     def stop(_signum: int, _frame: object) -> None:

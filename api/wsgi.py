@@ -9,4 +9,4 @@ from shared.settings import Settings
 
 settings = Settings.from_env()
 configure_logging(settings.log_level, settings.log_format)  # gunicorn sets up only its own loggers
-app = create_app(settings, run_sweeper=settings.api_sweeper)
+app = create_app(settings, run_sweeper=settings.api_sweeper, recover_batches=True)

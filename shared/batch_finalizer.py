@@ -9,6 +9,7 @@ per answered request) and error file (one per request that was not answered), it
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from shared.batches import ACTIVE_JOB, OPEN, BatchStatus, batch_view, end_queued
 from shared.db import session_scope
 from shared.files import new_file
 from shared.job_errors import JobError, JobErrorCode
-from shared.models import Batch, Job, utcnow
+from shared.models import Batch, Job, StoredFile, utcnow
 from shared.openai_responses import Shape, completion_body, error_status, job_error
 from shared.settings import Settings
 from shared.states import JobStatus
@@ -113,20 +114,34 @@ def _store(session: Session, batch: Batch, name: str, lines: list[str]) -> str:
 
 
 def _write_lines(session: Session, batch: Batch) -> tuple[list[str], list[str], tuple[int, int, int]]:
-    """(output lines, error lines, (total, completed, failed)) in input order."""
+    """(output lines, error lines, (total, completed, failed)) in input order. The error lines include the
+    lines a partial batch (`allow_partial`) left out at validation, each where it stood in the input."""
     chat = batch.endpoint == "/v1/chat/completions"
     output: list[str] = []
-    errors: list[str] = []
+    errors: list[tuple[int, str]] = []
     for job in _lines(session, batch.id):
-        line = result_line(job, chat)
-        (output if job["status"] == JobStatus.SUCCEEDED.value else errors).append(json.dumps(line))
-    return output, errors, (len(output) + len(errors), len(output), len(errors))
+        line = json.dumps(result_line(job, chat))
+        if job["status"] == JobStatus.SUCCEEDED.value:
+            output.append(line)
+        else:
+            errors.append((job["batch_line"], line))
+    errors = list(heapq.merge(errors, _invalid_lines(session, batch)))
+    return output, [line for _, line in errors], (len(output) + len(errors), len(output), len(errors))
+
+
+def _invalid_lines(session: Session, batch: Batch) -> list[tuple[int, str]]:
+    """(line number, error line) of the lines validation left out of a partial batch, in input order."""
+    stored = session.get(StoredFile, batch.invalid_file_id) if batch.invalid_file_id else None
+    if stored is None:
+        return []
+    lines = stored.content.decode().splitlines()
+    return [(json.loads(line)["error"]["line"], line) for line in lines if line]
 
 
 def _lines(session: Session, batch_id: str) -> Iterator[dict[str, Any]]:
     """The batch's jobs in input order, as the few fields a result line needs, read in chunks."""
     columns = (Job.id, Job.kind, Job.custom_id, Job.model, Job.status, Job.output, Job.stats, Job.error)
-    columns += (Job.created_at,)
+    columns += (Job.created_at, Job.batch_line)
     stmt = select(*columns).where(Job.batch_id == batch_id).order_by(Job.batch_line)
     for row in session.execute(stmt.execution_options(yield_per=READ_CHUNK)):
         yield dict(row._mapping)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -339,3 +340,8 @@ class Batch(Base):
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))  # a retried create finds its batch (0010)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # 0011: bad lines left out instead of failing the batch, the file of those lines (merged into the error
+    # file at finalization), and the lease of whoever validates a `validating` batch (api/batch_validation.py).
+    allow_partial: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    invalid_file_id: Mapped[str | None] = mapped_column(String(40))
+    validation_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

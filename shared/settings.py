@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # interactive job finds a free row instead of waiting for a batch job to finish.
     max_batch_lines: int = 50_000
     batch_max_in_flight: int = 12
+    # A batch whose file has at most this many lines is validated in the create request (it answers
+    # `in_progress` or `failed`); a longer file answers `validating`
+    # at once and is validated in the API process's background (api/batch_validation.py). 0: always later.
+    batch_inline_lines: int = 1000
     # Fair release (shared/fairness.py), per broker queue: jobs released to the broker and not yet claimed
     # (keeps the broker's queue short; 0: release everything at once, first come first served), and jobs of
     # one tenant released and not finished (0: no cap). A queued job released this long ago that is in

@@ -13,7 +13,7 @@ from shared.batches import BatchStatus, counts_of
 from shared.errors import InvalidRequest
 from shared.models import Batch
 
-STATUSES = [s.value for s in BatchStatus if s is not BatchStatus.VALIDATING]
+STATUSES = [s.value for s in BatchStatus]
 
 
 @bp.get("/batches")

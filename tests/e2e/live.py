@@ -37,7 +37,7 @@ class ApiServer:
     """The Flask app behind a real HTTP server on a free loopback port, with its sweeper thread."""
 
     def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings, run_sweeper=True)
+        self.app = create_app(settings, run_sweeper=True, recover_batches=True)
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         # A short poll: shutdown waits for the loop to look (half a second by default, paid by every test).
@@ -50,6 +50,7 @@ class ApiServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.app.extensions["canvas.sweeper"].stop()
+        self.app.extensions["canvas.batch_validator"].stop()
 
 
 class AppThreadPool(ThreadTaskPool):

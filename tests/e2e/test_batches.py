@@ -184,3 +184,40 @@ def test_completion_lines_with_n_and_a_suffix_answer_as_the_route_does(live_api,
     job = http.get(infill["response"]["request_id"])
     assert job["kind"] == "infill"
     assert infill["response"]["body"]["choices"][0]["text"] == job["output"]["fills"][0]["text"]
+
+
+def test_a_batch_validated_in_the_background_answers_validating_then_runs(settings, live_worker, keys) -> None:
+    # batch_inline_lines 0: every file is validated after the create request, as OpenAI does.
+    with ApiServer(settings.with_(batch_inline_lines=0)) as api:
+        client = sdk(api.url, keys["a"])
+        created = start(client, [completion_line(f"v{i}", f"add: {i}+1\n") for i in range(3)], "/v1/completions")
+        assert created.status == "validating" and created.in_progress_at is None
+        assert created.request_counts.total == 0
+        batch = wait_ended(client, created.id)
+        failed = wait_ended(client, start(client, [{"custom_id": "y"}], "/v1/completions").id)
+        output = lines_of(client, batch.output_file_id)
+    assert batch.status == "completed" and batch.in_progress_at and batch.request_counts.completed == 3
+    assert [line["custom_id"] for line in output] == ["v0", "v1", "v2"]
+    assert failed.status == "failed" and failed.errors.data[0].line == 1 and failed.error_file_id
+
+
+def test_allow_partial_runs_the_good_lines_and_reports_the_bad_ones(live_api, keys) -> None:
+    client = sdk(live_api.url, keys["a"])
+    lines = [completion_line("p0", "add: 1+1\n"), {"custom_id": "bad"}, completion_line("p2", "add: 2+2\n")]
+    lines.append(completion_line("knob", "add: 3+3\n", max_tokens=8) | {"url": "/v1/chat/completions"})
+    # Canvas's extension, as the SDK sends fields it does not know: extra_body.
+    created = start(client, lines, "/v1/completions", extra_body={"allow_partial": True})
+    assert created.status == "in_progress" and [e.line for e in created.errors.data] == [2, 4]
+    assert (created.request_counts.total, created.request_counts.failed) == (4, 2)
+    batch = wait_ended(client, created.id)
+    assert batch.status == "completed"
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (4, 2, 2)
+    assert [line["custom_id"] for line in lines_of(client, batch.output_file_id)] == ["p0", "p2"]
+    errors = lines_of(client, batch.error_file_id)
+    assert [(e["custom_id"], e["error"]["line"], e["error"]["code"]) for e in errors] == [
+        ("bad", 2, "invalid_request"),
+        ("knob", 4, "mismatched_url"),
+    ]
+    # Without it, the same file fails whole, with the same lines reported, and nothing runs.
+    whole = start(client, lines, "/v1/completions")
+    assert whole.status == "failed" and [e.line for e in whole.errors.data] == [2, 4]

@@ -68,6 +68,7 @@ EVERY_FIELD: dict[str, Any] = {
     "model_cache_bytes": 1 << 28,
     "max_batch_lines": 1_000,
     "batch_max_in_flight": 4,
+    "batch_inline_lines": 50,
 }
 
 
