@@ -4,14 +4,15 @@ recovering deliveries whose worker died. Runs in the sweeper."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.contracts import WEBHOOK_QUEUE, WEBHOOK_TASK
-from shared.models import WebhookMessage, utcnow
+from shared.models import WebhookAttempt, WebhookMessage, utcnow
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,37 @@ def _first_undelivered() -> ColumnElement[bool]:
     return or_(WebhookMessage.job_id.is_(None), ~blocking.exists())
 
 
-def recover_stalled(session: Session) -> int:
-    """Deliveries whose lease expired (the webhook worker died mid-delivery) become pending again."""
+STALLED = (
+    "the delivery ended without a result within its lease (its worker died, or failed before or while"
+    " posting: a database, DNS or sealing-key error); recovered by the sweeper"
+)
+
+
+def recover_stalled(session: Session, schedule: Sequence[float]) -> int:
+    """Deliveries whose lease expired (the webhook worker died mid-delivery, or its task raised before it
+    could record a result): each claim was an attempt (`attempts` counts claims), so it is logged as one,
+    and the message is pending again, or `failed` once its attempts exceed the retry schedule, as after any
+    other failed attempt. Returns how many were recovered."""
     now = utcnow()
+    exhausted = WebhookMessage.attempts > len(schedule)
     stmt = (
         update(WebhookMessage)
         .where(WebhookMessage.status == "delivering", WebhookMessage.lease_expires_at < now)
-        .values(status="pending", next_attempt_at=now, lease_expires_at=None)
+        .values(
+            status=case((exhausted, "failed"), else_="pending"),
+            next_attempt_at=case((exhausted, WebhookMessage.next_attempt_at), else_=now),
+            lease_expires_at=None,
+        )
+        .returning(WebhookMessage.id, WebhookMessage.attempts, WebhookMessage.status)
+        .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).rowcount  # type: ignore[attr-defined]
+    recovered = session.execute(stmt).all()
+    for message_id, attempts, status in recovered:
+        error = STALLED + ("; no attempt left: failed" if status == "failed" else "")
+        session.add(WebhookAttempt(message_id=message_id, attempt=attempts, error=error, created_at=now))
+        log.warning("webhook message %s: attempt %d stalled; now %s", message_id, attempts, status)
+    session.flush()
+    return len(recovered)
 
 
 def dispatch_due(session: Session, app: Celery, limit: int = 200) -> int:
@@ -75,6 +98,6 @@ def sweep_webhooks(settings: Settings, app: Celery) -> tuple[int, int]:
     from shared.db import session_scope
 
     with session_scope(settings.database_url) as session:
-        recovered = recover_stalled(session)
+        recovered = recover_stalled(session, settings.webhook_schedule)
     with session_scope(settings.database_url) as session:
         return recovered, dispatch_due(session, app)

@@ -155,6 +155,9 @@ def test_killing_the_webhook_worker_mid_delivery_loses_nothing(settings, keys, b
     hung, retried = receiver.at("/hang")[:2]
     assert hung.headers["webhook-id"] == retried.headers["webhook-id"] == delivery["id"]
     verified(ep["secret"], retried)
+    # The killed attempt counts: the sweeper logged it when it recovered the message.
+    assert [(a["attempt"], a["status_code"]) for a in delivery["log"]] == [(1, None), (2, 200)]
+    assert "without a result within its lease" in delivery["log"][0]["error"]
 
 
 def test_a_generation_worker_without_the_sealing_key_runs_jobs_of_a_tenant_with_an_endpoint(

@@ -174,7 +174,7 @@ def test_the_lease_outlasts_the_deadline(settings) -> None:
         delivery.start()
         time.sleep(settings.webhook_timeout_seconds + 0.3)  # past the POST's deadline
         with session_scope(settings.database_url) as session:
-            assert recover_stalled(session) == 0
+            assert recover_stalled(session, settings.webhook_schedule) == 0
         delivery.join(5)
         with session_scope(settings.database_url) as session:
             assert session.get(WebhookMessage, message_id).attempts == 1
@@ -214,15 +214,17 @@ def test_a_delivery_that_outlived_its_lease_does_not_overwrite_the_newer_result(
         with session_scope(settings.database_url) as session:
             session.get(WebhookMessage, message_id).lease_expires_at = utcnow() - timedelta(seconds=1)
         with session_scope(settings.database_url) as session:
-            assert recover_stalled(session) == 1
+            assert recover_stalled(session, settings.webhook_schedule) == 1
         assert deliver(settings, message_id) == "delivered"
         first.join(10)
         assert outcomes == ["superseded"]
         with session_scope(settings.database_url) as session:
             message = session.get(WebhookMessage, message_id)
             assert (message.status, message.attempts, message.last_status_code) == ("delivered", 2, 200)
-            codes = [a.status_code for a in session.query(WebhookAttempt).filter_by(message_id=message_id)]
-        assert sorted(codes) == [200, 500]  # both attempts are in the log
+            log = session.query(WebhookAttempt).filter_by(message_id=message_id).order_by(WebhookAttempt.id)
+            logged = sorted((a.attempt, a.status_code or 0) for a in log)
+        # Both attempts are in the log, and so is the sweeper's note that attempt 1 outlived its lease.
+        assert logged == [(1, 0), (1, 500), (2, 200)]
     finally:
         receiver.close()
 
@@ -250,4 +252,40 @@ def test_replaying_a_message_while_it_is_delivered_is_refused_and_keeps_its_atte
         again = client.post(f"/v1/webhook_endpoints/{endpoint_id}/deliveries/{message_id}/replay", headers=auth(key))
         assert again.status_code == 200 and again.get_json()["data"][0]["status"] == "pending"
     finally:
+        receiver.close()
+
+
+def test_an_attempt_that_fails_before_its_post_counts_and_the_message_fails_after_the_schedule(settings) -> None:
+    """The webhook worker holds a sealing key that does not open the endpoint's secret (a misconfigured
+    deploy): every delivery raises after its claim, before the POST, and records nothing. Each recovered
+    claim is an attempt in the log; past the schedule (one retry here) the message is `failed`, not
+    retried forever."""
+    from shared import sealing
+
+    receiver = Receiver()
+    sealing.configure(sealing.new_key())  # the API seals the endpoint's secret with this key
+    try:
+        message_id, _ = message_for(settings, receiver.script("/never"))
+        sealing.configure(sealing.new_key())  # the webhook worker was given another one
+        settings = settings.with_(webhook_schedule=(0.0,))
+        for attempt in (1, 2):
+            with pytest.raises(sealing.SealingError):
+                deliver(settings, message_id)
+            with session_scope(settings.database_url) as session:
+                message = session.get(WebhookMessage, message_id)
+                assert (message.status, message.attempts) == ("delivering", attempt)
+                message.lease_expires_at = utcnow() - timedelta(seconds=1)  # its lease ends (not waited for)
+            with session_scope(settings.database_url) as session:
+                assert recover_stalled(session, settings.webhook_schedule) == 1
+        assert deliver(settings, message_id) == "skipped"  # failed: no third claim
+        with session_scope(settings.database_url) as session:
+            message = session.get(WebhookMessage, message_id)
+            attempts = session.query(WebhookAttempt).filter_by(message_id=message_id).order_by(WebhookAttempt.id)
+            logged = [(a.attempt, a.status_code, a.error) for a in attempts]
+        assert (message.status, message.attempts, message.lease_expires_at) == ("failed", 2, None)
+        assert [(n, code) for n, code, _ in logged] == [(1, None), (2, None)]
+        assert "without a result within its lease" in logged[0][2] and "no attempt left" in logged[1][2]
+        assert receiver.at("/never") == []
+    finally:
+        sealing.configure("")
         receiver.close()
