@@ -11,9 +11,9 @@ Prints, with the openai SDK as the client:
 1. interactive latency with nothing else running: --probes requests, one after another;
 2. the batch: --lines lines in one batch, from create to `completed` (lines per second);
 3. interactive latency while that batch runs: one request at a time from another tenant, until it ends;
-4. the same --lines requests as single jobs (POST /v1/jobs, all submitted at once, then polled): the best
-   a client without batches does;
-5. --sequential of them one at a time (a client that waits for each answer before sending the next).
+4. --sequential of them one at a time (a client that waits for each answer before sending the next);
+5. the same --lines requests as single jobs (POST /v1/jobs, all submitted at once, then polled): the best
+   a client without batches does.
 
   python bench/batch.py [--lines 1000] [--sequential 20] [--probes 10] [--max-tokens 16] [--in-flight N]
                         [--skip-single] [--create-only]
@@ -199,11 +199,6 @@ def main() -> None:
 
         if args.skip_single:
             return
-        single = run_single_jobs(stack.url, keys[2], requests_)
-        print(
-            f"single jobs, all submitted at once: {single:.1f} s: {len(requests_) / single:.2f} requests/s", flush=True
-        )
-
         started = time.monotonic()
         for body in requests_[: args.sequential]:
             client.completions.create(**body)
@@ -212,6 +207,11 @@ def main() -> None:
             f"one at a time ({args.sequential} requests): {sequential:.1f} s: "
             f"{args.sequential / sequential:.2f} requests/s",
             flush=True,
+        )
+
+        single = run_single_jobs(stack.url, keys[2], requests_)
+        print(
+            f"single jobs, all submitted at once: {single:.1f} s: {len(requests_) / single:.2f} requests/s", flush=True
         )
 
 

@@ -37,8 +37,8 @@ def _first_undelivered() -> ColumnElement[bool]:
 
 
 STALLED = (
-    "the delivery ended without a result within its lease (its worker died, or failed before or while"
-    " posting: a database, DNS or sealing-key error); recovered by the sweeper"
+    "the delivery ended without a result within its lease (its worker died, or its task failed before or"
+    " while posting: a database or sealing-key error, say); recovered by the sweeper"
 )
 
 
