@@ -38,9 +38,10 @@ class BatchLine(BaseModel):
 
 @dataclass(frozen=True)
 class LineError:
-    """A line that cannot become a job: its number (from 1), why, and the field at fault."""
+    """A line that cannot become a job: its number (from 1; None for the file as a whole), why, and the
+    field at fault."""
 
-    line: int
+    line: int | None
     code: str
     message: str
     param: str | None

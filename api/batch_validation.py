@@ -86,7 +86,7 @@ def validate(session: Session, batch: Batch, lease: datetime) -> None:
 
 
 def _no_lines(message: str) -> LineError:
-    return LineError(0, "invalid_file", message, "input_file_id")
+    return LineError(None, "invalid_file", message, "input_file_id")
 
 
 def _start(session: Session, batch: Batch, planned: PlannedLines) -> None:

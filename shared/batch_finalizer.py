@@ -125,8 +125,9 @@ def _write_lines(session: Session, batch: Batch) -> tuple[list[str], list[str], 
             output.append(line)
         else:
             errors.append((job["batch_line"], line))
+    failed = len(errors) + batch.failed  # before finalization, `failed` holds the lines validation left out
     errors = list(heapq.merge(errors, _invalid_lines(session, batch)))
-    return output, [line for _, line in errors], (len(output) + len(errors), len(output), len(errors))
+    return output, [line for _, line in errors], (len(output) + failed, len(output), failed)
 
 
 def _invalid_lines(session: Session, batch: Batch) -> list[tuple[int, str]]:

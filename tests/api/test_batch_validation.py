@@ -127,3 +127,16 @@ def test_allow_partial_runs_the_good_lines_and_reports_the_bad_ones_by_number(cl
 def test_allow_partial_must_be_a_boolean(client, keys) -> None:
     response = create(client, keys["a"], upload(client, keys["a"], [chat_line("r0")]), allow_partial="yes")
     assert response.status_code == 422 and response.get_json()["error"]["param"] == "allow_partial"
+
+
+def test_a_batch_whose_file_was_deleted_before_validation_fails_saying_so(later_app, keys, settings) -> None:
+    batch_id = left_validating(later_app, keys["a"], settings)
+    client = later_app.test_client()
+    file_id = stored(settings, batch_id).input_file_id
+    assert client.delete(f"/v1/files/{file_id}", headers=auth(keys["a"])).status_code == 204
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Batch).where(Batch.id == batch_id).values(validation_lease_until=utcnow()))
+    assert recover_abandoned(create_app(settings)) == 1
+    batch = client.get(f"/v1/batches/{batch_id}", headers=auth(keys["a"])).get_json()
+    assert batch["status"] == "failed" and batch["errors"]["data"][0]["code"] == "invalid_file"
+    assert batch["errors"]["data"][0]["line"] is None and "deleted" in batch["errors"]["data"][0]["message"]
