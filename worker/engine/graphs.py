@@ -13,9 +13,20 @@ and where the canvas K/V goes are computed inside the pass from the lengths, so 
 in; its hidden states are copied into one output buffer, and `run` returns a view of it.
 
 On a GPU each bucket's pass is captured once (warm-up on a side stream, then `torch.cuda.graph`, all
-graphs sharing one memory pool: they are replayed one at a time, and each one's result is copied out);
-no compilation. Without capture (`capture=False`, the CPU stand-in used by tests) the same pass runs
-eagerly into the same buffer. Outside the buckets `run` returns None and the caller runs its eager pass.
+graphs sharing one memory pool: they are replayed one at a time, in any order, which is safe because no
+allocation of the pool outlives a replay: each one's result is copied into `output`, allocated outside
+the pool, and read before the next replay); no compilation. Without capture (`capture=False`, the CPU
+stand-in used by tests) the same pass runs eagerly into the same buffer. Outside the buckets `run`
+returns None and the caller runs its eager pass.
+
+What can be captured (`capture_blocker`): the pass reads no host value except in the MoE experts, and
+there only on some paths. transformers' grouped_mm experts (its default) route on the device (sort,
+histc, cumsum) and call ATen's grouped matmul, whose CUTLASS kernel reads the offsets on the device, but
+only for bfloat16 on compute capability 9.x/10.x (Hopper, Blackwell); elsewhere ATen falls back to a
+loop that copies the offsets to the host (`offs.cpu()`), which a capture cannot hold. The eager experts
+(`nonzero`, a Python loop over the routed experts) and our quantized experts (`bincount().tolist()`)
+read the host too. On those the engine captures nothing (a failed capture would also leave the caching
+allocator and the pool in states PyTorch does not promise to repair), and passes stay eager.
 
 Numerics: padding rows change no real row's output (bit for bit on the CPU). Padding the keys does
 change the last bits: SDPA reduces the keys in blocks that depend on their count, so a bucketed pass
@@ -29,6 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -40,6 +52,35 @@ log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32)
 GRAPH_MODES = ("auto", "off", "uncaptured")  # auto: captured on CUDA, none on the CPU
+GROUPED_MM_MAJORS = (9, 10)  # compute capabilities whose grouped matmul reads its offsets on the device
+
+
+def capture_blocker(runner: ModelRunner, capability: tuple[int, int] | None = None) -> str | None:
+    """Why the decoder pass of `runner` cannot be captured on a GPU of `capability` (default: the model's
+    GPU), or None when it can: every path of the pass that reads a host value (see the module's note)."""
+    if getattr(runner.model, "canvas_quantization", "none") != "none":
+        return "quantized weights (the quantized experts read routing counts on the host: bincount().tolist())"
+    for layer in runner.decoder.layers:
+        experts = getattr(layer, "experts", None)
+        if experts is None:
+            continue
+        if not type(experts).__module__.startswith("transformers."):
+            return f"experts {type(experts).__name__} are not transformers' (not known to route on the device)"
+        implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+        if implementation != "grouped_mm":
+            return f"experts_implementation {implementation!r}: only 'grouped_mm' routes without a host read"
+        if experts.gate_up_proj.dtype != torch.bfloat16:
+            return (
+                f"expert weights in {experts.gate_up_proj.dtype}: ATen's grouped matmul reads its offsets on "
+                "the device for bfloat16 only (its fallback copies them to the host)"
+            )
+    major, minor = capability or torch.cuda.get_device_capability(runner.device)
+    if major not in GROUPED_MM_MAJORS:
+        return (
+            f"compute capability {major}.{minor}: ATen's grouped matmul reads its offsets on the device on "
+            f"{' and '.join(f'{m}.x' for m in GROUPED_MM_MAJORS)} only (its fallback copies them to the host)"
+        )
+    return None
 
 
 def row_buckets(slots: int) -> tuple[int, ...]:
@@ -116,7 +157,8 @@ class DecoderGraphs:
     def _capture_all(self) -> None:
         """Capture every bucket, largest first (the shared pool is sized by the largest pass and the
         others reuse its blocks). A bucket whose warm-up fails (out of memory) is left to eager passes;
-        a failed capture (an operation that cannot be captured) leaves every pass eager."""
+        a failed capture (an operation that cannot be captured) leaves every pass eager and hands the
+        pool back (`abandon`)."""
         started = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.runner.device)
@@ -131,6 +173,7 @@ class DecoderGraphs:
             except Exception:
                 log.exception("capturing decoder graphs failed: every decoder pass stays eager")
                 self.graphs.clear()
+                abandon(pool, self.runner.device)
                 break
         torch.cuda.synchronize(self.runner.device)
         self.capture_seconds = time.perf_counter() - started
@@ -153,11 +196,32 @@ def warm_up(fn: Callable[[], None], stream: torch.cuda.Stream) -> None:
 
 
 def capture(fn: Callable[[], None], pool: object, stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph:
-    """`fn`'s kernels as a graph in `pool`. thread_local: another engine's thread may allocate meanwhile."""
+    """`fn`'s kernels as a graph in `pool`. thread_local: another engine's thread may allocate meanwhile.
+    The outer stream context puts the thread's current stream back even when the capture fails:
+    `torch.cuda.graph` restores it only after a successful `capture_end`, so a failed capture would
+    leave every later eager pass of this thread on the capture stream."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+    with (
+        torch.cuda.stream(stream),
+        torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"),
+    ):
         fn()
     return graph
+
+
+def abandon(pool: Any, device: torch.device) -> None:
+    """After a failed capture: stop routing allocations to `pool` and drop the failed graph's hold on
+    it, then free what it cached. PyTorch's `capture_end` raises before it ends the pool's allocation
+    and the failed graph never releases the pool (CUDAGraph::reset releases it only after a successful
+    capture), so without this the pool's blocks stay reserved for good and the allocator keeps a capture
+    marked underway. Private calls, so best effort: a failure is logged, not raised."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    for name in ("_cuda_endAllocateToPool", "_cuda_releasePool"):
+        try:
+            getattr(torch._C, name)(index, pool)
+        except Exception as exc:  # e.g. this PyTorch already ended it
+            log.warning("after a failed capture, %s: %r", name, exc)
+    torch.cuda.empty_cache()
 
 
 def decoder_graphs(mode: str, runner: ModelRunner, kv: SlotKV, slots: Slots, max_context: int) -> DecoderGraphs | None:
@@ -166,6 +230,10 @@ def decoder_graphs(mode: str, runner: ModelRunner, kv: SlotKV, slots: Slots, max
     if mode not in GRAPH_MODES:
         raise ValueError(f"graphs must be one of {', '.join(GRAPH_MODES)}, not {mode!r}")
     if mode == "off" or (mode == "auto" and runner.device.type != "cuda"):
+        return None
+    blocker = capture_blocker(runner) if mode == "auto" else None
+    if blocker is not None:
+        log.warning("decoder passes are not captured in CUDA graphs, they run eagerly: %s", blocker)
         return None
     rows = row_buckets(len(kv.length))
     prefixes = prefix_buckets(runner.canvas_length, max_context)

@@ -4,6 +4,8 @@ runs the eager pass, and the engine's outputs are those of the eager engine and 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
@@ -12,8 +14,9 @@ from tests.worker.engine.test_engine import EOS, PARAMS, HostReads, mixed_reques
 from tests.worker.test_lora import trained_adapter
 from worker.engine import Engine, Request, SamplingParams
 from worker.engine.engine import NonFiniteLogits
-from worker.engine.graphs import ROW_BUCKETS, DecoderGraphs, prefix_buckets, row_buckets
+from worker.engine.graphs import ROW_BUCKETS, DecoderGraphs, capture_blocker, prefix_buckets, row_buckets
 from worker.engine.rows import Phase
+from worker.engine.runner import ModelRunner
 from worker.training.lora import load_adapter
 
 
@@ -84,10 +87,15 @@ def test_longer_keys_change_only_the_last_bits(model) -> None:
         torch.testing.assert_close(hidden, expected, rtol=1e-4, atol=2e-5)
 
 
-def test_the_bucketed_pass_reads_no_host_value_and_compiles_without_a_graph_break(model) -> None:
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")  # transformers' version checks
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_bucketed_pass_reads_no_host_value_and_compiles_without_a_graph_break(model, dtype) -> None:
     """A host read inside a capture fails it; no graph break under `torch.compile(fullgraph=True)` is
-    the CPU stand-in for a capturable pass."""
-    engine = denoising(model, (3, 17))
+    the CPU stand-in for a capturable pass. bfloat16 is the case that stands for the GPU: compiling,
+    transformers' grouped_mm experts call `torch.nn.functional.grouped_mm` for bfloat16 weights only;
+    for float32 they call an opaque custom op whose loop reads the offsets on the host (`.tolist()`),
+    which `fullgraph` cannot see, so the float32 compile alone proves nothing about the MoE."""
+    engine = denoising(model if dtype == torch.float32 else copy.deepcopy(model).to(dtype), (3, 17))
     graphs = bucketed(engine, (4,), (64,))
     with HostReads() as reads:
         graphs._pass(4, 64)
@@ -97,6 +105,27 @@ def test_the_bucketed_pass_reads_no_host_value_and_compiles_without_a_graph_brea
     compiled = torch.compile(DecoderGraphs._pass.__wrapped__, fullgraph=True, backend="eager")
     compiled(graphs, 4, 64)
     assert torch.equal(graphs.output, expected)
+
+
+def test_eager_experts_read_the_host_and_are_not_captured(model) -> None:
+    """transformers' eager experts (`nonzero`, a Python loop over the routed experts) read the host: the
+    detector above sees it, and `capture_blocker` refuses them, as it refuses float32 experts (ATen's
+    grouped matmul copies its offsets to the host but for bfloat16 on compute capability 9.x/10.x), other
+    GPUs, and quantized models; bfloat16 grouped_mm experts on a Hopper or Blackwell GPU are captured."""
+    eager = copy.deepcopy(model)
+    eager.set_experts_implementation("eager")
+    graphs = bucketed(denoising(eager, (3, 17)), (4,), (64,))
+    with HostReads() as reads:
+        graphs._pass(4, 64)
+    assert "nonzero" in reads.calls
+    assert "'eager'" in capture_blocker(graphs.runner, (9, 0))
+    assert "torch.float32" in capture_blocker(ModelRunner(copy.deepcopy(model)), (9, 0))
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    assert capture_blocker(ModelRunner(bf16), (9, 0)) is None
+    assert capture_blocker(ModelRunner(bf16), (10, 0)) is None
+    assert "compute capability 8.0" in capture_blocker(ModelRunner(bf16), (8, 0))
+    bf16.canvas_quantization = "nf4"
+    assert "quantized" in capture_blocker(ModelRunner(bf16), (9, 0))
 
 
 def test_a_pass_outside_the_buckets_is_left_to_the_eager_pass(model) -> None:
