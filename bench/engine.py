@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arch import CANVAS, build
 
 from worker.engine import Engine, Request, SamplingParams
+from worker.engine.graphs import capture_blocker
 from worker.engine.rows import Phase
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0}  # dense bf16, the vendor's data sheet
@@ -219,7 +220,9 @@ def bench_engine(
 def graph_label(engine: Engine) -> str:
     """What the engine's decoder passes ran as: captured graphs, uncaptured buckets, or eager ("off")."""
     if engine.graphs is None:
-        return "off"
+        cuda_auto = engine.runner.device.type == "cuda" and ENGINE_OPTIONS.get("graphs", "auto") == "auto"
+        blocker = capture_blocker(engine.runner) if cuda_auto else None
+        return "off" if blocker is None else f"off (not capturable: {blocker})"
     return "uncaptured" if not engine.graphs.captured else "captured"
 
 

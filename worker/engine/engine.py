@@ -64,8 +64,9 @@ class Engine:
         the GPU memory free after the weights; on the CPU `CPU_MEMORY_BUDGET`). A row holds up to
         `max_context` tokens of prompt and output (default: the model's positions, at most
         `DEFAULT_MAX_CONTEXT`); longer requests are refused at `submit`. `graphs` (graphs.py): "auto"
-        captures the decoder passes in CUDA graphs on a GPU (none on the CPU), "off" keeps every pass
-        eager, "uncaptured" runs the bucketed passes eagerly (the CPU stand-in for graphs)."""
+        captures the decoder passes in CUDA graphs on a GPU where the model's MoE can be captured
+        (`capture_blocker`; none on the CPU), "off" keeps every pass eager, "uncaptured" runs the
+        bucketed passes eagerly (the CPU stand-in for graphs)."""
         self.runner = r = ModelRunner(model)
         self.max_context = max_context or min(r.text_config.max_position_embeddings, DEFAULT_MAX_CONTEXT)
         self.prefill_chunk = prefill_chunk

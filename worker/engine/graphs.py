@@ -214,7 +214,9 @@ def abandon(pool: Any, device: torch.device) -> None:
     it, then free what it cached. PyTorch's `capture_end` raises before it ends the pool's allocation
     and the failed graph never releases the pool (CUDAGraph::reset releases it only after a successful
     capture), so without this the pool's blocks stay reserved for good and the allocator keeps a capture
-    marked underway. Private calls, so best effort: a failure is logged, not raised."""
+    marked underway. Private calls, so best effort: a failure is logged, not raised. The pinned host
+    allocator's side of the capture has no Python call and stays as the failure left it: this is why
+    `capture_blocker` refuses the models whose capture is known to fail, so that none is expected to."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     for name in ("_cuda_endAllocateToPool", "_cuda_releasePool"):
         try:
