@@ -85,6 +85,8 @@ if [ "${EVAL:-1}" != 0 ]; then
   timeout "${TRIES_SECONDS:-60}" python3 bench/sudoku.py --model "$DEMO" --puzzles "${PUZZLES:-1000}" --max-rows 512 \
     --levels medium --orders entropy --tries 4
   timeout 30 python3 bench/demo_tasks.py --model "$DEMO" --count "${COUNT:-200}"
+  # requests that converge (issue 17's table for real traffic): tokens per forward and tokens/s, engine vs generate()
+  timeout "${CONVERGING_SECONDS:-60}" python3 bench/converging.py --model "$DEMO" --count 16 --concurrency 1,8,32
 fi
 if [ "${QLORA:-1}" != 0 ]; then
   wait $qlora

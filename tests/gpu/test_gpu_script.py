@@ -64,6 +64,9 @@ def test_demo_model_evaluations_run_as_scripts(tmp_path) -> None:
     tasks = run_script("bench/demo_tasks.py", "--model", model, "--count", "2")
     assert tasks.returncode == 0, tasks.stderr[-3000:]
     assert tasks.stdout.count("exact") == 4  # reverse, sort, add, fill
+    converging = run_script("bench/converging.py", "--model", model, "--count", "1", "--concurrency", "2")
+    assert converging.returncode == 0, converging.stderr[-3000:]
+    assert "| generate, one at a time |" in converging.stdout and "| engine, 2 rows |" in converging.stdout
 
 
 def test_qlora_script_runs_unquantized_on_the_cpu_and_refuses_4bit_without_a_gpu() -> None:
