@@ -4,6 +4,7 @@ GPU, fp32 on the CPU), and the quality cost on the demo model.
     .venv/bin/python bench/quantized.py --arch small                          # the CPU figures
     .venv/bin/python bench/quantized.py --arch 26b --methods nf4,fp8 --rows 1,8  # one GPU (H200: ~6 min)
     .venv/bin/python bench/quantized.py --quality --model models/canvas-demo --puzzles 100
+    .venv/bin/python bench/quantized.py --paper --arch 26b                     # checkpoint bytes, no weights
 
 Speed and memory: a random-weight model of the architecture (bench/arch.py) is quantized in a streaming way
 (each tensor made on the device, quantized and written alone, as `canvas models quantize` does with a
@@ -17,7 +18,12 @@ milliseconds per decoder pass. The base row builds the same random model directl
 Quality (`--quality`): the demo model in fp32 against its quantized checkpoints: per-position KL(fp32 ||
 quantized) and argmax agreement of the first denoising step (a random canvas) and of the last (fp32's
 answer as the canvas) over held-out prompts of every task; and held-out Sudoku (easy, medium: the model
-alone, Sudoku jobs' sampler) solved by each.
+alone, Sudoku jobs' sampler) solved by each, with the paired difference from fp32 (same puzzles, same
+seeds) and its standard error. `--min-weights 0,16384` runs each method at each size rule (layout.py);
+`--seed 20000` draws a tuning set instead of the held-out one.
+
+Bytes on paper (`--paper`): what `canvas models quantize` would write for the architecture (bf16 source),
+from the model built on the meta device and each codec's stored shapes: no weights made, seconds.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ import torch
 from bench.arch import ARCHS, CANVAS
 from worker.engine import Engine, Request, SamplingParams
 from worker.quantized.checkpoint import meta_model, quantize_checkpoint, write_quantized
+from worker.quantized.codecs import codec
 from worker.quantized.hardware import UnsupportedQuantization
-from worker.quantized.layout import aliases, set_tensor
+from worker.quantized.layout import MIN_WEIGHTS, aliases, set_tensor, targets
 from worker.quantized.loader import load_quantized, move_buffers
 
 
@@ -209,9 +216,9 @@ def logits_pair(reference: Any, quantized: Any, prompt: list[int], canvas: torch
     return {"kl": kl.sum(-1).mean().item(), "agree": (got.argmax(-1) == ref.argmax(-1)).float().mean().item()}
 
 
-def solve_rate(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_rows: int = 64) -> float:
-    """Share of held-out puzzles a Sudoku job's constraints and sampler solve with `model` alone (no
-    rule mask: the benchmarks' model figures)."""
+def solved(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_rows: int = 64) -> list[bool]:
+    """Whether each held-out puzzle is solved by a Sudoku job's constraints and sampler with `model` alone
+    (no rule mask: the benchmarks' model figures); puzzle i draws with seed i, whatever the model."""
     from shared.job_kinds.sudoku import SUDOKU_PARAMS, SudokuPlan
     from worker.job_kinds.sudoku import constrain, grid_of
     from worker.training.demo_model.tasks import sudoku_prompt
@@ -226,9 +233,28 @@ def solve_rate(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_row
         plans.append(plan)
         handles.append(engine.submit(constrain(plan, request)))
     engine.run_until_idle()
-    return sum(grid_of(p, h.wait(0), tokenizer.decode)["valid"] for p, h in zip(plans, handles, strict=True)) / len(
-        pairs
-    )
+    return [bool(grid_of(p, h.wait(0), tokenizer.decode)["valid"]) for p, h in zip(plans, handles, strict=True)]
+
+
+def paired(got: list[bool], reference: list[bool]) -> str:
+    """Mean per-puzzle difference (points) and its standard error: the same puzzles and seeds in both."""
+    diffs = [int(g) - int(r) for g, r in zip(got, reference, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
+    return f"{100 * mean:+.1f} ± {100 * (var / n) ** 0.5:.1f}"
+
+
+def api_weight_bytes(directory: Path) -> int:
+    """The weight bytes GET /v1/models reports for the checkpoint in `directory` (the registry's reading)."""
+    from shared.registry import weight_facts
+
+    return weight_facts(directory, json.loads((directory / "config.json").read_text()))["weight_bytes"]
+
+
+def variants(args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    """(method, min_weights) of each quantized row; None: the default rule."""
+    return [(m, w) for m in args.methods for w in args.min_weights]
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -241,23 +267,27 @@ def quality(args: argparse.Namespace) -> None:
     reference = DiffusionGemmaForBlockDiffusion.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     canvas = reference.config.canvas_length
-    prompts = [p for task in [*TEXT_TASKS, "sudoku"] for p, _ in held_out(task, args.prompts)]
+    prompts = [p for task in [*TEXT_TASKS, "sudoku"] for p, _ in held_out(task, args.prompts, seed=args.seed)]
     engine = Engine(reference, max_rows=64)
     handles = [engine.submit(Request(str(i), tuple(tokenizer(p).input_ids), SamplingParams(max_new_tokens=canvas)))
                for i, p in enumerate(prompts)]  # fmt: skip
     engine.run_until_idle()
     answers = [h.wait(0).token_ids for h in handles]
-    levels = {lv: held_out("sudoku", args.puzzles, level=lv) for lv in ("easy", "medium")}
-    print(f"model {args.model}: {len(prompts)} held-out prompts; {args.puzzles} held-out puzzles per level")
-    print("| weights | KL first step | argmax first | KL last step | argmax last | easy solved | medium solved | s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for method in ["fp32", *args.methods]:
+    levels = {lv: held_out("sudoku", args.puzzles, seed=args.seed, level=lv) for lv in ("easy", "medium")}
+    print(f"model {args.model}: {len(prompts)} prompts, {args.puzzles} puzzles per level, seed {args.seed}")
+    print("| weights | KL first step | argmax first | KL last step | argmax last | easy solved | medium solved "
+          "| easy Δ (paired) | medium Δ (paired) | weight bytes | s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    base: dict[str, list[bool]] = {}
+    for method, min_weights in [("fp32", None), *variants(args)]:
         started = time.perf_counter()
-        model = reference
+        model, name, directory = reference, method, Path(args.model)
         if method != "fp32":
-            dst = Path(args.work) / f"demo-{method}"
-            quantize_checkpoint(Path(args.model), dst, method, device="cpu")
-            model = load_quantized(dst, torch.device("cpu"), torch.float32)
+            rule = {} if min_weights is None else {"min_weights": min_weights}
+            name = f"{method}, min_weights {rule.get('min_weights', MIN_WEIGHTS)}"
+            directory = Path(args.work) / f"demo-{method}-{min_weights}"
+            quantize_checkpoint(Path(args.model), directory, method, device="cpu", **rule)
+            model = load_quantized(directory, torch.device("cpu"), torch.float32)
         first, last = [], []
         for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
             ids = tokenizer(prompt).input_ids
@@ -266,14 +296,37 @@ def quality(args: argparse.Namespace) -> None:
             done = torch.tensor((answer + [tokenizer.pad_token_id] * canvas)[:canvas])
             first.append(logits_pair(reference, model, ids, noise))
             last.append(logits_pair(reference, model, ids, done))
-        solved = {level: solve_rate(model, tokenizer, pairs) for level, pairs in levels.items()}
+        results = {level: solved(model, tokenizer, pairs) for level, pairs in levels.items()}
+        base = base or results
+        rate = {level: sum(r) / len(r) for level, r in results.items()}
         mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
         print(
-            f"| {method} | {mean(first, 'kl'):.4f} | {mean(first, 'agree'):.1%} | {mean(last, 'kl'):.4f} | "
-            f"{mean(last, 'agree'):.1%} | {solved['easy']:.1%} | {solved['medium']:.1%} | "
-            f"{time.perf_counter() - started:.0f} |",
+            f"| {name} | {mean(first, 'kl'):.4f} | {mean(first, 'agree'):.1%} | {mean(last, 'kl'):.4f} | "
+            f"{mean(last, 'agree'):.1%} | {rate['easy']:.1%} | {rate['medium']:.1%} | "
+            f"{paired(results['easy'], base['easy'])} | {paired(results['medium'], base['medium'])} | "
+            f"{api_weight_bytes(directory):,} | {time.perf_counter() - started:.0f} |",
             flush=True,
         )
+
+
+def paper(args: argparse.Namespace) -> None:
+    """Checkpoint bytes of the architecture per method and size rule, from shapes alone (bf16 source)."""
+    src = write_config(args.arch, Path(args.work) / "src")
+    model = meta_model(src)
+    stored = {id(t): (n, t) for n, t in (*model.named_parameters(), *model.named_buffers()) if n in model.state_dict()}
+    print(f"arch {args.arch}: {sum(t.numel() for _, t in stored.values()):,} stored weights")
+    print("| method | min_weights | quantized tensors | smallest quantized | checkpoint bytes | GiB |")
+    print("|---|---|---|---|---|---|")
+    for method, min_weights in variants(args):
+        rule = MIN_WEIGHTS if min_weights is None else min_weights
+        plan = targets(model, rule)
+        shapes = {f"{p}.{w}": shape for t in plan for p in t.paths for w, shape in t.shapes.items()}
+        total = 0
+        for name, tensor in stored.values():
+            specs = codec(method).specs(shapes[name]).values() if name in shapes else ()
+            total += sum(torch.Size(s.shape).numel() * s.dtype.itemsize for s in specs) or tensor.numel() * 2
+        smallest = min((torch.Size(shape).numel() for shape in shapes.values()), default=0)
+        print(f"| {method} | {rule} | {len(plan)} | {smallest:,} | {total:,} | {total / 2**30:.2f} |")
 
 
 def main() -> None:
@@ -284,6 +337,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per request")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     parser.add_argument("--quality", action="store_true", help="the demo model's quality figures instead")
+    parser.add_argument("--paper", action="store_true", help="the architecture's checkpoint bytes, from shapes")
+    parser.add_argument("--min-weights", default="", help="comma-separated size rules (default: layout.py's)")
+    parser.add_argument("--seed", type=int, default=10_000, help="held-out seed (another one: a tuning set)")
     parser.add_argument("--model", default="models/canvas-demo")
     parser.add_argument("--prompts", type=int, default=20, help="held-out prompts per task (quality)")
     parser.add_argument("--puzzles", type=int, default=100, help="held-out Sudoku puzzles per level (quality)")
@@ -291,11 +347,12 @@ def main() -> None:
     args = parser.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     args.rows = [int(r) for r in args.rows.split(",")]
+    args.min_weights = [int(w) for w in args.min_weights.split(",") if w] or [None]
     scratch = None
     if args.work is None:
         scratch = args.work = tempfile.mkdtemp(prefix="canvas-quantized-")
     try:
-        quality(args) if args.quality else speed(args)
+        quality(args) if args.quality else paper(args) if args.paper else speed(args)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -40,7 +40,12 @@ def cmd_models_quantize(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     try:
         record = quantize_checkpoint(
-            Path(args.src), Path(args.dst), args.method, device=args.device, shard_bytes=int(args.shard_gb * 2**30)
+            Path(args.src),
+            Path(args.dst),
+            args.method,
+            device=args.device,
+            shard_bytes=int(args.shard_gb * 2**30),
+            **({} if args.min_weights is None else {"min_weights": args.min_weights}),
         )
     except QuantizationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -175,6 +180,11 @@ def register(commands: Commands) -> None:
     quantize.add_argument("--method", required=True, help="nf4 | int8 | fp8")
     quantize.add_argument("--device", help="where to quantize (default: the GPU if there is one)")
     quantize.add_argument("--shard-gb", type=float, default=2.0, help="size of the output's shards")
+    quantize.add_argument(
+        "--min-weights",
+        type=int,
+        help="tensors with fewer weights stay unquantized (default: MIN_WEIGHTS in worker/quantized/layout.py)",
+    )
 
 
 def _register_training(commands: Commands) -> None:

@@ -5,8 +5,9 @@ Each source tensor is read alone (safetensors), quantized if it is a target's we
 buffered until the output shard is full (`shard_bytes`): host memory stays one output shard plus one
 tensor, whatever the model's size. The output is written to a hidden sibling directory and renamed onto
 DST at the end, so a failure leaves nothing behind. config.json records the method under
-`canvas_quantization`; every other file of SRC (tokenizer, generation config, chat template, card) is
-copied. Knows files and the model's layout; not the registry.
+`canvas_quantization` (format 2: with `min_weights`, the size under which tensors stay unquantized;
+format 1, before that rule, quantized every target); every other file of SRC (tokenizer, generation
+config, chat template, card) is copied. Knows files and the model's layout; not the registry.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from worker.quantized.codecs import NF4_BLOCK, QuantizationError, codec
-from worker.quantized.layout import SKIP, Target, targets
+from worker.quantized.layout import MIN_WEIGHTS, SKIP, Target, targets
 
-FORMAT = 1
+FORMAT = 2  # 1: every target quantized (no min_weights); 2: tensors under record["min_weights"] kept
 INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 2 << 30
 
@@ -59,6 +60,18 @@ def shard_files(path: Path) -> list[Path]:
     if missing:
         raise QuantizationError(f"{path}: the index names shards that do not exist: {', '.join(missing)}")
     return files
+
+
+def min_weights_of(record: dict[str, Any], path: Path) -> int:
+    """The size under which the checkpoint at `path` kept tensors unquantized, from its record's format."""
+    version = record.get("format", 1)
+    if version == 1:
+        return 0
+    if version == FORMAT:
+        return int(record["min_weights"])
+    raise QuantizationError(
+        f"{path} is a format {version} quantized checkpoint; this Canvas reads formats 1-{FORMAT} (upgrade it)"
+    )
 
 
 def meta_model(config_path: Path) -> Any:
@@ -127,10 +140,17 @@ class ShardWriter:
 
 
 def quantize_checkpoint(
-    src: Path, dst: Path, method: str, *, device: str | None = None, shard_bytes: int = SHARD_BYTES
+    src: Path,
+    dst: Path,
+    method: str,
+    *,
+    device: str | None = None,
+    shard_bytes: int = SHARD_BYTES,
+    min_weights: int = MIN_WEIGHTS,
 ) -> dict[str, Any]:
-    """Write `src` quantized with `method` to `dst` (which must not exist). Returns the quantization
-    record written to config.json. Quantizes on the GPU when there is one (bitsandbytes is slow on the CPU)."""
+    """Write `src` quantized with `method` to `dst` (which must not exist), tensors of fewer than
+    `min_weights` weights kept as they are. Returns the quantization record written to config.json.
+    Quantizes on the GPU when there is one (bitsandbytes is slow on the CPU)."""
     codec(method)  # an unknown method fails before anything is read
     src, dst = Path(src), Path(dst)
     config = read_config(src)
@@ -140,7 +160,8 @@ def quantize_checkpoint(
         raise QuantizationError(f"{dst} already exists; choose a new directory")
     files = shard_files(src)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return write_quantized(src, read_tensors(files, device), dst, method, shard_bytes=shard_bytes, weights=files)
+    tensors = read_tensors(files, device)
+    return write_quantized(src, tensors, dst, method, shard_bytes=shard_bytes, weights=files, min_weights=min_weights)
 
 
 def write_quantized(
@@ -151,6 +172,7 @@ def write_quantized(
     *,
     shard_bytes: int = SHARD_BYTES,
     weights: Iterable[Path] = (),
+    min_weights: int = MIN_WEIGHTS,
 ) -> dict[str, Any]:
     """Quantize the checkpoint whose config.json (and side files) lie in `src` and whose tensors `tensors`
     yields one at a time (read from its files, or made up by a benchmark), into `dst`."""
@@ -158,7 +180,7 @@ def write_quantized(
     work = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
-        record = _convert(src, tensors, work, method, shard_bytes)
+        record = _convert(src, tensors, work, method, shard_bytes, min_weights)
         _copy_side_files(src, work, list(weights))
         (work / "config.json").write_text(json.dumps({**config, "canvas_quantization": record}, indent=2) + "\n")
         work.rename(dst)
@@ -169,10 +191,10 @@ def write_quantized(
 
 
 def _convert(
-    src: Path, tensors: Iterable[tuple[str, torch.Tensor]], work: Path, method: str, shard_bytes: int
+    src: Path, tensors: Iterable[tuple[str, torch.Tensor]], work: Path, method: str, shard_bytes: int, min_weights: int
 ) -> dict[str, Any]:
     method_codec = codec(method)
-    plan = targets(meta_model(src))
+    plan = targets(meta_model(src), min_weights)
     by_key: dict[str, tuple[Target, str]] = {}
     for target in plan:
         for path in target.paths:
@@ -198,7 +220,8 @@ def _convert(
         "method": method,
         "format": FORMAT,
         "block_size": NF4_BLOCK if method == "nf4" else None,
-        "kept": [*SKIP, "embeddings", "norms"],
+        "min_weights": min_weights,
+        "kept": [*SKIP, "embeddings", "norms", f"tensors under {min_weights} weights"],
         "weight_bytes": writer.total_bytes,
     }
     writer.finish({"format": "pt", "canvas_quantization": method})

@@ -1,7 +1,9 @@
 """Which parts of a DiffusionGemma are quantized and where they sit: every nn.Linear except the router's
 projection and the lm_head (tied to the embeddings) whose input width is a multiple of 64 (all of the
-released model's; tiny test towers keep theirs), and every fused experts module. The encoder and
-decoder share each layer's weights (not its modules), so a target lists every path its weights sit at; the router,
+released model's; tiny test towers keep theirs), and every fused experts module, when each of its weights has
+at least `min_weights` weights (MIN_WEIGHTS unless the checkpoint says otherwise): a smaller tensor stays in
+the base dtype, where it costs a few KiB and its 4-bit error would cost most. The encoder and decoder share
+each layer's weights (not its modules), so a target lists every path its weights sit at; the router,
 norms, embeddings and lm_head stay in the base dtype. Also builds the quantized module of a target from its
 stored tensors. Knows the model's modules; not files.
 """
@@ -24,6 +26,12 @@ from worker.quantized.linears import quantized_linear
 SKIP = ("router.proj", "lm_head")  # routing decisions and the tied embeddings stay exact
 IN_MULTIPLE = 64  # bitsandbytes' CPU kernels cut 4-bit blocks per row: rows of whole blocks agree everywhere
 EXPERT_PROJECTIONS = ("gate_up_proj", "down_proj")
+# Tensors under 16,384 weights (32 KiB in bf16) stay in the base dtype. None of the released 26B-A4B model's
+# is that small (its smallest quantized tensor has 589,824), so the rule costs it no byte; in small models it
+# keeps the narrow key/value projections (one KV head: 32 x 192 in the demo model), which every query head
+# reads and which carry about half of nf4's KL there (docs/benchmarks.md). Small, shared attention tensors
+# get more bits in llama.cpp's k-quant mixes for the same reason.
+MIN_WEIGHTS = 16_384
 
 
 @dataclass
@@ -56,8 +64,9 @@ def is_experts(module: nn.Module) -> bool:
     return type(module).__name__ == "DiffusionGemmaTextExperts"
 
 
-def targets(model: nn.Module) -> list[Target]:
-    """The modules to quantize, grouped by shared weight (one target per encoder/decoder pair)."""
+def targets(model: nn.Module, min_weights: int = MIN_WEIGHTS) -> list[Target]:
+    """The modules to quantize, grouped by shared weight (one target per encoder/decoder pair); a module
+    with a weight of fewer than `min_weights` weights is not one."""
     groups: dict[int, Target] = {}
     for path, module in model.named_modules(remove_duplicate=False):
         if type(module) is nn.Linear and not path.endswith(SKIP) and module.in_features % IN_MULTIPLE == 0:
@@ -67,6 +76,8 @@ def targets(model: nn.Module) -> list[Target]:
             key, kind, bias = id(module.gate_up_proj), "experts", False
             shapes = {p: tuple(getattr(module, p).shape) for p in EXPERT_PROJECTIONS}
         else:
+            continue
+        if min(torch.Size(shape).numel() for shape in shapes.values()) < min_weights:
             continue
         groups.setdefault(key, Target([], kind, shapes, bias)).paths.append(path)
     return list(groups.values())
@@ -130,11 +141,11 @@ def build(target: Target, method: str, stored: dict[str, torch.Tensor], config: 
     return module
 
 
-def quantize_model(model: nn.Module, method: str) -> nn.Module:
+def quantize_model(model: nn.Module, method: str, min_weights: int = MIN_WEIGHTS) -> nn.Module:
     """Quantize `model` in place (for tests and benchmarks; checkpoints go through quantize_checkpoint)."""
     text_config = model.config.get_text_config(decoder=True)
     dtype = model.model.decoder.embed_tokens.weight.dtype
-    for target in targets(model):
+    for target in targets(model, min_weights):
         module = model.get_submodule(target.paths[0])
         stored = {}
         for weight in target.shapes:

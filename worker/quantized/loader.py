@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.quantized.checkpoint import meta_model, read_config, read_tensors, shard_files
+from worker.quantized.checkpoint import meta_model, min_weights_of, read_config, read_tensors, shard_files
 from worker.quantized.codecs import QuantizationError, codec
 from worker.quantized.hardware import check_hardware, enable_scaled_matmul
 from worker.quantized.layout import Target, aliases, build, place, set_tensor, targets
@@ -41,9 +41,9 @@ def load_quantized(path: str | Path, device: torch.device, dtype: torch.dtype) -
     if method == "none":
         raise QuantizationError(f"{path} is not a quantized checkpoint (no canvas_quantization in config.json)")
     check_hardware(method, device)
-    read_config(path)
+    min_weights = min_weights_of(read_config(path)["canvas_quantization"], path)
     model = meta_model(path)
-    _fill(model, path, method, device, dtype)
+    _fill(model, path, method, targets(model, min_weights), device, dtype)
     move_buffers(model, device)
     leftover = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if leftover:
@@ -55,11 +55,12 @@ def load_quantized(path: str | Path, device: torch.device, dtype: torch.dtype) -
     return model.eval()
 
 
-def _fill(model: nn.Module, path: Path, method: str, device: torch.device, dtype: torch.dtype) -> None:
-    """Every stored tensor into place, read once onto `device`."""
+def _fill(
+    model: nn.Module, path: Path, method: str, plan: list[Target], device: torch.device, dtype: torch.dtype
+) -> None:
+    """Every stored tensor into place, read once onto `device`; `plan` names the quantized modules."""
     config = model.config.get_text_config(decoder=True)
     method_codec = codec(method)
-    plan = targets(model)
     owner: dict[str, tuple[Target, str]] = {}
     for target in plan:
         for key, (_path, local) in target.keys(method_codec).items():

@@ -24,7 +24,9 @@ CPU = torch.device("cpu")
 
 def test_a_loaded_checkpoint_is_the_model_quantized_in_memory(tiny_model_dir, nf4_tiny_dir) -> None:
     loaded = load_quantized(nf4_tiny_dir, CPU, torch.float32)
-    in_memory = quantize_model(DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), "nf4")
+    in_memory = quantize_model(
+        DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), "nf4", min_weights=0
+    )
     assert torch.equal(canvas_logits(loaded), canvas_logits(in_memory))
     decoder, encoder = loaded.model.decoder, loaded.model.encoder.language_model
     # one backbone, tied as transformers ties it: modules apart, weights shared
@@ -50,7 +52,7 @@ def test_the_output_records_its_method_and_keeps_the_side_files(tiny_model_dir, 
 
 def test_small_shards_hold_each_module_whole(tiny_model_dir, tmp_path) -> None:
     dst = tmp_path / "int8"
-    quantize_checkpoint(tiny_model_dir, dst, "int8", device="cpu", shard_bytes=60_000)
+    quantize_checkpoint(tiny_model_dir, dst, "int8", device="cpu", shard_bytes=60_000, min_weights=0)
     weight_map = json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
     assert len(set(weight_map.values())) > 2
     assert all(weight_map[k + "_scale"] == weight_map[k] for k in weight_map if k + "_scale" in weight_map)
@@ -112,3 +114,39 @@ def test_the_command_writes_a_checkpoint(tiny_model_dir, tmp_path, capsys) -> No
     assert code == 0, text
     assert "canvas models add NAME" in text
     assert quantization_of(tmp_path / "q") == "int8"
+
+
+def test_tensors_under_min_weights_stay_as_they_were(tiny_model_dir, tmp_path) -> None:
+    """At min_weights=4096 the tiny model's q_proj (64 x 64) is quantized and its k_proj (32 x 64) kept."""
+    dst = tmp_path / "nf4-4096"
+    record = quantize_checkpoint(tiny_model_dir, dst, "nf4", device="cpu", min_weights=4096)
+    assert (record["format"], record["min_weights"]) == (2, 4096)
+    weight_map = json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
+    attention = "model.decoder.layers.0.self_attn"
+    assert f"{attention}.q_proj.weight_absmax" in weight_map
+    assert f"{attention}.k_proj.weight" in weight_map and f"{attention}.k_proj.weight_absmax" not in weight_map
+    source = DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval()
+    loaded = load_quantized(dst, CPU, torch.float32)
+    got, was = loaded.model.decoder.layers[0].self_attn, source.model.decoder.layers[0].self_attn
+    assert type(got.k_proj) is torch.nn.Linear and torch.equal(got.k_proj.weight, was.k_proj.weight)
+    assert type(got.q_proj).__name__ == "Linear4bit"
+    assert torch.equal(canvas_logits(loaded), canvas_logits(quantize_model(source, "nf4", min_weights=4096)))
+
+
+def rewrite_record(directory: Path, **changes: object) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    record = {k: v for k, v in config["canvas_quantization"].items() if k != "min_weights"} | changes
+    (directory / "config.json").write_text(json.dumps({**config, "canvas_quantization": record}))
+
+
+def test_a_format_1_checkpoint_still_loads_and_a_newer_format_is_refused(nf4_tiny_dir, tmp_path) -> None:
+    """Format 1 (before the size rule) quantized every target: it loads as it did. A format this Canvas does
+    not know is refused by name, not misread."""
+    old, newer = tmp_path / "format-1", tmp_path / "format-3"
+    for directory, version in ((old, 1), (newer, 3)):
+        shutil.copytree(nf4_tiny_dir, directory)
+        rewrite_record(directory, format=version)
+    expected = canvas_logits(load_quantized(nf4_tiny_dir, CPU, torch.float32))
+    assert torch.equal(canvas_logits(load_quantized(old, CPU, torch.float32)), expected)
+    with pytest.raises(QuantizationError, match="format 3 quantized checkpoint; this Canvas reads formats 1-2"):
+        load_quantized(newer, CPU, torch.float32)

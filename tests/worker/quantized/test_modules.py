@@ -105,7 +105,9 @@ def test_a_quantized_tiny_model_stays_close_to_fp32(
 ) -> None:
     """Per-position KL(fp32 || quantized) and argmax agreement over a canvas. Loose: the random tiny
     model's logits are nearly flat (std 0.16), so an argmax flips for a small error."""
-    model = quantize_model(DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), method)
+    model = quantize_model(
+        DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), method, min_weights=0
+    )
     ref, got = canvas_logits(reference_model), canvas_logits(model)
     kl = torch.nn.functional.kl_div(got.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none")
     assert kl.sum(-1).mean().item() < max_kl
@@ -113,7 +115,7 @@ def test_a_quantized_tiny_model_stays_close_to_fp32(
 
 
 def test_the_engine_runs_a_quantized_model_with_pinned_and_constrained_positions(tiny_model_dir) -> None:
-    model = quantize_model(DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), "nf4")
+    model = quantize_model(DiffusionGemmaForBlockDiffusion.from_pretrained(tiny_model_dir).eval(), "nf4", min_weights=0)
     digits = tuple(range(54, 64))
     pinned = {0: 80, 5: 81, 31: 82, 33: 83}  # across two canvases of 32
     allowed = {o: digits for o in range(6, 30)}
