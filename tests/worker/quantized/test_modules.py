@@ -13,7 +13,7 @@ from worker.engine import Engine, Request, SamplingParams
 from worker.quantized.codecs import METHODS, codec
 from worker.quantized.experts import QuantizedExperts
 from worker.quantized.layout import quantize_model
-from worker.quantized.linears import Fp8Linear
+from worker.quantized.linears import Fp8Linear, quantized_linear
 from worker.tiny import EOS_ID, tiny_config
 
 PROMPT = torch.tensor([[2, 80, 81, 82, 83, 84, 85, 86, 87, 88]])
@@ -66,6 +66,25 @@ def test_gradients_through_quantized_experts_match_transformers() -> None:
         (module(h, index, w) * torch.linspace(-1, 1, 64)).sum().backward()
         grads.append((h.grad, w.grad))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_an_nf4_linear_computes_in_fp32_on_the_cpu(rows) -> None:
+    """An fp32 model's nf4 layers compute in fp32, as the reference does: bitsandbytes' CPU 4-bit gemv
+    (repacked weights, taken in inference mode) runs in bf16, whose error alone is ~1e-2 here."""
+    torch.manual_seed(0)
+    weight = torch.randn(128, 192) * 0.05
+    stored = codec("nf4").quantize(weight)
+    layer = quantized_linear("nf4", 192, 128, stored, torch.float32).eval()
+    dequantized = codec("nf4").dequantize(
+        {k: v[None] for k, v in stored.items()}, torch.tensor([0]), (128, 192), torch.float32
+    )[0]
+    x = torch.randn(rows, 192)
+    for _ in range(2):  # the repacking would happen on the first inference pass
+        with torch.inference_mode():
+            got = layer(x)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, dequantized), rtol=1e-5, atol=1e-5)
 
 
 def test_fp8_linear_scaled_matmul_and_dequantize_paths_agree() -> None:
