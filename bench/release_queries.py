@@ -6,12 +6,13 @@ one queue, 3 released ones, and `--finished` finished ones; then each query the 
 of 5 after one warm-up):
 
 - queue_state: what every release pass reads (at each submission, claim, finish and sweep, under the
-  queue's lock);
+  queue's lock), with a release depth of `--depth` and a tenant cap of `--cap` (the default settings, 4 and
+  32; 0: none);
 - waiting_queues: the queues a sweep passes over;
 - next_jobs: one tenant's next 4 jobs;
 - stale released: the sweep's broker-loss candidates (queued, released over 15 s ago).
 
-  python bench/release_queries.py [--waiting 100000] [--tenants 50] [--finished 100000]
+  python bench/release_queries.py [--waiting 100000] [--tenants 50] [--finished 100000] [--depth 4] [--cap 32]
 
 PostgreSQL from CANVAS_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres); the database it makes
 is dropped at the end.
@@ -71,6 +72,8 @@ def main() -> None:
     parser.add_argument("--waiting", type=int, default=100_000)
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--finished", type=int, default=100_000)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--cap", type=int, default=32)
     args = parser.parse_args()
     name = f"canvas_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
@@ -85,7 +88,7 @@ def main() -> None:
         with session_scope(url) as session:
             session.execute(text("ANALYZE jobs"))
         print(f"{args.waiting} jobs waiting ({args.tenants} tenants, one queue), {args.finished} finished")
-        timed("queue_state", url, lambda s: queue_state(s, QUEUE))
+        timed("queue_state", url, lambda s: queue_state(s, QUEUE, args.depth, args.cap))
         timed("waiting_queues", url, waiting_queues)
         timed("next_jobs", url, lambda s: _next_jobs(s, QUEUE, "t1", "interactive", 4))
         timed("stale released", url, stale)

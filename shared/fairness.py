@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from celery import Celery
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Integer, String, column, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import session_scope
 from shared.jobs import task_route
-from shared.models import Job, OutboxMessage, utcnow
+from shared.models import WAITING, Job, OutboxMessage, UTCDateTime, utcnow
 from shared.queue import publish
 from shared.settings import Settings
 from shared.states import JobStatus, Lane
@@ -44,6 +44,8 @@ from shared.states import JobStatus, Lane
 log = logging.getLogger(__name__)
 IN_FLIGHT = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELING.value)
 PASS_LIMIT = 500  # releases in one pass at most (with no depth), so one transaction stays short
+WAITING_J = f"j.status = '{JobStatus.QUEUED.value}' AND j.released_at IS NULL"  # WAITING, on jobs aliased j
+LANES = " UNION ALL ".join(f"SELECT '{lane.value}' AS lane" for lane in Lane)
 
 
 @dataclass
@@ -86,7 +88,7 @@ def release(session: Session, app: Celery, settings: Settings, queue: str) -> in
     """Release what is fair of `queue`'s waiting jobs to the broker. Returns how many went out; stops at the
     first broker failure (the rest wait for the next pass). The caller commits."""
     _lock(session, queue)
-    state = queue_state(session, queue)
+    state = queue_state(session, queue, settings.release_depth, settings.tenant_in_flight)
     if not state.waiting:
         return 0
     plan = plan_releases(state, settings.release_depth, settings.tenant_in_flight, settings.batch_max_in_flight)
@@ -102,8 +104,35 @@ def release(session: Session, app: Celery, settings: Settings, queue: str) -> in
     return sent
 
 
-def queue_state(session: Session, queue: str) -> QueueState:
-    """The counts `plan_releases` works on, read from the jobs table (index ix_jobs_release)."""
+# Per tenant with waiting work (a skip scan: one index probe per tenant, not a read of the backlog) and per
+# lane: its oldest waiting job, and how many wait, counted up to :enough only.
+WAITING_KEYS = text(f"""
+WITH RECURSIVE tenants(tenant_id) AS (
+    SELECT (SELECT j.tenant_id FROM jobs j WHERE j.queue = :queue AND {WAITING_J}
+            ORDER BY j.queue, j.tenant_id, j.lane, j.created_at LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id FROM jobs j WHERE j.queue = :queue AND {WAITING_J} AND j.tenant_id > t.tenant_id
+            ORDER BY j.queue, j.tenant_id, j.lane, j.created_at LIMIT 1)
+    FROM tenants t WHERE t.tenant_id IS NOT NULL
+)
+SELECT t.tenant_id, lanes.lane,
+    (SELECT min(j.created_at) FROM jobs j
+     WHERE j.queue = :queue AND {WAITING_J} AND j.tenant_id = t.tenant_id AND j.lane = lanes.lane) AS oldest,
+    (SELECT count(*) FROM (SELECT 1 FROM jobs j
+     WHERE j.queue = :queue AND {WAITING_J} AND j.tenant_id = t.tenant_id AND j.lane = lanes.lane
+     LIMIT :enough) AS first) AS waiting
+FROM tenants t CROSS JOIN ({LANES}) AS lanes
+WHERE t.tenant_id IS NOT NULL
+""").columns(
+    column("tenant_id", String), column("lane", String), column("oldest", UTCDateTime), column("waiting", Integer)
+)
+
+
+def queue_state(session: Session, queue: str, depth: int = 0, cap: int = 0) -> QueueState:
+    """The counts `plan_releases` works on with this `depth` and `cap`, read from the jobs table: the released
+    jobs in flight (ix_jobs_release; at most the depth plus what runs), and per tenant and lane with waiting
+    work its oldest job and how many wait, counted only up to what one plan can release of them (the free
+    slots of the depth, and the cap), so the read does not grow with the backlog (ix_jobs_waiting_oldest)."""
     state = QueueState()
     released = (
         select(Job.tenant_id, Job.lane, Job.status, func.count())
@@ -114,28 +143,23 @@ def queue_state(session: Session, queue: str) -> QueueState:
         state.in_flight[tenant] += count
         state.batch_in_flight += count if lane == Lane.BATCH.value else 0
         state.unclaimed += count if status == JobStatus.QUEUED.value else 0
-    waiting = (
-        select(Job.tenant_id, Job.lane, func.count(), func.min(Job.created_at))
-        .where(Job.queue == queue, Job.status == JobStatus.QUEUED.value, Job.released_at.is_(None))
-        .group_by(Job.tenant_id, Job.lane)
-    )
-    for tenant, lane, count, oldest in session.execute(waiting):
-        state.waiting[(tenant, lane)] = count
-        state.oldest[(tenant, lane)] = oldest
+    free = depth - state.unclaimed if depth > 0 else PASS_LIMIT
+    if free <= 0:
+        return state  # no slot: nothing to release, so no need to read what waits
+    enough = min(free, cap) if cap > 0 else free
+    for tenant, lane, oldest, count in session.execute(WAITING_KEYS, {"queue": queue, "enough": enough}):
+        if count:
+            state.waiting[(tenant, lane)] = count
+            state.oldest[(tenant, lane)] = oldest
     return state
 
 
 def _next_jobs(session: Session, queue: str, tenant: str, lane: str, count: int) -> list[str]:
-    """The ids of a tenant's next `count` waiting jobs in a lane: highest priority first, then oldest."""
+    """The ids of a tenant's next `count` waiting jobs in a lane: highest priority first, then oldest (read
+    in the order of ix_jobs_waiting_next, so only `count` entries)."""
     stmt = (
         select(Job.id)
-        .where(
-            Job.queue == queue,
-            Job.status == JobStatus.QUEUED.value,
-            Job.released_at.is_(None),
-            Job.tenant_id == tenant,
-            Job.lane == lane,
-        )
+        .where(Job.queue == queue, text(WAITING), Job.tenant_id == tenant, Job.lane == lane)
         .order_by(Job.priority.desc(), Job.created_at, Job.batch_line, Job.id)
         .limit(count)
     )

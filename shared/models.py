@@ -22,6 +22,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -155,6 +156,20 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lane: Mapped[str] = mapped_column(String(16), default=Lane.INTERACTIVE.value, server_default="interactive")
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# Jobs waiting in SQL for release, and the two partial indexes over them alone (0012): a release pass reads
+# one entry per tenant and lane (its oldest) and a tenant's next jobs in release order, however many wait.
+# Queries must repeat WAITING literally (not with bound values) for either backend to use them.
+WAITING = f"status = '{JobStatus.QUEUED.value}' AND released_at IS NULL"
+Index(
+    "ix_jobs_waiting_oldest", Job.queue, Job.tenant_id, Job.lane, Job.created_at,
+    postgresql_where=text(WAITING), sqlite_where=text(WAITING),
+)  # fmt: skip
+Index(
+    "ix_jobs_waiting_next", Job.queue, Job.tenant_id, Job.lane, Job.priority.desc(), Job.created_at, Job.batch_line,
+    Job.id, postgresql_where=text(WAITING), sqlite_where=text(WAITING),
+)  # fmt: skip
 
 
 class JobEvent(Base):
