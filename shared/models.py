@@ -109,7 +109,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
         CheckConstraint(LANE_CHECK, name="lane"),
-        # The fair publisher (shared/fairness.py) counts released jobs and picks each tenant's next one (0008).
+        # The fair publisher (shared/fairness.py) counts the released jobs in flight; the sweep probes queues (0008).
         Index("ix_jobs_release", "queue", "status", "released_at", "tenant_id", "lane", "priority", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
