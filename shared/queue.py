@@ -24,6 +24,23 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 78
 
 
+class ClaimFailed(Exception):
+    """The database did not answer a task's claim (of a job, or of a webhook message). The task retries
+    (RETRY_CLAIM) instead of ending: acked, the delivery would be lost (a job would stay queued; a webhook
+    message would wait out its dispatch grace)."""
+
+
+# Options of every task that claims: a delivery whose claim failed is sent again after 1, 2, 4, 8, then
+# every 10 s, for as long as the database stays down (Celery's autoretry: a new message, then the ack).
+RETRY_CLAIM: dict[str, Any] = {
+    "autoretry_for": (ClaimFailed,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 10,
+    "retry_jitter": False,
+    "max_retries": None,
+}
+
+
 def make_celery(
     settings: Settings, name: str = "canvas", *, set_as_current: bool = True, publish_only: bool = False
 ) -> Celery:

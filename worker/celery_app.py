@@ -18,13 +18,12 @@ from celery import Celery
 from shared.contracts import GENERATE_TASK
 from shared.db import session_scope
 from shared.models import ModelRecord
-from shared.queue import app_from_env, at_worker_start, make_celery
+from shared.queue import RETRY_CLAIM, app_from_env, at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
 from worker.events import EventPublisher
 from worker.host import ModelHost, load_model, pinned_device
-from worker.lifecycle import RETRY_CLAIM
 from worker.shutdown import Drain
 from worker.tasks import run_generation_job
 

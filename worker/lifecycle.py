@@ -28,7 +28,7 @@ from shared.jobs import claim, get_job, requeue, transition
 from shared.logs import bind_job
 from shared.metrics import JOB_QUEUE_SECONDS, JOB_RUN_SECONDS
 from shared.models import Job, utcnow
-from shared.queue import producer
+from shared.queue import ClaimFailed, producer
 from shared.settings import Settings
 from shared.states import FinishReason, JobStatus
 from worker.job_errors import job_error_from
@@ -41,22 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FINISH_FIRST_DELAY, FINISH_MAX_DELAY = 0.05, 2.0  # seconds between tries of a finish the database refused
-
-
-class ClaimFailed(Exception):
-    """The database did not answer the claim. The task retries (RETRY_CLAIM) instead of ending: acked,
-    the delivery would be lost and the job stay queued."""
-
-
-# Options of every job task: a delivery whose claim failed is sent again after 1, 2, 4, 8, then every
-# 10 s, for as long as the database stays down (Celery's autoretry: a new message, then the ack).
-RETRY_CLAIM: dict[str, Any] = {
-    "autoretry_for": (ClaimFailed,),
-    "retry_backoff": 1,
-    "retry_backoff_max": 10,
-    "retry_jitter": False,
-    "max_retries": None,
-}
 
 
 @dataclass

@@ -15,11 +15,10 @@ from celery import Celery
 from celery.signals import worker_shutting_down
 
 from shared.contracts import TRAIN_TASK
-from shared.queue import app_from_env, at_worker_start, make_celery
+from shared.queue import RETRY_CLAIM, app_from_env, at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
-from worker.lifecycle import RETRY_CLAIM
 from worker.shutdown import Drain
 from worker.tasks import run_fine_tune_job
 

@@ -10,7 +10,7 @@ import os
 from celery import Celery
 
 from shared.contracts import WEBHOOK_TASK
-from shared.queue import app_from_env, at_worker_start, make_celery
+from shared.queue import RETRY_CLAIM, app_from_env, at_worker_start, make_celery
 from shared.settings import Settings
 from shared.workers import Heartbeat, WorkerServices
 from worker import heartbeats
@@ -30,7 +30,7 @@ def create_webhook_app(settings: Settings) -> Celery:
 
     at_worker_start(app, "webhooks", start, services.stop)
 
-    @app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True, shared=False)
+    @app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True, shared=False, **RETRY_CLAIM)
     def deliver_webhook(message_id: str) -> str:
         return deliver(settings, message_id)
 

@@ -15,12 +15,14 @@ from email.utils import parsedate_to_datetime
 
 import requests
 from sqlalchemy import update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared import ssrf
 from shared.db import session_scope
 from shared.metrics import WEBHOOK_DELIVERIES
 from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
+from shared.queue import ClaimFailed
 from shared.settings import Settings
 from shared.ssrf import UnsafeURL, check_url, parse_allow_list
 from shared.webhooks import signature_header, tenant_secret
@@ -97,7 +99,10 @@ def deliver(settings: Settings, message_id: str) -> str:
 
 
 def _deliver(settings: Settings, message_id: str) -> str:
-    lease = claim(settings, message_id)
+    try:
+        lease = claim(settings, message_id)
+    except (OperationalError, InterfaceError) as exc:  # the database is down: this delivery must come again
+        raise ClaimFailed(f"webhook message {message_id} could not be claimed: {exc.orig or exc}") from exc
     if lease is None:
         return "skipped"
     prepared = _request(settings, message_id)

@@ -108,7 +108,7 @@ def test_retry_makes_a_new_job_with_the_same_input_and_links_both(client, keys, 
     with session_scope(settings.database_url) as session:
         old, new = session.get(Job, job_id), session.get(Job, new_id)
         assert (new.status, new.tenant_id, new.params, new.input_ids) == ("queued", old.tenant_id, old.params, [1])
-        types = [e.type for e in session.query(JobEvent).filter_by(job_id=job_id)]
+        types = [e.type for e in session.query(JobEvent).filter_by(job_id=job_id).order_by(JobEvent.id)]
     assert types == ["status", "retried"]
     assert f'retry of <a href="/admin/jobs/{job_id}">' in client.get(f"/admin/jobs/{new_id}").text
     response = client.post(f"/admin/jobs/{new_id}/retry", data={"csrf_token": token})

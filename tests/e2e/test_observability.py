@@ -93,6 +93,9 @@ def test_a_worker_process_serves_its_metrics_and_logs_json_lines_naming_the_job(
 def test_the_api_metrics_show_submissions_queue_depths_and_what_the_workers_did(live_api, settings, keys) -> None:
     """One process runs the API and the in-process workers here, so its /metrics shows both sides."""
     client = Client(live_api.url, keys["a"])
+    # Messages an earlier test of this process left in the training queue (its jobs are gone) would count
+    # in the depth read below.
+    redis.Redis.from_url(settings.redis_url).delete(TRAIN_QUEUE)
     before = scrape(f"{live_api.url}/metrics")
     receiver = Receiver()
     try:

@@ -289,3 +289,18 @@ def test_an_attempt_that_fails_before_its_post_counts_and_the_message_fails_afte
     finally:
         sealing.configure("")
         receiver.close()
+
+
+def test_a_delivery_whose_claim_meets_a_database_outage_comes_again(settings) -> None:
+    """The claim cannot reach the database: the task raises ClaimFailed, which the webhook task retries with
+    backoff, rather than ending (acked, the message would wait out its whole dispatch grace)."""
+    from shared.contracts import WEBHOOK_TASK
+    from shared.local_redis import free_port
+    from shared.queue import ClaimFailed
+    from worker.webhook_app import create_webhook_app
+
+    down = settings.with_(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/gone")
+    with pytest.raises(ClaimFailed, match="could not be claimed"):
+        deliver(down, "msg_any")
+    task = create_webhook_app(down).tasks[WEBHOOK_TASK]
+    assert ClaimFailed in task.autoretry_for and task.max_retries is None
