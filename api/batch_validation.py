@@ -21,9 +21,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.batch_lines import LineError, PlannedLines, plan_lines
-from api.state import db_session, producer, settings
+from api.state import db_session, publish_after_commit, settings
 from shared.batches import BatchStatus, batch_view, insert_lines, request_counts
-from shared.fairness import release
+from shared.db import session_scope
 from shared.files import new_file
 from shared.models import Batch, Job, StoredFile, utcnow
 from shared.webhooks import record_tenant_event
@@ -120,16 +120,16 @@ def _store_errors(session: Session, batch: Batch, planned: PlannedLines, name: s
 
 def release_now(batch_id: str) -> None:
     """Start the batch's first lines now (as far as its queues have room) rather than at the next sweep; if
-    the broker or the database does not answer, the sweeper does it."""
-    session = db_session()
+    the broker or the database does not answer, the sweeper does it. In sessions of its own: the caller's
+    (whose batch the answer is made from) is left as it is."""
     try:
-        queues = session.scalars(select(Job.queue).where(Job.batch_id == batch_id).distinct()).all()
-        for queue_name in queues:
-            release(session, producer(), settings(), queue_name)
-            session.commit()
+        with session_scope(settings().database_url) as session:
+            queues = session.scalars(select(Job.queue).where(Job.batch_id == batch_id).distinct()).all()
     except Exception:
-        session.rollback()
         log.exception("could not release batch jobs now; the sweeper will")
+        return
+    for queue_name in queues:
+        publish_after_commit(queue_name)
 
 
 def validate_in_app(app: Flask, batch_id: str, held: datetime | None) -> bool:

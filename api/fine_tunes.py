@@ -176,7 +176,7 @@ def create_fine_tune() -> Response:
     served = served_by(session, job.model)  # read before the commit: nothing after it may fail the answer
     session.commit()
     JOBS_SUBMITTED.labels(job.kind, served).inc()
-    publish_after_commit(outbox.id)
+    publish_after_commit(outbox.queue)
     bind(job_id=job.id, model=job.model)
     log.info("fine-tune %s accepted: %s of %s", job.id, body.method, job.model)
     response = jsonify(fine_tune_view(job))

@@ -153,7 +153,7 @@ def accept_job(body: JobCreate, raw: dict[str, Any], part: int | None = None) ->
         return existing, False
     JOBS_SUBMITTED.labels(job.kind, served).inc()
     publish_status(job.id, JobStatus.QUEUED.value)  # before the task exists, so it precedes "running"
-    publish_after_commit(outbox.id)
+    publish_after_commit(outbox.queue)
     bind(job_id=job.id, model=job.model)
     log.info("job %s accepted: %s on %s", job.id, job.kind, job.model)
     return job, True

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 from flask import current_app, g
 from redis import Redis
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import session_factory
 from shared.events import publish_event
-from shared.fairness import release
-from shared.models import OutboxMessage
+from shared.fairness import release_soon
 from shared.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 def settings() -> Settings:
@@ -57,18 +51,9 @@ def release_db_session() -> None:
     close_db_session(None)
 
 
-def publish_after_commit(outbox_id: int) -> None:
-    """A release pass of the committed job's queue now (shared/fairness.py): the job goes to the broker at
-    once if its tenant and the queue have room. If the broker or the database hiccups, the job stays
-    accepted and the sweeper releases it. Runs in a session of its own: a failure here must not roll back
-    (and so expire) the request's session, whose committed rows the answer is still made from."""
-    session = session_factory(settings().database_url)()
-    try:
-        queue = session.scalar(select(OutboxMessage.queue).where(OutboxMessage.id == outbox_id))
-        release(session, producer(), settings(), queue)
-        session.commit()
-    except Exception:
-        session.rollback()
-        log.exception("could not publish outbox message %s now; the sweeper will", outbox_id)
-    finally:
-        session.close()
+def publish_after_commit(queue: str) -> None:
+    """A release pass of a committed job's queue now: the job goes to the broker at once if its tenant and
+    the queue have room. `release_soon` runs it in a session of its own (a failure there must not roll back,
+    and so expire, the request's session, whose committed rows the answer is still made from) and only logs
+    a failure: the job stays accepted and the sweeper releases it."""
+    release_soon(settings(), producer(), queue)

@@ -41,5 +41,5 @@ def retry(session: Session, job: Job) -> Job:
     session.add(JobEvent(job_id=job.id, type="retried", data={"job_id": copy.id}, created_at=utcnow()))
     session.commit()
     publish_status(copy.id, JobStatus.QUEUED.value)
-    publish_after_commit(outbox.id)
+    publish_after_commit(outbox.queue)
     return copy

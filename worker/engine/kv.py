@@ -89,38 +89,38 @@ class SlotKV:
     def decoder(self, lo: int, hi: int, C: int) -> tuple[DecoderKV, dict[bool, torch.Tensor | None], torch.Tensor]:
         """The K/V a decoder pass over slots [lo, hi) reads and writes, its masks by `sliding` (None where
         no row is padded) and the canvas positions (B, C), all from the lengths on the device."""
-        lengths = self.lengths[lo:hi]  # (B,)
-        offsets = torch.arange(C, dtype=torch.int32, device=self.device)
-        positions = lengths[:, None] + offsets  # (B, C)
-        writes, spans, masks = {}, {}, {}
-        for sliding in (False, True):
-            kept = [self.kept(n, sliding) for n in self.length[lo:hi]]
-            start = lengths.clamp(max=self.window - 1) if sliding else lengths  # (B,)
-            writes[sliding] = (start[:, None] + offsets).long()  # (B, C): where the canvas K/V goes
-            spans[sliding] = max(kept) + C
-            masks[sliding] = None
-            if min(kept) != max(kept):
-                keep = torch.arange(spans[sliding], device=self.device)[None, :] < (start + C)[:, None]  # (B, L)
-                masks[sliding] = keep[:, None, None, :].expand(-1, 1, C, -1)
-        return DecoderKV(self, lo, hi, writes, spans), masks, positions
+        kept = {sliding: [self.kept(n, sliding) for n in self.length[lo:hi]] for sliding in (False, True)}
+        spans = {sliding: max(k) + C for sliding, k in kept.items()}
+        padded = {sliding: min(k) != max(k) for sliding, k in kept.items()}
+        return self._decoder_pass(lo, hi, C, spans, padded)
 
     def decoder_bucket(
         self, rows: int, prefix: int, C: int
-    ) -> tuple[DecoderKV, dict[bool, torch.Tensor], torch.Tensor]:
+    ) -> tuple[DecoderKV, dict[bool, torch.Tensor | None], torch.Tensor]:
         """A decoder pass of fixed shape (what a CUDA graph captures): slots [0, rows), keys up to `prefix`
         prefix entries plus the canvas on every row, masks always. Built from the lengths on the device
         alone, no host value, so the same kernels serve every tick; the caller checks that the prefixes of
         the rows it reads fit in `prefix` (a slot whose prefix does not is computed and must be dropped)."""
-        lengths = self.lengths[:rows]  # (B,)
+        spans = {sliding: self.kept(prefix, sliding) + C for sliding in (False, True)}
+        return self._decoder_pass(0, rows, C, spans, {False: True, True: True})
+
+    def _decoder_pass(
+        self, lo: int, hi: int, C: int, spans: dict[bool, int], masked: dict[bool, bool]
+    ) -> tuple[DecoderKV, dict[bool, torch.Tensor | None], torch.Tensor]:
+        """Where the canvas K/V of slots [lo, hi) goes (after each row's prefix), the masks of the layer
+        kinds that `masked` asks for (keys beyond a row's prefix and canvas hidden), and the canvas
+        positions, for keys `spans` long; computed on the device from the slots' lengths."""
+        lengths = self.lengths[lo:hi]  # (B,)
         offsets = torch.arange(C, dtype=torch.int32, device=self.device)
-        writes, spans, masks = {}, {}, {}
+        writes, masks = {}, {}
         for sliding in (False, True):
             start = lengths.clamp(max=self.window - 1) if sliding else lengths  # (B,)
-            writes[sliding] = (start[:, None] + offsets).long()  # (B, C)
-            spans[sliding] = (min(prefix, self.window - 1) if sliding else prefix) + C
-            keep = torch.arange(spans[sliding], device=self.device)[None, :] < (start + C)[:, None]  # (B, L)
-            masks[sliding] = keep[:, None, None, :].expand(-1, 1, C, -1)
-        return DecoderKV(self, 0, rows, writes, spans), masks, lengths[:, None] + offsets
+            writes[sliding] = (start[:, None] + offsets).long()  # (B, C): where the canvas K/V goes
+            masks[sliding] = None
+            if masked[sliding]:
+                keep = torch.arange(spans[sliding], device=self.device)[None, :] < (start + C)[:, None]  # (B, L)
+                masks[sliding] = keep[:, None, None, :].expand(-1, 1, C, -1)
+        return DecoderKV(self, lo, hi, writes, spans), masks, lengths[:, None] + offsets
 
     # ---- encoder passes: rows anywhere, new tokens written after each row's prefix ---------------------
 
