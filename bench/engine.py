@@ -152,8 +152,10 @@ def bench_engine(
     """All requests at once (arrival_rate None) or Poisson arrivals at `arrival_rate` requests/s.
 
     The engine loop runs in this (the main) thread and a helper thread submits, as a worker's job threads
-    would. On the CPU the loop's thread matters: a loop in a second thread runs about 1.5x slower on this
-    2-core machine (see docs/benchmarks.md); on a GPU the thread only launches kernels.
+    would. On the CPU the loop's thread used to matter (OpenMP's threads of a second thread sleep between
+    ops once the process has more of them than cores); the engine now runs a CPU pass as groups of rows on
+    single-threaded workers (worker/engine/cpu_pool.py), so it matters less. On a GPU the thread only
+    launches kernels.
     """
     started = time.perf_counter()
     engine = Engine(model, max_rows=rows, **ENGINE_OPTIONS)

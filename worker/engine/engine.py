@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from typing import Any
 
 import torch
 
 from worker.engine.constraints import canvas_constraint
+from worker.engine.cpu_pool import single_threaded_pool, split_evenly
 from worker.engine.fast_sampler import fast_tile, noise_key
 from worker.engine.graphs import decoder_graphs
 from worker.engine.kv import SlotKV, layer_shapes, slot_bytes, to_device
@@ -41,6 +42,9 @@ from worker.engine.slots import Slots
 log = logging.getLogger(__name__)
 
 CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of KV slots on the CPU unless `memory_budget_bytes` says otherwise
+# A CPU sampler tile's full-vocabulary tensors stay in a last-level cache: about 20 passes go over each,
+# and 16 rows of the small benchmark model in one tile (64 MiB) took 60 ms a step against 46 in tiles of 4.
+CPU_SAMPLER_BYTES = 16 * 2**20
 DEFAULT_MAX_CONTEXT = 8192  # prompt plus output tokens per row, unless `max_context` says otherwise
 
 
@@ -80,8 +84,8 @@ class Engine:
         self.slots = Slots(rows, r.canvas_length, r.hidden_size, r.vocab_size, r.dtype, r.device)
         self.graphs = decoder_graphs(graphs, r, self.kv, self.slots, self.max_context)
         self.tile_rows = sampler_tile_rows(r, sampler_bytes)  # after the graphs: their pool is taken
-        self._draw_threads = torch.get_num_threads() if r.device.type == "cpu" else 0
-        self._draw_pool = ThreadPoolExecutor(self._draw_threads, "canvas-draws") if self._draw_threads else None
+        self._cpu_threads = torch.get_num_threads() if r.device.type == "cpu" else 0
+        self._cpu_pool = single_threaded_pool(self._cpu_threads) if self._cpu_threads > 1 else None
         self.rows: list[Row] = []
         self._lock = threading.Condition()
         self._cancels: set[str] = set()
@@ -361,7 +365,7 @@ class Engine:
         other error in a batched pass cannot be told apart by row: it fails this pass's rows only."""
         states = [row.generator.get_state() for row in rows]
         try:
-            return [(rows, self._pass(rows))]
+            return [self._pass(rows)]
         except torch.OutOfMemoryError as exc:
             for row, state in zip(rows, states, strict=True):
                 row.generator.set_state(state)
@@ -377,37 +381,62 @@ class Engine:
                 self._finish(row, error=exc)
             return []
 
-    def _pass(self, rows: list[Row]) -> torch.Tensor:
+    def _pass(self, rows: list[Row]) -> tuple[list[Row], torch.Tensor]:
+        """One step of `rows`: their decoder pass and sampler, as one computation or, on a CPU with several
+        cores, as groups of rows side by side (`_cpu_groups`). The rows' slots change only once every part
+        has run, so a failure leaves them as they were. Returns the rows in the order of the report and the
+        report (B, 1 + C): flags and argmax canvases."""
+        groups = self._cpu_groups(rows)
+        if groups is None:
+            parts = [(rows, self._compute(rows, draw_first=True))]
+        else:
+            self.runner.use_adapter(None)  # here, not in the workers: it changes the modules
+            futures = [self._cpu_pool.submit(self._compute, group, False) for group in groups]  # type: ignore[union-attr]
+            wait(futures)  # all of them, also when one failed: no worker may still draw or write
+            parts = [(group, future.result()) for group, future in zip(groups, futures, strict=True)]
+        self.stats["decoder_passes"] += 1
+        self.stats["rows_in_decoder"] += len(rows)
+        reports = []
+        for _, (index, tiles, results) in parts:
+            for (out, soft), tile in zip(results, tiles, strict=True):
+                self.slots.store(index[tile], out, soft)
+                reports.append(torch.cat([out.flags[:, None].long(), out.argmax], dim=1))
+        return [row for group, _ in parts for row in group], torch.cat(reports)
+
+    def _cpu_groups(self, rows: list[Row]) -> list[list[Row]] | None:
+        """On a CPU with several cores, a pass of base-weight rows runs as one group of rows per core,
+        each a decoder pass over its own slot range with one intra-op thread (cpu_pool.py). None where a
+        pass runs as one: on a GPU, on one core, with CUDA graphs' buckets, or with adapters (they change
+        the shared modules per pass)."""
+        if self._cpu_pool is None or self.graphs is not None or len(rows) < 2:
+            return None
+        if any(row.request.adapter is not None for row in rows):
+            return None
+        by_slot = sorted(rows, key=lambda row: row.slot)  # disjoint slot ranges: each group writes its own K/V
+        return [sorted(group, key=is_fast) for group in split_evenly(by_slot, self._cpu_threads)]
+
+    def _compute(self, rows: list[Row], draw_first: bool) -> tuple[torch.Tensor, list[slice], list[Any]]:
         """Decoder pass over the slot range of `rows` (slots between them that are not in the pass are
-        computed and dropped), then the sampler tile by tile; the rows' slots change only
-        once every tile has run, so a failure leaves them as they were. Returns (B, 1 + C): flags and
-        argmax canvases."""
+        computed and dropped), then the sampler tile by tile; nothing stored. Returns the rows' slot
+        index, the tiles and each tile's (TileOutput, soft embeddings). `draw_first`: on the CPU, draw
+        every tile's noise in the pool first (else each tile draws in this thread just before its step)."""
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
-        tiles = mode_tiles(rows, self.tile_rows)
-        drawn, pending = self._draw_ahead(rows, tiles)
-        try:
+        with torch.inference_mode():  # thread-local: a pool worker enters it too
+            tiles = mode_tiles(rows, self.tile_rows)
+            drawn = self._draw_first(rows, tiles) if draw_first else [None] * len(tiles)
             slots = [row.slot for row in rows]
             index = to_device(slots, device)  # (B,)
             hidden = self._decode(rows, slots, index)
-            self.stats["decoder_passes"] += 1
-            self.stats["rows_in_decoder"] += len(rows)
             results = []
             for i, tile in enumerate(tiles):
                 if is_fast(rows[tile.start]):
                     results.append(self._sample_fast(hidden[tile], index[tile], slots[tile], rows[tile]))
                     continue
-                wait(pending[i])
-                for future in pending[i]:
-                    future.result()  # a draw's error, if any, is this pass's
                 draws = drawn[i] or draw_noise([row.generator for row in rows[tile]], C, V, device)
                 drawn[i] = None
                 results.append(self._sample(hidden[tile], index[tile], slots[tile], draws, rows[tile]))
                 del draws
-        finally:  # no draw may still run when a failed pass rewinds the generators
-            wait([future for futures in pending for future in futures])
-        for (out, soft), tile in zip(results, tiles, strict=True):
-            self.slots.store(index[tile], out, soft)
-        return torch.cat([torch.cat([out.flags[:, None].long(), out.argmax], dim=1) for out, _ in results])
+        return index, tiles, results
 
     def _decode(self, rows: list[Row], slots: list[int], index: torch.Tensor) -> torch.Tensor:
         """The rows' hidden states (B, C, H) from one decoder pass: a bucketed pass (a CUDA graph's replay)
@@ -438,30 +467,33 @@ class Engine:
         with self.runner.adapters_per_row(adapters):
             return self.runner.decode(canvas, soft, kv, self.runner.masks(masks), positions)
 
-    def _draw_ahead(self, rows: list[Row], tiles: list[slice]) -> tuple[list[TileDraws | None], list[list[Future]]]:
-        """On the CPU a generator draws serially, on one core: there every tile's draws start now, in
-        threads, row ranges side by side, while the decoder runs. On a GPU nothing is drawn ahead (each
-        tile draws just before its step, so only one tile's draws exist at a time)."""
-        if self._draw_pool is None:
-            return [None] * len(tiles), [[] for _ in tiles]
+    def _draw_first(self, rows: list[Row], tiles: list[slice]) -> list[TileDraws | None]:
+        """A generator draws serially, on one core: on a CPU with several cores (a pass run as one, for
+        example with adapters) every exact tile's draws are made first, row ranges side by side in the
+        pool, and waited for before the decoder pass (alongside it they would take cores from the pass's
+        own threads and slow both: 195 against 180 ms a 16-row pass of bench/engine.py). Elsewhere
+        nothing is drawn here: each tile draws in the computing thread just before its step (on a GPU only
+        one tile's draws then exist at a time)."""
+        if self._cpu_pool is None:
+            return [None] * len(tiles)
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
         drawn: list[TileDraws | None] = []
-        pending: list[list[Future]] = []
+        pending: list[Future] = []
         try:
             for tile in tiles:
                 if is_fast(rows[tile.start]):  # counter-based noise: nothing to draw
                     drawn.append(None)
-                    pending.append([])
                     continue
                 generators = [row.generator for row in rows[tile]]
                 draws = empty_draws(len(generators), C, V, device)
                 drawn.append(draws)
-                chunks = [range(i, len(generators), self._draw_threads) for i in range(self._draw_threads)]
-                pending.append([self._draw_pool.submit(draw_rows, draws, generators, c) for c in chunks if c])
-        except BaseException:  # e.g. out of memory for a later tile: no draw may outlive the pass
-            wait([future for futures in pending for future in futures])
-            raise
-        return drawn, pending
+                chunks = [range(i, len(generators), self._cpu_threads) for i in range(self._cpu_threads)]
+                pending += [self._cpu_pool.submit(draw_rows, draws, generators, c) for c in chunks if c]
+        finally:  # also when a later tile runs out of memory: no draw may outlive this call
+            wait(pending)
+        for future in pending:
+            future.result()  # a draw's error, if any, is this pass's
+        return drawn
 
     def _sample(
         self, hidden: torch.Tensor, index: torch.Tensor, slots: list[int], draws: TileDraws, rows: list[Row]
@@ -581,11 +613,11 @@ def keep_logprobs(rows: list[Row], probs: torch.Tensor, committed: torch.Tensor)
 def sampler_tile_rows(runner: ModelRunner, budget_bytes: int | None) -> int:
     """Rows per sampler tile. A step holds about four (C, V) float32 tensors per row (logits, softmax,
     exponential draws, the entropy's softmax); a tile gets `budget_bytes` of them: by default half the
-    GPU memory free after the weights, or 256 MiB on the CPU."""
+    GPU memory free after the weights, or on the CPU `CPU_SAMPLER_BYTES`."""
     per_row = 4 * runner.canvas_length * runner.vocab_size * 4
     if budget_bytes is None and runner.device.type == "cuda":
         budget_bytes = torch.cuda.mem_get_info(runner.device)[0] // 2
-    return max(1, (budget_bytes or 256 * 2**20) // per_row)
+    return max(1, (budget_bytes or CPU_SAMPLER_BYTES) // per_row)
 
 
 def row_state_bytes(runner: ModelRunner) -> int:

@@ -416,7 +416,7 @@ def test_tiles_and_where_the_draws_happen_do_not_change_outputs(model) -> None:
     requests = mixed_requests()
     expected = [r.token_ids for r in run(model, requests, max_rows=8)]
     engine = Engine(model, max_rows=8)
-    engine.tile_rows, engine._draw_pool = 2, None
+    engine.tile_rows, engine._cpu_pool = 2, None
     handles = [engine.submit(r) for r in requests]
     engine.run_until_idle()
     assert [h.wait(0).token_ids for h in handles] == expected
