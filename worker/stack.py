@@ -62,7 +62,7 @@ class Stack:
         if new and self.log_dir is not None:
             command = worker_command(new, self.gpu, node=f"models{len(self.processes)}")
             port = self.metrics_port + len(self.processes) - 1 if self.metrics_port else 0  # after the API's
-            env = {**worker_env(new, self.gpu, port), **torch_env(self.gpu), **self.env}
+            env = {**worker_env(new, self.gpu, port), **torch_env(self.gpu, generation_threads()), **self.env}
             self.processes.append(_spawn(command, env, self.log_dir / "worker.log"))
             self.models.extend(new)
             log.info("serving %s as well", ", ".join(new))
@@ -76,11 +76,17 @@ def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
 
 
-def torch_env(gpu: str | None) -> dict[str, str]:
-    """On the CPU the generation and the training worker share the cores: one torch thread each (unless
-    OMP_NUM_THREADS says otherwise), as two threads of one process mostly wait for each other on a busy
-    2-core machine (docs/benchmarks.md, "Torch threads on this VM")."""
-    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")} if gpu is None else {}
+def torch_env(gpu: str | None, threads: int = 1) -> dict[str, str]:
+    """On the CPU: `threads` torch threads (unless OMP_NUM_THREADS says otherwise). The fine-tuning worker
+    takes one, as two threads of a training step mostly wait for each other on a busy 2-core machine
+    (docs/benchmarks.md, "Torch threads on this VM"); a generation worker takes every core, as its engine
+    runs a pass's rows as one group per core, each on one thread (worker/engine/cpu_pool.py)."""
+    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))} if gpu is None else {}
+
+
+def generation_threads() -> int:
+    """A CPU generation worker's torch threads: the cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def print_log_tails(log_dir: Path, lines: int = 30) -> None:
@@ -205,7 +211,10 @@ def _workers(served: list[str], gpu: str | None, metrics_port: int) -> dict[str,
     With CANVAS_METRICS_PORT set, the first serves its metrics on that port, the next on the next one."""
     ports = [metrics_port + i if metrics_port else 0 for i in range(3)]
     return {
-        "worker": (worker_command(served, gpu), {**worker_env(served, gpu, ports[0]), **torch_env(gpu)}),
+        "worker": (
+            worker_command(served, gpu),
+            {**worker_env(served, gpu, ports[0]), **torch_env(gpu, generation_threads())},
+        ),
         "webhooks": (webhook_worker_command(concurrency=4), child_env(None, ports[1])),
         "train": (train_command(gpu), {**child_env(gpu, ports[2]), **torch_env(gpu)}),
     }
