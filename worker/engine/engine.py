@@ -286,7 +286,10 @@ class Engine:
         """One encoder pass over `items` (row, new tokens); out of memory, they retry in halves and a row
         that runs out alone fails alone (a failed pass leaves every row's K/V as it was)."""
         try:
-            self._encode_pass(items)
+            if self._cpu_pool is None:
+                self._encode_pass(items)
+            else:  # one thread, on a worker (cpu_pool.py: an op's threads from this thread would sleep)
+                self._cpu_pool.submit(self._encode_pass, items).result()
         except torch.OutOfMemoryError as exc:
             if len(items) == 1:
                 self._finish(items[0][0], error=exc)
@@ -303,6 +306,7 @@ class Engine:
         for row, take in items:
             self._guarded(row, lambda r, n=take: self._encoded(r, n))
 
+    @torch.inference_mode()  # thread-local: also when a pool worker runs it
     def _encode_pass(self, items: list[tuple[Row, int]]) -> None:
         """Prompt chunks and committed canvases (the slot's argmax) right-padded into one (B, n) batch."""
         width, device = max(take for _, take in items), self.runner.device
@@ -404,11 +408,12 @@ class Engine:
         return [row for group, _ in parts for row in group], torch.cat(reports)
 
     def _cpu_groups(self, rows: list[Row]) -> list[list[Row]] | None:
-        """On a CPU with several cores, a pass of base-weight rows runs as one group of rows per core,
-        each a decoder pass over its own slot range with one intra-op thread (cpu_pool.py). None where a
-        pass runs as one: on a GPU, on one core, with CUDA graphs' buckets, or with adapters (they change
-        the shared modules per pass)."""
-        if self._cpu_pool is None or self.graphs is not None or len(rows) < 2:
+        """On a CPU with several cores, a pass of base-weight rows runs as one group of rows per core (up to
+        one row a group), each a decoder pass over its own slot range on a worker with one intra-op thread
+        (cpu_pool.py): a pass of fewer rows than cores leaves cores idle, which on the small models a CPU
+        serves costs less than an op's threads do. None where a pass runs as one: on a GPU, on one core,
+        with CUDA graphs' buckets, or with adapters (they change the shared modules per pass)."""
+        if self._cpu_pool is None or self.graphs is not None:
             return None
         if any(row.request.adapter is not None for row in rows):
             return None

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from tests.worker.engine.test_engine import mixed_requests, run
+from tests.worker.engine.test_engine import EOS, PARAMS, mixed_requests, reference, run
 from tests.worker.engine.test_faults import healthy_others_unchanged, requests, run_all
 from worker.engine import Engine, Request, SamplingParams
 from worker.engine.cpu_pool import single_threaded_pool, split_evenly
@@ -91,6 +91,18 @@ def test_split_evenly_keeps_order_and_balances() -> None:
     assert split_evenly(list(range(7)), 2) == [[0, 1, 2, 3], [4, 5, 6]]
     assert split_evenly([1], 4) == [[1]]
     assert split_evenly(list(range(6)), 3) == [[0, 1], [2, 3], [4, 5]]
+
+
+@pytest.mark.parametrize("params", PARAMS[:2])
+def test_a_request_alone_on_a_worker_thread_reproduces_generate(model, params) -> None:
+    """One row: its encoder and decoder passes run on one of the pool's single-threaded workers."""
+    prompt = [2, 17, 33, 4, 90, 12, 7]
+    engine = grouped_engine(model, max_rows=4)
+    sizes = counting_decodes(engine)
+    handle = engine.submit(Request("alone", tuple(prompt), params, EOS))
+    engine.run_until_idle()
+    assert handle.wait(0).token_ids == reference(model, prompt, params)[0]
+    assert sizes and set(sizes) == {1}
 
 
 def test_grouped_passes_give_the_outputs_of_one_pass(model) -> None:
