@@ -284,7 +284,12 @@ class Engine:
 
     def _encode_rows(self, items: list[tuple[Row, int]]) -> None:
         """One encoder pass over `items` (row, new tokens); out of memory, they retry in halves and a row
-        that runs out alone fails alone (a failed pass leaves every row's K/V as it was)."""
+        that runs out alone fails alone (a failed pass leaves every row's K/V as it was). On a CPU with
+        several cores the pass runs as groups side by side (`_encode_groups`)."""
+        groups = self._encoder_groups(items)
+        if groups is not None:
+            self._encode_groups(groups)
+            return
         try:
             if self._cpu_pool is None:
                 self._encode_pass(items)
@@ -298,13 +303,49 @@ class Engine:
             half = len(items) // 2
             self._encode_rows(items[:half])
             self._encode_rows(items[half:])
+            return
         except Exception as exc:
             log.exception("encoder pass of %d rows failed", len(items))
             for row, _ in items:
                 self._finish(row, error=exc)
             return
+        self.stats["encoder_passes"] += 1
         for row, take in items:
             self._guarded(row, lambda r, n=take: self._encoded(r, n))
+
+    def _encoder_groups(self, items: list[tuple[Row, int]]) -> list[list[tuple[Row, int]]] | None:
+        """On a CPU with several cores, an encoder pass of base-weight rows as one group per core, balanced
+        by tokens (each row's tokens stay in one group); None where it runs as one pass (`_cpu_groups`)."""
+        if self._cpu_pool is None or len(items) < 2 or any(row.request.adapter is not None for row, _ in items):
+            return None
+        groups: list[list[tuple[Row, int]]] = [[] for _ in range(min(self._cpu_threads, len(items)))]
+        tokens = [0] * len(groups)
+        for item in sorted(items, key=lambda item: -item[1]):
+            lightest = tokens.index(min(tokens))
+            groups[lightest].append(item)
+            tokens[lightest] += item[1]
+        return groups
+
+    def _encode_groups(self, groups: list[list[tuple[Row, int]]]) -> None:
+        """The groups' encoder passes side by side on the pool's workers (each writes its own rows' K/V).
+        A group that fails leaves its rows' K/V as they were: out of memory, its rows retry as
+        `_encode_rows` retries them; the other groups keep their result."""
+        self.runner.use_adapter(None)  # here, not in the workers: it changes the modules
+        futures = [self._cpu_pool.submit(self._encode_pass, group) for group in groups]  # type: ignore[union-attr]
+        wait(futures)
+        self.stats["encoder_passes"] += 1
+        for group, future in zip(groups, futures, strict=True):
+            error = future.exception()
+            if isinstance(error, torch.OutOfMemoryError):
+                log.warning("out of memory in an encoder pass of %d rows: retrying them", len(group))
+                self._encode_rows(group)
+            elif error is not None:
+                log.error("encoder pass of %d rows failed", len(group), exc_info=error)
+                for row, _ in group:
+                    self._finish(row, error=error)
+            else:
+                for row, take in group:
+                    self._guarded(row, lambda r, n=take: self._encoded(r, n))
 
     @torch.inference_mode()  # thread-local: also when a pool worker runs it
     def _encode_pass(self, items: list[tuple[Row, int]]) -> None:
@@ -326,7 +367,6 @@ class Engine:
         with self.runner.adapters_per_row([row.request.adapter for row, _ in items]):
             self.runner.encode(cache, ids, self.runner.masks(masks), positions)
         self.kv.advance(slots, counts)
-        self.stats["encoder_passes"] += 1
 
     def _encoded(self, row: Row, take: int) -> None:
         """A row's tokens are in its slot: a commit starts the next canvas, and so does the last prompt chunk."""

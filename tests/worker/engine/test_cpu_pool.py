@@ -17,6 +17,7 @@ from tests.worker.engine.test_faults import healthy_others_unchanged, requests, 
 from worker.engine import Engine, Request, SamplingParams
 from worker.engine.cpu_pool import single_threaded_pool, split_evenly
 from worker.engine.engine import NonFiniteLogits
+from worker.engine.rows import Phase
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +179,30 @@ def test_nan_logits_fail_their_row_only(model) -> None:
     got = run_all(engine, requests())
     assert isinstance(got["r0"], NonFiniteLogits)
     healthy_others_unchanged(got, expected, "r0")
+
+
+def test_out_of_memory_in_one_encoder_group_retries_its_rows_only(model) -> None:
+    """The first prefill runs as two groups; the one holding r3 runs out of memory once: its rows encode
+    again, the other group's rows are not encoded twice, and every output is what it would have been."""
+    expected = run_all(grouped_engine(model, max_rows=8), requests())
+    engine = grouped_engine(model, max_rows=8)
+    encode, mine = engine.runner.encode, rows_of_this_thread(engine)
+    prompts_encoded: list[str] = []
+    failed: list[int] = []
+    pass_ = engine._encode_pass
+
+    def tracked(items):
+        mine.items = items
+        return pass_(items)
+
+    def run_out_once(cache, ids, *args, **kwargs):
+        if not failed and any(row.request_id == "r3" for row, _ in mine.items) and ids.shape[0] > 1:
+            failed.append(ids.shape[0])
+            raise torch.OutOfMemoryError("simulated: out of memory")
+        encode(cache, ids, *args, **kwargs)
+        prompts_encoded.extend(row.request_id for row, _ in mine.items if row.phase is Phase.PREFILL)
+
+    engine._encode_pass, engine.runner.encode = tracked, run_out_once
+    got = run_all(engine, requests())
+    assert failed and got == expected
+    assert sorted(prompts_encoded) == ["r0", "r1", "r2", "r3", "r4"]  # each prompt (one chunk) once
