@@ -16,30 +16,41 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 START_TIMEOUT_S = 30.0
+_settings = threading.Lock()  # one pool's workers at a time change the process default (see below)
 
 
 def single_threaded_pool(workers: int, name: str = "canvas-cpu") -> ThreadPoolExecutor:
     """`workers` threads, started now, each running torch with one intra-op thread. The calling thread's
-    setting, and the default that threads started later take, are left as they were."""
+    setting is left as it was, and so is the default that threads started later take, except for the
+    moment between a worker's change and the caller's restore (torch has one call for both: a thread that
+    makes its first torch call in that moment takes one thread)."""
     saved = torch.get_num_threads()
-    ready = threading.Barrier(workers + 1, timeout=START_TIMEOUT_S)
-
-    def start() -> None:
-        torch.get_num_threads()  # this thread's ATen settings initialise now, from the process defaults
-        torch.set_num_threads(1)  # this thread's OpenMP and MKL: one thread (and the default: restored below)
-        ready.wait()
-
-    pool = ThreadPoolExecutor(workers, name, initializer=start)
-    try:
-        for _ in range(workers):  # each submit starts a thread: the ones before wait at the barrier
-            pool.submit(lambda: None)
-        ready.wait()
-    except threading.BrokenBarrierError:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        torch.set_num_threads(saved)  # set_num_threads also set the default of threads started later
+    pool = ThreadPoolExecutor(workers, name)
+    started = threading.Barrier(workers + 1, timeout=START_TIMEOUT_S)  # busy until all run: no thread reuse
+    with _settings:
+        try:
+            for _ in range(workers):
+                set_one = threading.Barrier(2, timeout=START_TIMEOUT_S)
+                pool.submit(_one_thread, set_one, started)
+                set_one.wait()  # the new worker has set its own setting (and the default) to one
+                torch.set_num_threads(saved)  # the default back, at once
+            started.wait()
+        except threading.BrokenBarrierError:
+            started.abort()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            torch.set_num_threads(saved)
     return pool
+
+
+def _one_thread(set_one: threading.Barrier, started: threading.Barrier) -> None:
+    """A new worker's first task: its torch settings initialise from the process default, then become one
+    thread; it stays busy until every worker has started, so each task of the pool's start gets its own."""
+    torch.get_num_threads()  # this thread's ATen settings initialise now, from the process default
+    torch.set_num_threads(1)  # this thread's OpenMP and MKL: one thread (and the default, until restored)
+    set_one.wait()
+    started.wait()
 
 
 def split_evenly(items: list, parts: int) -> list[list]:

@@ -172,6 +172,9 @@ class Engine:
             self._lock.notify()
         if self._thread is not None:
             self._thread.join()
+        pool, self._cpu_pool = self._cpu_pool, None  # later steps (if any) run as one pass, in the caller
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     @property
     def load(self) -> dict[str, int]:
@@ -295,23 +298,28 @@ class Engine:
                 self._encode_pass(items)
             else:  # one thread, on a worker (cpu_pool.py: an op's threads from this thread would sleep)
                 self._cpu_pool.submit(self._encode_pass, items).result()
-        except torch.OutOfMemoryError as exc:
-            if len(items) == 1:
-                self._finish(items[0][0], error=exc)
-                return
-            log.warning("out of memory in an encoder pass of %d rows: retrying in halves", len(items))
-            half = len(items) // 2
-            self._encode_rows(items[:half])
-            self._encode_rows(items[half:])
-            return
         except Exception as exc:
-            log.exception("encoder pass of %d rows failed", len(items))
-            for row, _ in items:
-                self._finish(row, error=exc)
+            self._encode_failed(items, exc)
             return
         self.stats["encoder_passes"] += 1
         for row, take in items:
             self._guarded(row, lambda r, n=take: self._encoded(r, n))
+
+    def _encode_failed(self, items: list[tuple[Row, int]], exc: BaseException) -> None:
+        """An encoder pass over `items` failed and left their K/V as they were. Out of memory, they retry
+        in halves and a row that runs out alone fails alone; any other error fails them."""
+        if not out_of_memory(exc):
+            log.error("encoder pass of %d rows failed", len(items), exc_info=exc)
+            for row, _ in items:
+                self._finish(row, error=exc)
+            return
+        if len(items) == 1:
+            self._finish(items[0][0], error=exc)
+            return
+        log.warning("out of memory in an encoder pass of %d rows: retrying in halves", len(items))
+        half = len(items) // 2
+        self._encode_rows(items[:half])
+        self._encode_rows(items[half:])
 
     def _encoder_groups(self, items: list[tuple[Row, int]]) -> list[list[tuple[Row, int]]] | None:
         """On a CPU with several cores, an encoder pass of base-weight rows as one group per core, balanced
@@ -331,21 +339,27 @@ class Engine:
         A group that fails leaves its rows' K/V as they were: out of memory, its rows retry as
         `_encode_rows` retries them; the other groups keep their result."""
         self.runner.use_adapter(None)  # here, not in the workers: it changes the modules
-        futures = [self._cpu_pool.submit(self._encode_pass, group) for group in groups]  # type: ignore[union-attr]
-        wait(futures)
-        self.stats["encoder_passes"] += 1
+        futures = self._in_pool(self._encode_pass, [(group,) for group in groups])
+        if any(future.exception() is None for future in futures):
+            self.stats["encoder_passes"] += 1
         for group, future in zip(groups, futures, strict=True):
             error = future.exception()
-            if isinstance(error, torch.OutOfMemoryError):
-                log.warning("out of memory in an encoder pass of %d rows: retrying them", len(group))
-                self._encode_rows(group)
-            elif error is not None:
-                log.error("encoder pass of %d rows failed", len(group), exc_info=error)
-                for row, _ in group:
-                    self._finish(row, error=error)
-            else:
-                for row, take in group:
-                    self._guarded(row, lambda r, n=take: self._encoded(r, n))
+            if error is not None:
+                self._encode_failed(group, error)
+                continue
+            for row, take in group:
+                self._guarded(row, lambda r, n=take: self._encoded(r, n))
+
+    def _in_pool(self, fn: Callable[..., Any], calls: list[tuple]) -> list[Future]:
+        """fn(*args) for each args of `calls` on the pool's workers, side by side; returns once every one
+        has ended (also when submitting failed part way: none may still run when the caller goes on)."""
+        futures: list[Future] = []
+        try:
+            for args in calls:
+                futures.append(self._cpu_pool.submit(fn, *args))  # type: ignore[union-attr]
+        finally:
+            wait(futures)
+        return futures
 
     @torch.inference_mode()  # thread-local: also when a pool worker runs it
     def _encode_pass(self, items: list[tuple[Row, int]]) -> None:
@@ -409,8 +423,13 @@ class Engine:
         other error in a batched pass cannot be told apart by row: it fails this pass's rows only."""
         states = [row.generator.get_state() for row in rows]
         try:
-            return [self._pass(rows)]
-        except torch.OutOfMemoryError as exc:
+            stepped, report = self._pass(rows)
+        except Exception as exc:
+            if not out_of_memory(exc):
+                log.error("decoder pass of %d rows failed", len(rows), exc_info=exc)
+                for row in rows:
+                    self._finish(row, error=exc)
+                return []
             for row, state in zip(rows, states, strict=True):
                 row.generator.set_state(state)
             if len(rows) == 1:
@@ -419,25 +438,20 @@ class Engine:
             log.warning("out of memory in a pass of %d rows: retrying in halves", len(rows))
             half = len(rows) // 2
             return self._denoise_rows(rows[:half]) + self._denoise_rows(rows[half:])
-        except Exception as exc:
-            log.exception("decoder pass of %d rows failed", len(rows))
-            for row in rows:
-                self._finish(row, error=exc)
-            return []
+        return [(stepped, report)] if stepped and report is not None else []
 
-    def _pass(self, rows: list[Row]) -> tuple[list[Row], torch.Tensor]:
+    def _pass(self, rows: list[Row]) -> tuple[list[Row], torch.Tensor | None]:
         """One step of `rows`: their decoder pass and sampler, as one computation or, on a CPU with several
         cores, as groups of rows side by side (`_cpu_groups`). The rows' slots change only once every part
         has run, so a failure leaves them as they were. Returns the rows in the order of the report and the
-        report (B, 1 + C): flags and argmax canvases."""
+        report (B, 1 + C): flags and argmax canvases (none where every group failed)."""
         groups = self._cpu_groups(rows)
         if groups is None:
             parts = [(rows, self._compute(rows, draw_first=True))]
         else:
-            self.runner.use_adapter(None)  # here, not in the workers: it changes the modules
-            futures = [self._cpu_pool.submit(self._compute, group, False) for group in groups]  # type: ignore[union-attr]
-            wait(futures)  # all of them, also when one failed: no worker may still draw or write
-            parts = [(group, future.result()) for group, future in zip(groups, futures, strict=True)]
+            parts = self._compute_groups(groups)
+            if not parts:
+                return [], None
         self.stats["decoder_passes"] += 1
         self.stats["rows_in_decoder"] += len(rows)
         reports = []
@@ -446,6 +460,26 @@ class Engine:
                 self.slots.store(index[tile], out, soft)
                 reports.append(torch.cat([out.flags[:, None].long(), out.argmax], dim=1))
         return [row for group, _ in parts for row in group], torch.cat(reports)
+
+    def _compute_groups(self, groups: list[list[Row]]) -> list[tuple[list[Row], Any]]:
+        """The groups' passes side by side on the pool's workers. Out of memory in any group raises it (the
+        caller retries every row, streams rewound); any other error fails that group's rows only. Returns
+        the other groups' (rows, `_compute` result)."""
+        self.runner.use_adapter(None)  # here, not in the workers: it changes the modules
+        futures = self._in_pool(self._compute, [(group, False) for group in groups])
+        errors = [future.exception() for future in futures]
+        for error in errors:
+            if error is not None and out_of_memory(error):
+                raise error
+        parts = []
+        for group, future, error in zip(groups, futures, errors, strict=True):
+            if error is None:
+                parts.append((group, future.result()))
+                continue
+            log.error("decoder pass of %d rows failed", len(group), exc_info=error)
+            for row in group:
+                self._finish(row, error=error)
+        return parts
 
     def _cpu_groups(self, rows: list[Row]) -> list[list[Row]] | None:
         """On a CPU with several cores, a pass of base-weight rows runs as one group of rows per core (up to
@@ -627,6 +661,13 @@ class Engine:
                 row.handle.finish(result)
                 return
         row.handle.finish(error=error)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says memory ran out: a GPU's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
 def is_fast(row: Row) -> bool:

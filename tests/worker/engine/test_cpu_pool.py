@@ -146,7 +146,14 @@ def test_an_exception_in_one_rows_callback_fails_that_row_only(model) -> None:
     healthy_others_unchanged(got, expected, "r2")
 
 
-def test_out_of_memory_in_one_group_retries_the_rows_and_changes_no_output(model) -> None:
+OUT_OF_MEMORY = [
+    torch.OutOfMemoryError("simulated: CUDA out of memory"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: simulated"),
+]
+
+
+@pytest.mark.parametrize("error", OUT_OF_MEMORY, ids=["gpu", "cpu-allocator"])
+def test_out_of_memory_in_one_group_retries_the_rows_and_changes_no_output(model, error) -> None:
     expected = run_all(grouped_engine(model, max_rows=8), requests())
     engine = grouped_engine(model, max_rows=8)
     decode, mine = engine.runner.decode, rows_of_this_thread(engine)
@@ -155,7 +162,7 @@ def test_out_of_memory_in_one_group_retries_the_rows_and_changes_no_output(model
     def run_out_in_the_second_group(canvas, *args, **kwargs):
         if engine.stats["ticks"] == 4 and "r3" in mine.ids and canvas.shape[0] > 1:
             failures.append(canvas.shape[0])
-            raise torch.OutOfMemoryError("simulated: out of memory")
+            raise error
         return decode(canvas, *args, **kwargs)
 
     engine.runner.decode = run_out_in_the_second_group
@@ -206,3 +213,38 @@ def test_out_of_memory_in_one_encoder_group_retries_its_rows_only(model) -> None
     got = run_all(engine, requests())
     assert failed and got == expected
     assert sorted(prompts_encoded) == ["r0", "r1", "r2", "r3", "r4"]  # each prompt (one chunk) once
+
+
+def test_another_error_in_one_group_fails_that_groups_rows_only(model) -> None:
+    """A bug-like error inside one group's pass cannot be told apart by row: that group's rows fail, the
+    other group's rows step on and finish as they would have."""
+    expected = run_all(grouped_engine(model, max_rows=8), requests())
+    engine = grouped_engine(model, max_rows=8)
+    decode, mine = engine.runner.decode, rows_of_this_thread(engine)
+    broken: list[set[str]] = []
+
+    def break_r3s_group(canvas, *args, **kwargs):
+        if engine.stats["ticks"] == 4 and "r3" in mine.ids and not broken:
+            broken.append(set(mine.ids))
+            raise ValueError("simulated: a broken kernel")
+        return decode(canvas, *args, **kwargs)
+
+    engine.runner.decode = break_r3s_group
+    got = run_all(engine, requests())
+    [group] = broken
+    assert {rid for rid, out in got.items() if isinstance(out, ValueError)} == group
+    assert {rid: out for rid, out in got.items() if rid not in group} == {
+        rid: out for rid, out in expected.items() if rid not in group
+    }
+    assert 0 < len(group) < len(got)
+
+
+def test_stop_shuts_the_pool_down(model) -> None:
+    engine = grouped_engine(model, max_rows=4).start()
+    workers = list(engine._cpu_pool._threads)  # this pool's threads
+    assert len(workers) == 2 and all(t.is_alive() for t in workers)
+    handle = engine.submit(Request("r", (2, 3), SamplingParams(max_new_tokens=8, seed=1)))
+    handle.wait(30)
+    engine.stop()
+    assert engine._cpu_pool is None
+    assert not any(t.is_alive() for t in workers)
