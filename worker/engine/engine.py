@@ -48,6 +48,12 @@ CPU_SAMPLER_BYTES = 16 * 2**20
 DEFAULT_MAX_CONTEXT = 8192  # prompt plus output tokens per row, unless `max_context` says otherwise
 
 
+class KVAdvanceFailed(RuntimeError):
+    """An encoder pass succeeded but making its tokens part of the rows' prefixes did not (for example out
+    of memory while shifting a sliding window): the rows' K/V are in an unknown state, so they fail rather
+    than retry."""
+
+
 class NonFiniteLogits(RuntimeError):
     """The model produced NaN logits for a row (its weights, adapter or input are broken)."""
 
@@ -380,7 +386,10 @@ class Engine:
         cache, masks, positions = self.kv.encoder(slots, counts, width)
         with self.runner.adapters_per_row([row.request.adapter for row, _ in items]):
             self.runner.encode(cache, ids, self.runner.masks(masks), positions)
-        self.kv.advance(slots, counts)
+        try:
+            self.kv.advance(slots, counts)
+        except Exception as exc:  # lengths or sliding windows part moved: the pass cannot be run again
+            raise KVAdvanceFailed(f"moving {len(slots)} rows' K/V after their encoder pass failed: {exc!r}") from exc
 
     def _encoded(self, row: Row, take: int) -> None:
         """A row's tokens are in its slot: a commit starts the next canvas, and so does the last prompt chunk."""
@@ -665,6 +674,8 @@ class Engine:
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` says memory ran out: a GPU's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(exc, KVAdvanceFailed):
+        return False  # its rows cannot be retried, whatever its cause
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

@@ -10,7 +10,7 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
 from worker.engine import Engine, Request, SamplingParams
-from worker.engine.engine import NonFiniteLogits
+from worker.engine.engine import KVAdvanceFailed, NonFiniteLogits
 from worker.engine.runner import ModelRunner, UnsupportedModel
 from worker.tiny import EOS_ID
 
@@ -185,3 +185,27 @@ def test_a_row_whose_encoder_pass_runs_out_of_memory_alone_fails_alone(model, ex
     got = run_all(engine, requests())
     assert isinstance(got["r3"], torch.OutOfMemoryError)
     healthy_others_unchanged(got, expected, "r3")
+
+
+def test_out_of_memory_while_moving_kv_after_an_encoder_pass_fails_those_rows_without_a_retry(model, expected) -> None:
+    """A commit's encoder pass succeeds, then shifting r1's sliding window runs out of memory: its K/V may
+    be part moved, so r1 fails (no retry over a half-moved window); the rows beside it are unchanged."""
+    engine = Engine(model, max_rows=8)
+    advance = engine.kv.advance
+    encodes: list[list[int]] = []
+
+    def run_out_for_r1(slots, counts):
+        if engine.stats["ticks"] > 1 and slots == [engine_slot(engine, "r1")]:
+            encodes.append(slots)
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return advance(slots, counts)
+
+    engine.kv.advance = run_out_for_r1
+    got = run_all(engine, [r for r in requests() if r.request_id in ("r0", "r1")])
+    assert len(encodes) == 1  # r1 committed alone, once: not retried
+    assert isinstance(got["r1"], KVAdvanceFailed) and "out of memory" in str(got["r1"])
+    assert got["r0"] == expected["r0"]
+
+
+def engine_slot(engine: Engine, request_id: str) -> int | None:
+    return next((row.slot for row in engine.rows if row.request_id == request_id), None)
