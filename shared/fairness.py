@@ -17,7 +17,8 @@ Per broker queue (one per served model, and `train` for fine-tunes):
 Release runs at submission (the API, after its commit), when a worker claims or finishes a job (a slot
 frees), and on every sweep. Passes are serialized per queue (an advisory lock on PostgreSQL, the write lock
 on SQLite), so two publishers never release past the depth. A released job's message goes out through its
-outbox record (shared/queue.py); the claim still guards against a duplicate delivery.
+outbox record (shared/queue.py); the claim still guards against a duplicate delivery. Once the broker
+refuses a release, a process's best-effort passes pause for a sweep period (`BrokerBackoff`).
 
 Knows the jobs table and the broker's publish, not the workers or the API.
 """
@@ -25,6 +26,8 @@ Knows the jobs table and the broker's publish, not the workers or the API.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,10 +87,44 @@ def plan_releases(state: QueueState, depth: int, cap: int, batch_cap: int = 0) -
     return plan
 
 
-def release(session: Session, app: Celery, settings: Settings, queue: str) -> int:
+class BrokerBackoff:
+    """Per broker, in this process: after it refused a release, best-effort passes (`release_soon`: after a
+    submission, a claim, a finish) skip it for a while. A broker that refuses slowly makes each try wait
+    out `publish_timeout_seconds` while holding the queue's lock, so without the pause every submission
+    would wait its turn behind the others' failing tries. The sweeper's passes still try; one that gets a
+    job through ends the pause. Jobs not released wait in SQL: nothing is lost."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def pause(self, broker: str, seconds: float) -> None:
+        with self._lock:
+            self._until[broker] = max(self._until.get(broker, 0.0), time.monotonic() + seconds)
+
+    def resume(self, broker: str) -> None:
+        with self._lock:
+            self._until.pop(broker, None)
+
+    def paused(self, broker: str) -> bool:
+        return time.monotonic() < self._until.get(broker, 0.0)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._until.clear()
+
+
+BROKER_BACKOFF = BrokerBackoff()
+
+
+def release(session: Session, app: Celery, settings: Settings, queue: str, best_effort: bool = False) -> int:
     """Release what is fair of `queue`'s waiting jobs to the broker. Returns how many went out; stops at the
-    first broker failure (the rest wait for the next pass). The caller commits."""
+    first broker failure (the rest wait for the next pass), which pauses best-effort passes (`best_effort`:
+    this one returns 0 at once while they are paused) for a sweep period. The caller commits."""
     _lock(session, queue)
+    broker = settings.redis_url
+    if best_effort and BROKER_BACKOFF.paused(broker):  # also when the pass before ours, which held the lock, failed
+        return 0
     state = queue_state(session, queue, settings.release_depth, settings.tenant_in_flight)
     if not state.waiting:
         return 0
@@ -99,7 +136,9 @@ def release(session: Session, app: Celery, settings: Settings, queue: str) -> in
         if job_id is None:  # claimed or canceled since the counts were read
             continue
         if not _release_job(session, app, job_id, queue):
+            BROKER_BACKOFF.pause(broker, settings.sweep_seconds)
             break
+        BROKER_BACKOFF.resume(broker)
         sent += 1
     return sent
 
@@ -248,12 +287,13 @@ def release_all(settings: Settings, app: Celery) -> int:
 
 def release_soon(settings: Settings, app: Celery, queue: str | None) -> int:
     """Best effort: one release pass of `queue` now (a submission, a claim or a finish freed or needs a
-    slot). A failure is logged, never raised: the sweeper's pass releases what this one missed."""
-    if queue is None:
+    slot); none while the broker's release is paused (`BrokerBackoff`). A failure is logged, never raised:
+    the sweeper's pass releases what this one missed."""
+    if queue is None or BROKER_BACKOFF.paused(settings.redis_url):
         return 0
     try:
         with session_scope(settings.database_url) as session:
-            return release(session, app, settings, queue)
+            return release(session, app, settings, queue, best_effort=True)
     except Exception:
         log.exception("release pass of queue %s failed; the sweeper will release", queue)
         return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,7 @@ from sqlalchemy import select
 
 from shared.contracts import generation_queue
 from shared.db import session_scope
-from shared.fairness import QueueState, plan_releases, release, release_all
+from shared.fairness import BROKER_BACKOFF, QueueState, plan_releases, release, release_all, release_soon
 from shared.jobs import claim, create_job, new_job_id, transition
 from shared.models import Job, OutboxMessage
 from shared.queue import producer
@@ -192,6 +193,41 @@ def test_a_broker_that_never_answers_does_not_hold_the_release_pass(settings, si
     with session_scope(settings.database_url) as session:
         errors = session.scalars(select(OutboxMessage.last_error).where(OutboxMessage.job_id.in_(ids))).all()
     assert any(errors), errors
+
+
+def test_a_refusing_broker_pauses_best_effort_passes_instead_of_queueing_them(settings, silent_broker) -> None:
+    """A broker that refuses slowly: each try waits out publish_timeout_seconds holding the queue's lock.
+    Four submissions' passes at once: the first pays that once and pauses the broker's best-effort passes,
+    the others, waiting on the lock behind it, return at once instead of each waiting out its own try; the
+    sweeper's pass still tries while paused."""
+    down = settings.with_(redis_url=silent_broker, publish_timeout_seconds=0.5, sweep_seconds=60)
+    ids = add_jobs(settings, "ten_a", 4)
+    app = producer(down)
+    sent: list[int] = []
+    threads = [threading.Thread(target=lambda: sent.append(release_soon(down, app, QUEUE))) for _ in range(4)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    took = time.monotonic() - started
+    assert sent == [0, 0, 0, 0] and released(settings, ids) == []
+    assert BROKER_BACKOFF.paused(silent_broker)
+    assert 0.4 < took < 1.5, f"{took:.2f} s: the passes waited out a try each (about 2 s) or none tried"
+    started = time.monotonic()
+    assert release_soon(down, app, QUEUE) == 0 and time.monotonic() - started < 0.2
+    started = time.monotonic()
+    assert release_all(down, app) == 0 and time.monotonic() - started > 0.4  # the sweeper's pass: a try
+
+
+def test_a_sweeper_pass_that_gets_through_ends_the_pause(settings, broker) -> None:
+    ids = add_jobs(settings, "ten_a", 2)
+    app = producer(settings)
+    BROKER_BACKOFF.pause(settings.redis_url, 60)  # as a refused release leaves it
+    assert release_soon(settings, app, QUEUE) == 0 and released(settings, ids) == []
+    assert release_all(settings, app) == 2 and not BROKER_BACKOFF.paused(settings.redis_url)
+    more = add_jobs(settings, "ten_b", 1)
+    assert release_soon(settings, app, QUEUE) == 1 and released(settings, more) == more
 
 
 def expected_releases(settings, session) -> list[str]:
