@@ -3,12 +3,14 @@
 Taken: `max_tokens` (or `max_completion_tokens`), `temperature` (scales the released schedule: 1.0 is
 t 0.4 -> 0.8), `stop`, `seed`, `stream`, `stream_options.include_usage`, `n` (seeds denoised side by side),
 `logprobs`/`top_logprobs` (under the final denoising step's distribution), and on /v1/completions a token-id
-`prompt`, several prompts (up to MAX_PROMPTS, one job each) and `suffix` (an infill job).
+`prompt`, several prompts (up to MAX_PROMPTS, one job each), `suffix` (an infill job) and `echo` (each
+choice begins with the prompt's text; not with `logprobs`, which would need the prompt tokens'
+log-probabilities, nor with `suffix`).
 Chat messages may hold text content parts, a `name`, null assistant content and the `developer` role
 (rendered as `system`).
 
 Knobs of autoregressive decoding at their neutral values (`top_p` 1, penalties 0, `logit_bias` {}, `best_of`
-1, `echo` false, `response_format` text, no tools) are accepted, because common clients send them by
+1, `response_format` text, no tools) are accepted, because common clients send them by
 default; any other value is a 400 naming the field and saying what to use instead (`UNSUPPORTED`), never
 silently ignored. `user`, `metadata`, `store`, `service_tier` and `parallel_tool_calls` are accepted and
 ignored (they change nothing a client can see here). The `canvas` field is our extension: any
@@ -22,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from api.schemas import ChatMessage, JobCreate
+from api.schemas import ChatMessage, CompletionJob, JobCreate
 from shared.contracts import GenerationParams
 from shared.errors import InvalidRequest
 from shared.job_kinds.generate import MAX_CHOICES, MAX_TOP_LOGPROBS
@@ -64,7 +66,6 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "logit_bias": (lambda v: v == {}, "per-token biases are not supported; use stop strings to end the text"),
     "best_of": (lambda v: v == 1, "there is no sequence score to rank choices by; use n for several choices"),
-    "echo": (lambda v: v is False, "the prompt is not echoed; prepend it to the text yourself"),
     "response_format": (lambda v: isinstance(v, dict) and v.get("type") == "text", _JSON),
     "tools": (lambda v: v == [], _TOOLS),
     "functions": (lambda v: v == [], _TOOLS),
@@ -148,10 +149,15 @@ class _Common(BaseModel):
             message = first["msg"].removeprefix("Value error, ")
             raise InvalidRequest(f"{param or 'canvas'}: {message}", param or "canvas") from None
 
-    def generate_job(self, params: GenerationParams, logprobs: int | None, **given: Any) -> JobCreate:
-        """A generate job of this request: `given` is its input (prompt, input_ids or messages)."""
+    def generate_job(
+        self, params: GenerationParams, logprobs: int | None, echo: bool = False, **given: Any
+    ) -> JobCreate:
+        """A generate job of this request: `given` is its input (prompt, input_ids or messages); with `echo`,
+        a /v1/completions job whose answer begins with the prompt."""
         refuse_unsupported(self)
         n = self.choices if self.choices > 1 else None
+        if echo:
+            return CompletionJob(model=self.model, params=params, n=n, logprobs=logprobs, echo=True, **given)
         return JobCreate(model=self.model, params=params, n=n, logprobs=logprobs, **given)
 
 
@@ -165,7 +171,7 @@ class CompletionCreate(_Common):
     suffix: StrictStr | None = Field(None, description="text after the fill: the request becomes an infill job")
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: StrictInt | None = None
-    echo: StrictBool | None = None
+    echo: StrictBool | None = Field(None, description="each choice's text begins with the prompt's text")
 
     @property
     def infill(self) -> bool:
@@ -183,10 +189,16 @@ class CompletionCreate(_Common):
         return [self._job(prompt) for prompt in self._prompts()]
 
     def _job(self, prompt: str | list[int]) -> JobCreate:
+        if self.echo and self.logprobs is not None:
+            raise UnsupportedValue(
+                "echo with logprobs would need the prompt tokens' log-probabilities, which this server does not "
+                "compute (a denoising engine scores only the tokens it writes); drop one of them",
+                "echo",
+            )
         if self.infill:
             return self._infill_job(prompt)
         given = {"prompt": prompt} if isinstance(prompt, str) else {"input_ids": prompt}
-        return self.generate_job(self.params(self.max_tokens), self.logprobs, **given)
+        return self.generate_job(self.params(self.max_tokens), self.logprobs, bool(self.echo), **given)
 
     def _prompts(self) -> list[str | list[int]]:
         """The request's prompts: one text or token-id list, or a list of them (at most MAX_PROMPTS)."""
@@ -208,6 +220,11 @@ class CompletionCreate(_Common):
         """prompt + a hole of max_tokens tokens + suffix, denoised as one canvas with the texts pinned."""
         if not isinstance(prompt, str):
             raise InvalidRequest("suffix needs a text prompt, not token ids", "suffix")
+        if self.echo:
+            raise UnsupportedValue(
+                "echo does not apply with suffix: the answer is the fill; join prompt, fill and suffix yourself",
+                "echo",
+            )
         for name in ("stop", "logprobs"):
             if getattr(self, name) is not None:
                 raise UnsupportedValue(

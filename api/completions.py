@@ -38,7 +38,7 @@ from api.openapi import IDEMPOTENCY_KEY, describe
 from api.response_schemas import ErrorBody, OpenAICompletion
 from api.state import db_session, events_client, release_db_session, settings
 from shared.errors import InvalidRequest
-from shared.openai_responses import Shape, answers, completion_body, error_status, job_error, usage
+from shared.openai_responses import Shape, answers, completion_body, echoed, error_status, job_error, usage
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)
@@ -111,7 +111,7 @@ def _answer(body: CompletionCreate | ChatCompletionCreate, request: Any, raw: di
     quiet = KEEPALIVE_SECONDS if body.streaming else 1.0  # a wait checks its deadline every second
     events = follow_job(settings().database_url, events_client(), job.id, "0-0", keepalive=quiet)
     if body.streaming:
-        return _stream(_chunks([events], shape, _with_usage(body)))
+        return _stream(_chunks([events], shape, _with_usage(body), [echoed(job.input)]))
     finished = _wait(events, time.monotonic() + settings().sync_wait_seconds)
     if finished is None:
         return _timeout([job.id])
@@ -146,7 +146,7 @@ def _answer_several(
     )
     if body.streaming:  # each job's events wait in its stream until its turn to be relayed
         streams = [follow_job(settings().database_url, events_client(), j.id, "0-0") for j in jobs]
-        return _stream(_chunks(streams, shape, _with_usage(body)))
+        return _stream(_chunks(streams, shape, _with_usage(body), [echoed(j.input) for j in jobs]))
     deadline = time.monotonic() + settings().sync_wait_seconds
     finished = []
     for job in jobs:
@@ -202,10 +202,13 @@ def _job_error(job: dict[str, Any]) -> Response:
     return error_response(error_status(job), *job_error(job), code=f"job_{job['status']}", job_id=job.get("id"))
 
 
-def _chunks(streams: list[Iterator[tuple[str, Any, Any]]], shape: Shape, with_usage: bool) -> Iterator[str]:
+def _chunks(
+    streams: list[Iterator[tuple[str, Any, Any]]], shape: Shape, with_usage: bool, prompts: list[str] | None = None
+) -> Iterator[str]:
     """OpenAI chunks from the jobs' canvas events: one job per prompt (usually one), relayed one job after
     the other (a later job's events wait in its stream), its choice i under `index` prompt_index * n + i;
-    then the usage of them all (with `with_usage`) and `[DONE]`."""
+    then the usage of them all (with `with_usage`) and `[DONE]`. `prompts`: per job, the text each of its
+    choices begins with (`echo`; "" for none), sent as each choice's first chunk when the job's turn comes."""
     if shape.chat:
         roles = [
             {"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
@@ -214,6 +217,10 @@ def _chunks(streams: list[Iterator[tuple[str, Any, Any]]], shape: Shape, with_us
         yield _data({**shape.envelope(chunk=True), "choices": roles})
     total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for p, events in enumerate(streams):
+        if prompts and prompts[p]:
+            for i in range(shape.choices):
+                echo = shape.choice(prompts[p], None, chunk=True, index=p * shape.choices + i)
+                yield _data({**shape.envelope(chunk=True), "choices": [echo]})
         counted = yield from _relay(events, shape, p * shape.choices)
         if counted is None:  # an error chunk ended the stream
             break

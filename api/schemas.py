@@ -84,6 +84,14 @@ class JobCreate(BaseModel):
         return [name for name in ("prompt", "input_ids", "messages") if getattr(self, name) is not None]
 
 
+class CompletionJob(JobCreate):
+    """The generate job of a POST /v1/completions request (or a Batch API line for it): a JobCreate that may
+    also echo its prompt (OpenAI's `echo`: every choice of the answer begins with the prompt's text). The
+    native /v1/jobs route does not take it: its output is not an OpenAI answer."""
+
+    echo: StrictBool = False
+
+
 class JobListQuery(BaseModel):
     """GET /v1/jobs query parameters (read by the view; this model describes them in the OpenAPI document)."""
 

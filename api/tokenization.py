@@ -46,6 +46,10 @@ class ModelTokenizer:
         """Text to ids, with the model's special tokens (BOS) as its post-processor adds them."""
         return self.tokenizer.encode(text).ids
 
+    def decode(self, ids: list[int]) -> str:
+        """Ids to text as the worker decodes a completion: special tokens (BOS, EOS) left out."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         """The messages rendered with the chat template: its markup as control tokens, their text as text."""
         if self.chat_template is None:

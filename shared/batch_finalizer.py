@@ -140,8 +140,9 @@ def _invalid_lines(session: Session, batch: Batch) -> list[tuple[int, str]]:
 
 
 def _lines(session: Session, batch_id: str) -> Iterator[dict[str, Any]]:
-    """The batch's jobs in input order, as the few fields a result line needs, read in chunks."""
-    columns = (Job.id, Job.kind, Job.custom_id, Job.model, Job.status, Job.output, Job.stats, Job.error)
+    """The batch's jobs in input order, as the few fields a result line needs (the input for `echo`), read
+    in chunks."""
+    columns = (Job.id, Job.kind, Job.custom_id, Job.model, Job.status, Job.input, Job.output, Job.stats, Job.error)
     columns += (Job.created_at, Job.batch_line)
     stmt = select(*columns).where(Job.batch_id == batch_id).order_by(Job.batch_line)
     for row in session.execute(stmt.execution_options(yield_per=READ_CHUNK)):

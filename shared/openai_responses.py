@@ -1,7 +1,7 @@
 """OpenAI's response shapes for a generation job: the one owner of how a finished job reads as a completion
 or chat completion (the OpenAI routes answer with it; the Batch API writes it into output files): its
 choices (one, or `n`; `n` per prompt for a completion with several prompts, one job each), their
-log-probabilities, an infill job's fill, usage.
+log-probabilities, an infill job's fill, the prompt a completion with `echo` begins each choice with, usage.
 
 Knows job views (the dicts of shared/views.py), not Flask, the database or how the job ran.
 """
@@ -73,6 +73,13 @@ def answers(output: dict[str, Any], infill: bool = False) -> list[Answer]:
     ]
 
 
+def echoed(job_input: dict[str, Any] | None) -> str:
+    """The text each choice of a /v1/completions answer with `echo` begins with, from the job's recorded
+    input: the prompt (token ids decoded by the API); "" without `echo`. Stop strings never cut it: the
+    worker cut the completion alone."""
+    return (job_input or {}).get("echo") or ""
+
+
 def final_text(output: dict[str, Any]) -> tuple[str, str]:
     """(text, OpenAI finish_reason) of a finished job's first choice."""
     first = answers(output)[0]
@@ -118,13 +125,14 @@ def usage(job: dict[str, Any], choices: list[Answer] | None = None) -> dict[str,
 
 def completion_body(shape: Shape, *jobs: dict[str, Any]) -> dict[str, Any]:
     """The whole non-streamed answer for succeeded jobs' views: one job per prompt, in the prompts' order
-    (usually one); choice `index` is prompt_index * n + choice_index, as OpenAI numbers them; usage summed."""
+    (usually one); choice `index` is prompt_index * n + choice_index, as OpenAI numbers them; with `echo`
+    each choice's text begins with its job's prompt; usage summed (the prompt counts as prompt tokens only)."""
     choices: list[dict[str, Any]] = []
     total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for p, job in enumerate(jobs):
         mine = answers(job["output"], shape.infill or job.get("kind") == "infill")
-        first = p * shape.choices
-        choices += [shape.choice(a.text, a.finish, False, first + i, a.logprobs) for i, a in enumerate(mine)]
+        first, prompt = p * shape.choices, echoed(job.get("input"))
+        choices += [shape.choice(prompt + a.text, a.finish, False, first + i, a.logprobs) for i, a in enumerate(mine)]
         for name, count in usage(job, mine).items():
             total[name] += count
     return {**shape.envelope(chunk=False), "choices": choices, "usage": total}

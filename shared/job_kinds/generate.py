@@ -11,7 +11,9 @@ MAX_TOP_LOGPROBS = 20  # `logprobs`: alternatives reported per token
 class GeneratePlan(BaseModel):
     """The input as given (exactly one of the three); the prompt ids are recorded beside it on the job.
     `n` choices (seeds `seed`, `seed + 1`, ... denoised side by side) and `logprobs` (how many alternatives
-    to report per token; None: no log-probabilities) when the client asked for them."""
+    to report per token; None: no log-probabilities) when the client asked for them. `echo`: the text a
+    /v1/completions answer with OpenAI's `echo` begins each choice with (the prompt; token ids decoded), read
+    by the OpenAI response shapes only (shared/openai_responses.py); the worker does not use it."""
 
     model_config = ConfigDict(extra="forbid")
     prompt: str | None = None
@@ -19,6 +21,7 @@ class GeneratePlan(BaseModel):
     input_ids: list[int] | None = None
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: str | None = None
 
 
 class Alternative(BaseModel):

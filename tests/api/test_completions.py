@@ -101,6 +101,21 @@ def test_a_token_id_prompt_and_a_list_of_one_prompt_are_taken(quick_app, keys) -
     assert job["input"] == {"prompt": "say"}
 
 
+def test_echo_records_the_prompt_text_its_answer_begins_with(quick_app, keys, tiny_model_dir) -> None:
+    """A text prompt is echoed as given; token ids as the text they decode to (the BOS left out, as the
+    worker decodes a completion); without echo nothing is recorded."""
+    from api.tokenization import ModelTokenizer
+
+    client = quick_app.test_client()
+    job = recorded_job(client, keys["a"], post(client, keys["a"], "completions", prompt="a, b", echo=True))
+    assert job["input"] == {"prompt": "a, b", "echo": "a, b"}
+    ids = ModelTokenizer(tiny_model_dir).encode("hello, world")
+    job = recorded_job(client, keys["a"], post(client, keys["a"], "completions", prompt=ids, echo=True))
+    assert job["input"] == {"input_ids": ids, "echo": "hello, world"}
+    job = recorded_job(client, keys["a"], post(client, keys["a"], "completions", prompt="hi", echo=False))
+    assert job["input"] == {"prompt": "hi"}
+
+
 def jobs_of(client, key: str) -> list[dict]:
     return client.get("/v1/jobs", headers=auth(key)).get_json()["data"]
 
@@ -174,7 +189,12 @@ def test_a_suffix_makes_an_infill_job_with_a_hole_of_max_tokens(quick_app, keys)
         ("completions", {"prompt": "hi", "top_p": 0.9}, "top_p", "unsupported_value", "use temperature"),
         ("completions", {"prompt": "hi", "frequency_penalty": 0.5}, "frequency_penalty", "unsupported_value", "0"),
         ("completions", {"prompt": "hi", "best_of": 3}, "best_of", "unsupported_value", "use n"),
-        ("completions", {"prompt": "hi", "echo": True}, "echo", "unsupported_value", "prepend"),
+        ("completions", {"prompt": "hi", "echo": True, "logprobs": 1}, "echo", "unsupported_value",
+         "echo with logprobs would need the prompt tokens' log-probabilities"),
+        ("completions", {"prompt": "hi", "echo": True, "logprobs": 0}, "echo", "unsupported_value", "drop one"),
+        ("completions", {"prompt": "hi", "echo": True, "suffix": "x"}, "echo", "unsupported_value", "suffix"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True}, "echo",
+         "unknown_parameter", "unknown field"),
         ("completions", {"prompt": "hi", "bogus": 1}, "bogus", "unknown_parameter", "unknown field"),
         ("completions", {"prompt": "hi", "n": 17}, "n", "invalid_value", "less than or equal to 16"),
         ("completions", {"prompt": ["a"] * 21}, "prompt", "invalid_value", "at most 20"),
@@ -240,9 +260,9 @@ def test_models_carry_openais_fields_and_ours(client, keys) -> None:
     assert tiny["canvas_length"] == 32
 
 
-def streamed(events: list, choices: int = 1) -> tuple[list[str], list[dict]]:
+def streamed(events: list, choices: int = 1, prompt: str = "") -> tuple[list[str], list[dict]]:
     shape = Shape(chat=False, job_id="job_1", model="m", created=0, choices=choices)
-    chunks = list(_chunks([iter(events)], shape, with_usage=False))
+    chunks = list(_chunks([iter(events)], shape, with_usage=False, prompts=[prompt]))
     assert chunks[-1] == "data: [DONE]\n\n"
     payloads = [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
     texts = [""] * choices
@@ -340,3 +360,16 @@ def test_several_jobs_stream_one_after_the_other_under_global_indexes() -> None:
     failed = [("done", None, {"id": "j2", "status": "failed", "error": {"message": "boom"}})]
     chunks = list(_chunks([iter(job(["ab", "cd"], 3)), iter(failed)], shape, with_usage=True))
     assert "boom" in chunks[-2] and not any("usage" in c for c in chunks)
+
+
+def test_an_echoed_prompt_is_each_choices_first_chunk() -> None:
+    """With echo the prompt comes first, alone, under each choice's index; then the completion as without."""
+    choices = [
+        {"text": "ab", "token_ids": [1, 2], "finish_reason": "eos", "seed": 1},
+        {"text": "xyz", "token_ids": [3, 4, 5], "finish_reason": "length", "seed": 2},
+    ]
+    events = [("canvas", "1", {"text": "a", "index": 0}), done("ab", choices=choices)]
+    texts, payloads = streamed(events, choices=2, prompt="Q: ")
+    assert texts == ["Q: ab", "Q: xyz"]
+    assert [(p["choices"][0]["index"], p["choices"][0]["text"]) for p in payloads[:2]] == [(0, "Q: "), (1, "Q: ")]
+    assert payloads[2]["choices"][0]["text"] == "a"
