@@ -186,6 +186,23 @@ def test_completion_lines_with_n_and_a_suffix_answer_as_the_route_does(live_api,
     assert infill["response"]["body"]["choices"][0]["text"] == job["output"]["fills"][0]["text"]
 
 
+def test_echo_lines_answer_as_the_route_does_and_echo_with_logprobs_is_a_bad_line(live_api, keys) -> None:
+    client = sdk(live_api.url, keys["a"])
+    lines = [completion_line("echo", "add: 1+2\n"), completion_line("both", "add: 2+2\n")]
+    lines[0]["body"] |= {"echo": True, "n": 2}
+    lines[1]["body"] |= {"echo": True, "logprobs": 1}
+    refused = start(client, lines, "/v1/completions")
+    assert refused.status == "failed"
+    (error,) = refused.errors.data
+    assert (error.line, error.param, error.code) == (2, "body.echo", "invalid_request") and "echo" in error.message
+    batch = wait_ended(client, start(client, lines[:1], "/v1/completions").id)
+    assert batch.status == "completed", batch.errors
+    (line,) = lines_of(client, batch.output_file_id)
+    job = Client(live_api.url, keys["a"]).get(line["response"]["request_id"])
+    texts = [c["text"] for c in line["response"]["body"]["choices"]]
+    assert texts == ["add: 1+2\n" + c["text"] for c in job["output"]["choices"]]
+
+
 def test_a_batch_validated_in_the_background_answers_validating_then_runs(settings, live_worker, keys) -> None:
     # batch_inline_lines 0: every file is validated after the create request, as OpenAI does.
     with ApiServer(settings.with_(batch_inline_lines=0)) as api:

@@ -147,6 +147,61 @@ def test_logprobs_are_those_of_the_final_denoising_step(live_api, keys) -> None:
     assert all(len(alternatives) <= 3 for alternatives in lp.top_logprobs)  # two, and the returned token
 
 
+def test_echo_begins_each_choice_with_the_prompt_which_stop_strings_never_cut(live_api, keys) -> None:
+    """echo with n=2 and a stop string the prompt holds: every choice is the prompt, whole, then its
+    completion (cut at the stop as without echo); usage counts the prompt as prompt tokens only."""
+    prompt = "a, b, c"
+    answer = sdk(live_api, keys["a"]).completions.create(
+        model=TINY, prompt=prompt, echo=True, n=2, stop=",", max_tokens=12, seed=3, extra_body=FAST
+    )
+    job = Client(live_api.url, keys["a"]).get(answer.id.removeprefix("cmpl-"))
+    recorded = job["output"]["choices"]
+    assert [c.text for c in answer.choices] == [prompt + c["text"] for c in recorded]
+    assert all("," not in c["text"] for c in recorded)  # the completions are cut, the echoed prompt is not
+    assert [c.finish_reason for c in answer.choices] == [{"eos": "stop", "stop": "stop", "length": "length"}[
+        c["finish_reason"]] for c in recorded]  # fmt: skip
+    assert answer.usage.prompt_tokens == job["stats"]["prompt_tokens"]
+    assert answer.usage.completion_tokens == sum(len(c["token_ids"]) for c in recorded)
+
+
+def test_echo_of_a_token_id_prompt_is_its_decoded_text(live_api, keys, tiny_model_dir) -> None:
+    from api.tokenization import ModelTokenizer
+
+    ids = ModelTokenizer(tiny_model_dir).encode("hello, world")  # starts with the BOS, which is not text
+    answer = sdk(live_api, keys["a"]).completions.create(
+        model=TINY, prompt=ids, echo=True, max_tokens=8, seed=3, extra_body=FAST
+    )
+    job = Client(live_api.url, keys["a"]).get(answer.id.removeprefix("cmpl-"))
+    assert answer.choices[0].text == "hello, world" + job["output"]["text"]
+    assert answer.usage.prompt_tokens == len(ids)
+
+
+def test_a_streamed_echo_sends_the_prompt_as_each_choices_first_chunk(live_api, keys) -> None:
+    stream = sdk(live_api, keys["a"]).completions.create(
+        model=TINY, prompt="hello", echo=True, n=2, max_tokens=40, seed=5, stream=True,
+        stream_options={"include_usage": True}, extra_body=FAST,
+    )  # fmt: skip
+    chunks = list(stream)
+    texts, firsts = ["", ""], {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            firsts.setdefault(choice.index, choice.text)
+            texts[choice.index] += choice.text
+    job = Client(live_api.url, keys["a"]).get(chunks[0].id.removeprefix("cmpl-"))
+    assert firsts == {0: "hello", 1: "hello"}
+    assert texts == ["hello" + c["text"] for c in job["output"]["choices"]]
+    assert chunks[-1].usage.completion_tokens == job["stats"]["output_tokens"]
+    assert chunks[-1].usage.prompt_tokens == job["stats"]["prompt_tokens"]
+
+
+def test_echo_with_logprobs_is_a_bad_request_naming_echo(live_api, keys) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(live_api, keys["a"]).completions.create(model=TINY, prompt="hello", echo=True, logprobs=1)
+    assert caught.value.status_code == 400 and caught.value.param == "echo"
+    assert caught.value.code == "unsupported_value" and "echo" in caught.value.message
+    assert Client(live_api.url, keys["a"]).http.get(f"{live_api.url}/v1/jobs").json()["data"] == []
+
+
 def test_a_suffix_is_filled_by_an_infill_job(live_api, keys) -> None:
     answer = sdk(live_api, keys["a"]).completions.create(
         model=TINY, prompt="def add(a, b):\n    return ", suffix="\n", max_tokens=6, extra_body=FAST
