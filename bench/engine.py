@@ -358,6 +358,21 @@ def roofline(result: dict[str, Any], flops_token: float, canvas: int, floor_ms: 
     result["x_weight_floor"] = round(ms / floor_ms, 2)
 
 
+def print_rounds(rounds: dict[str, list[tuple[float, float]]]) -> None:
+    """Per engine scenario over the rounds: each round's multiple of that round's generate(), their median,
+    and the medians of both throughputs (generate() alone varies from run to run on a shared machine)."""
+    for scenario, pairs in rounds.items():
+        summary_ = {
+            "scenario": scenario,
+            "rounds": len(pairs),
+            "x_generate_each": [round(e / g, 2) for e, g in pairs],
+            "x_generate_median": round(statistics.median(e / g for e, g in pairs), 2),
+            "engine_tok_s_median": round(statistics.median(e for e, _ in pairs), 1),
+            "generate_tok_s_median": round(statistics.median(g for _, g in pairs), 1),
+        }
+        print(json.dumps(summary_), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="small", choices=["small", "26b"])
@@ -377,6 +392,13 @@ def main() -> None:
         "--engine-thread",
         action="store_true",
         help="run the engine loop in its own thread, as the worker does (no Poisson scenarios)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run sequential generate() and the engine scenarios this many times, alternating, and print "
+        "each engine scenario's median multiple (the arrival scenarios and --profile run in the first only)",
     )
     parser.add_argument("--profile", action="store_true", help="host reads and kernel launches per step")
     parser.add_argument(
@@ -439,33 +461,40 @@ def main() -> None:
     if args.profile:
         print(json.dumps({"profile": "generate, one row"} | profile_generate(model, prompts[0], params[0], device)))
 
-    results = []
+    results: list[dict[str, Any]] = []
+    rounds: dict[str, list[tuple[float, float]]] = {}  # scenario -> (engine tok/s, generate tok/s) per round
     k = args.baseline_requests or args.requests
-    sequential, reference = bench_generate_sequential(model, prompts[:k], params[:k], device)
-    results.append(sequential)
-    print(json.dumps(sequential), flush=True)
-    if not args.skip_static:
-        results.append(bench_generate_static(model, prompts, params, device))
-        print(json.dumps(results[-1]), flush=True)
-    for rows in [int(c) for c in args.concurrency.split(",")]:
-        for mode in modes:  # with and without graphs side by side, so both meet the same conditions
-            ENGINE_OPTIONS["graphs"] = mode
-            together, outputs = bench_engine(model, prompts, params, device, rows, engine_thread=args.engine_thread)
-            same = sum(o == r[: len(o)] for r, o in zip(reference, outputs[:k], strict=True))
-            together["outputs_equal_to_generate"] = f"{same}/{k}"
-            together["x_generate"] = round(together["tokens_per_s"] / sequential["tokens_per_s"], 2)
-            roofline(together, flops_token, canvas, floor_ms, peak)
-            results.append(together)
-            print(json.dumps(together), flush=True)
-            if args.profile:
-                profile = profile_engine(model, prompts, params, device, rows)
-                print(json.dumps({"profile": f"engine, {rows} rows, graphs {mode}"} | profile), flush=True)
-            if args.engine_thread or args.skip_arrivals:
-                continue
-            capacity = len(prompts) / together["wall_s"]
-            spread, _ = bench_engine(model, prompts, params, device, rows, arrival_rate=0.8 * capacity)
-            results.append(spread)
-            print(json.dumps(spread), flush=True)
+    for round_ in range(args.rounds):  # generate() and the engine alternate, so both meet the same conditions
+        sequential, reference = bench_generate_sequential(model, prompts[:k], params[:k], device)
+        results.append(sequential)
+        print(json.dumps(sequential), flush=True)
+        if not args.skip_static and round_ == 0:
+            results.append(bench_generate_static(model, prompts, params, device))
+            print(json.dumps(results[-1]), flush=True)
+        for rows in [int(c) for c in args.concurrency.split(",")]:
+            for mode in modes:  # with and without graphs side by side, so both meet the same conditions
+                ENGINE_OPTIONS["graphs"] = mode
+                together, outputs = bench_engine(model, prompts, params, device, rows, engine_thread=args.engine_thread)
+                same = sum(o == r[: len(o)] for r, o in zip(reference, outputs[:k], strict=True))
+                together["outputs_equal_to_generate"] = f"{same}/{k}"
+                together["x_generate"] = round(together["tokens_per_s"] / sequential["tokens_per_s"], 2)
+                rounds.setdefault(together["scenario"], []).append(
+                    (together["tokens_per_s"], sequential["tokens_per_s"])
+                )
+                roofline(together, flops_token, canvas, floor_ms, peak)
+                results.append(together)
+                print(json.dumps(together), flush=True)
+                if args.profile and round_ == 0:
+                    profile = profile_engine(model, prompts, params, device, rows)
+                    print(json.dumps({"profile": f"engine, {rows} rows, graphs {mode}"} | profile), flush=True)
+                if args.engine_thread or args.skip_arrivals or round_ > 0:
+                    continue
+                capacity = len(prompts) / together["wall_s"]
+                spread, _ = bench_engine(model, prompts, params, device, rows, arrival_rate=0.8 * capacity)
+                results.append(spread)
+                print(json.dumps(spread), flush=True)
+    if args.rounds > 1:
+        print_rounds(rounds)
     print(
         f"\n{'scenario':76} {'tok/s':>8} {'ms/step':>8} {'x gen':>6} {'MFU':>6} {'x floor':>8} {'p50 s':>7} {'GiB':>6}"
     )
