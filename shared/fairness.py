@@ -89,10 +89,12 @@ def plan_releases(state: QueueState, depth: int, cap: int, batch_cap: int = 0) -
 
 class BrokerBackoff:
     """Per broker, in this process: after it refused a release, best-effort passes (`release_soon`: after a
-    submission, a claim, a finish) skip it for a while. A broker that refuses slowly makes each try wait
-    out `publish_timeout_seconds` while holding the queue's lock, so without the pause every submission
-    would wait its turn behind the others' failing tries. The sweeper's passes still try; one that gets a
-    job through ends the pause. Jobs not released wait in SQL: nothing is lost."""
+    submission, a claim, a finish) skip it for a sweep period. A refusal is slow: the producer retries the
+    connection until `publish_timeout_seconds` (a closed port took 2.1 s at the default of 2), holding the
+    queue's lock, so without the pause every submission would wait its turn behind the others' failing
+    tries. The sweeper's passes still try; in the sweeper's process, one that gets a job through ends the
+    pause (elsewhere it runs out). Jobs not released wait in SQL: nothing is lost. One pause per broker:
+    a success on any queue ends it."""
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}

@@ -213,7 +213,7 @@ def test_a_refusing_broker_pauses_best_effort_passes_instead_of_queueing_them(se
     took = time.monotonic() - started
     assert sent == [0, 0, 0, 0] and released(settings, ids) == []
     assert BROKER_BACKOFF.paused(silent_broker)
-    assert 0.4 < took < 1.5, f"{took:.2f} s: the passes waited out a try each (about 2 s) or none tried"
+    assert 0.4 < took < 1.8, f"{took:.2f} s: the passes waited out a try each (over 2 s) or none tried"
     started = time.monotonic()
     assert release_soon(down, app, QUEUE) == 0 and time.monotonic() - started < 0.2
     started = time.monotonic()
