@@ -194,6 +194,22 @@ def test_a_streamed_echo_sends_the_prompt_as_each_choices_first_chunk(live_api, 
     assert chunks[-1].usage.prompt_tokens == job["stats"]["prompt_tokens"]
 
 
+def test_echo_of_several_prompts_begins_each_choice_with_its_own_prompt(live_api, keys) -> None:
+    """Two prompts (a job each), n=2: choices 0-1 echo the first, 2-3 the second, streamed or not."""
+    prompts = ["first", "second one"]
+    client = sdk(live_api, keys["a"])
+    common = {"model": TINY, "prompt": prompts, "echo": True, "n": 2, "max_tokens": 8, "seed": 4, "extra_body": FAST}
+    answer = client.completions.create(**common)
+    choices = sorted(answer.choices, key=lambda c: c.index)
+    assert [c.index for c in choices] == [0, 1, 2, 3]
+    assert all(c.text.startswith(prompts[c.index // 2]) for c in choices), [c.text for c in choices]
+    firsts: dict[int, str] = {}
+    for chunk in client.completions.create(**common, stream=True):
+        for choice in chunk.choices:
+            firsts.setdefault(choice.index, choice.text)
+    assert firsts == {0: "first", 1: "first", 2: "second one", 3: "second one"}
+
+
 def test_echo_with_logprobs_is_a_bad_request_naming_echo(live_api, keys) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(live_api, keys["a"]).completions.create(model=TINY, prompt="hello", echo=True, logprobs=1)
