@@ -140,13 +140,14 @@ def _invalid_lines(session: Session, batch: Batch) -> list[tuple[int, str]]:
 
 
 def _lines(session: Session, batch_id: str) -> Iterator[dict[str, Any]]:
-    """The batch's jobs in input order, as the few fields a result line needs (the input for `echo`), read
-    in chunks."""
-    columns = (Job.id, Job.kind, Job.custom_id, Job.model, Job.status, Job.input, Job.output, Job.stats, Job.error)
-    columns += (Job.created_at, Job.batch_line)
+    """The batch's jobs in input order, as the few fields a result line needs, read in chunks. Of the input
+    only its `echo` text (shared/openai_responses.py): prompts and messages stay in the database."""
+    columns = (Job.id, Job.kind, Job.custom_id, Job.model, Job.status, Job.output, Job.stats, Job.error)
+    columns += (Job.created_at, Job.batch_line, Job.input["echo"].as_string().label("echo"))
     stmt = select(*columns).where(Job.batch_id == batch_id).order_by(Job.batch_line)
     for row in session.execute(stmt.execution_options(yield_per=READ_CHUNK)):
-        yield dict(row._mapping)
+        job = dict(row._mapping)
+        yield job | {"input": {"echo": job.pop("echo")}}
 
 
 def result_line(job: dict[str, Any], chat: bool) -> dict[str, Any]:

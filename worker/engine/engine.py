@@ -330,7 +330,7 @@ class Engine:
     def _encoder_groups(self, items: list[tuple[Row, int]]) -> list[list[tuple[Row, int]]] | None:
         """On a CPU with several cores, an encoder pass of base-weight rows as one group per core, balanced
         by tokens (each row's tokens stay in one group); None where it runs as one pass (`_cpu_groups`)."""
-        if self._cpu_pool is None or len(items) < 2 or any(row.request.adapter is not None for row, _ in items):
+        if len(items) < 2 or not self._groupable([row for row, _ in items]):
             return None
         groups: list[list[tuple[Row, int]]] = [[] for _ in range(min(self._cpu_threads, len(items)))]
         tokens = [0] * len(groups)
@@ -447,7 +447,7 @@ class Engine:
             log.warning("out of memory in a pass of %d rows: retrying in halves", len(rows))
             half = len(rows) // 2
             return self._denoise_rows(rows[:half]) + self._denoise_rows(rows[half:])
-        return [(stepped, report)] if stepped and report is not None else []
+        return [] if report is None else [(stepped, report)]
 
     def _pass(self, rows: list[Row]) -> tuple[list[Row], torch.Tensor | None]:
         """One step of `rows`: their decoder pass and sampler, as one computation or, on a CPU with several
@@ -496,12 +496,14 @@ class Engine:
         (cpu_pool.py): a pass of fewer rows than cores leaves cores idle, which on the small models a CPU
         serves costs less than an op's threads do. None where a pass runs as one: on a GPU, on one core,
         with CUDA graphs' buckets, or with adapters (they change the shared modules per pass)."""
-        if self._cpu_pool is None or self.graphs is not None:
-            return None
-        if any(row.request.adapter is not None for row in rows):
+        if self.graphs is not None or not self._groupable(rows):
             return None
         by_slot = sorted(rows, key=lambda row: row.slot)  # disjoint slot ranges: each group writes its own K/V
         return [sorted(group, key=is_fast) for group in split_evenly(by_slot, self._cpu_threads)]
+
+    def _groupable(self, rows: list[Row]) -> bool:
+        """Whether `rows` may run as groups on the pool: there is one, and they all use the base weights."""
+        return self._cpu_pool is not None and all(row.request.adapter is None for row in rows)
 
     def _compute(self, rows: list[Row], draw_first: bool) -> tuple[torch.Tensor, list[slice], list[Any]]:
         """Decoder pass over the slot range of `rows` (slots between them that are not in the pass are
