@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.engine.cpu_draws import exponential_
+
 FILL = torch.finfo(torch.float32).min  # a forbidden token's logit (what apply_constraint always wrote)
 CONVERGED, NONFINITE = 1, 2  # bits of TileOutput.flags
 
@@ -99,7 +101,7 @@ def draw_rows(draws: TileDraws, generators: list[torch.Generator], rows: range) 
     V = draws.exponential.shape[-1]
     with torch.inference_mode():
         for row in rows:
-            draws.exponential[row].exponential_(1.0, generator=generators[row])
+            exponential_(draws.exponential[row], generators[row])  # ATen's draws, vectorised on the CPU
             draws.renoise[row].random_(0, V, generator=generators[row])
 
 
