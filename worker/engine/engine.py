@@ -475,7 +475,11 @@ class Engine:
         caller retries every row, streams rewound); any other error fails that group's rows only. Returns
         the other groups' (rows, `_compute` result)."""
         self.runner.use_adapter(None)  # here, not in the workers: it changes the modules
-        futures = self._in_pool(self._compute, [(group, False) for group in groups])
+        ahead = self._draw_beside(groups)
+        try:
+            futures = self._in_pool(self._compute, [(group, False, a) for group, a in zip(groups, ahead, strict=True)])
+        finally:  # no draw may outlive this call (a retry rewinds the generators)
+            wait([a for a in ahead if a is not None])
         errors = [future.exception() for future in futures]
         for error in errors:
             if error is not None and out_of_memory(error):
@@ -501,15 +505,38 @@ class Engine:
         by_slot = sorted(rows, key=lambda row: row.slot)  # disjoint slot ranges: each group writes its own K/V
         return [sorted(group, key=is_fast) for group in split_evenly(by_slot, self._cpu_threads)]
 
+    def _draw_beside(self, groups: list[list[Row]]) -> list[Future | None]:
+        """With fewer groups than cores (a lone row), each group's draws start on an idle worker, to run
+        beside its decoder pass: they depend on the row's generator only. One future (or None) a group."""
+        spare = self._cpu_threads - len(groups)
+        ahead: list[Future | None] = []
+        for group in groups:
+            exact = any(not is_fast(row) for row in group)
+            ahead.append(self._cpu_pool.submit(self._draw_tiles, group) if exact and spare > 0 else None)  # type: ignore[union-attr]
+            spare -= ahead[-1] is not None
+        return ahead
+
+    def _draw_tiles(self, rows: list[Row]) -> list[TileDraws | None]:
+        """Each exact tile's draws, as `_compute` tiles `rows` (None for a fast tile: nothing to draw)."""
+        C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
+        tiles = mode_tiles(rows, self.tile_rows)
+        return [
+            None if is_fast(rows[t.start]) else draw_noise([row.generator for row in rows[t]], C, V, device)
+            for t in tiles
+        ]
+
     def _groupable(self, rows: list[Row]) -> bool:
         """Whether `rows` may run as groups on the pool: there is one, and they all use the base weights."""
         return self._cpu_pool is not None and all(row.request.adapter is None for row in rows)
 
-    def _compute(self, rows: list[Row], draw_first: bool) -> tuple[torch.Tensor, list[slice], list[Any]]:
+    def _compute(
+        self, rows: list[Row], draw_first: bool, ahead: Future | None = None
+    ) -> tuple[torch.Tensor, list[slice], list[Any]]:
         """Decoder pass over the slot range of `rows` (slots between them that are not in the pass are
         computed and dropped), then the sampler tile by tile; nothing stored. Returns the rows' slot
         index, the tiles and each tile's (TileOutput, soft embeddings). `draw_first`: on the CPU, draw
-        every tile's noise in the pool first (else each tile draws in this thread just before its step)."""
+        every tile's noise in the pool first; `ahead`: the tiles' draws, being made beside the pass
+        (`_draw_beside`); else each tile draws in this thread just before its step."""
         C, V, device = self.runner.canvas_length, self.runner.vocab_size, self.runner.device
         with torch.inference_mode():  # thread-local: a pool worker enters it too
             tiles = mode_tiles(rows, self.tile_rows)
@@ -517,6 +544,8 @@ class Engine:
             slots = [row.slot for row in rows]
             index = to_device(slots, device)  # (B,)
             hidden = self._decode(rows, slots, index)
+            if ahead is not None:
+                drawn = ahead.result()
             results = []
             for i, tile in enumerate(tiles):
                 if is_fast(rows[tile.start]):

@@ -94,16 +94,58 @@ def test_split_evenly_keeps_order_and_balances() -> None:
     assert split_evenly(list(range(6)), 3) == [[0, 1], [2, 3], [4, 5]]
 
 
+OUT_OF_MEMORY_ALONE = torch.OutOfMemoryError("simulated: CUDA out of memory")
+
+
 @pytest.mark.parametrize("params", PARAMS[:2])
 def test_a_request_alone_on_a_worker_thread_reproduces_generate(model, params) -> None:
     """One row: its encoder and decoder passes run on one of the pool's single-threaded workers."""
     prompt = [2, 17, 33, 4, 90, 12, 7]
     engine = grouped_engine(model, max_rows=4)
     sizes = counting_decodes(engine)
+    passes, draws = threads_of(engine, "_decode"), threads_of(engine, "_draw_tiles")
     handle = engine.submit(Request("alone", tuple(prompt), params, EOS))
     engine.run_until_idle()
     assert handle.wait(0).token_ids == reference(model, prompt, params)[0]
     assert sizes and set(sizes) == {1}
+    # each pass's draws were a task of their own on the pool (beside the pass, when both cores are free)
+    assert draws and len(draws) == len(passes) and threading.get_ident() not in draws
+
+
+def threads_of(engine: Engine, method: str) -> list[int]:
+    """The thread of each call of `engine.<method>` from now on."""
+    seen: list[int] = []
+    original = getattr(engine, method)
+
+    def traced(*args, **kwargs):
+        seen.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    setattr(engine, method, traced)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "error", [OUT_OF_MEMORY_ALONE, RuntimeError("simulated: the draws broke")], ids=["oom", "other"]
+)
+def test_a_failure_of_draws_beside_a_lone_pass_fails_that_row_and_the_engine_serves_on(model, error) -> None:
+    engine = grouped_engine(model, max_rows=4)
+    draw_tiles = engine._draw_tiles
+
+    def failing(rows):
+        if engine.stats["ticks"] == 3:
+            raise error
+        return draw_tiles(rows)
+
+    engine._draw_tiles = failing
+    handle = engine.submit(Request("alone", (2, 17, 33), SamplingParams(max_new_tokens=24, seed=1), EOS))
+    engine.run_until_idle()
+    with pytest.raises(type(error), match="simulated"):
+        handle.wait(0)
+    params = SamplingParams(max_new_tokens=24, seed=2)
+    after = engine.submit(Request("after", (2, 17, 33), params, EOS))
+    engine.run_until_idle()
+    assert after.wait(0).token_ids == reference(model, [2, 17, 33], params)[0]
 
 
 def test_grouped_passes_give_the_outputs_of_one_pass(model) -> None:
