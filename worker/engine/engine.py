@@ -510,10 +510,14 @@ class Engine:
         beside its decoder pass: they depend on the row's generator only. One future (or None) a group."""
         spare = self._cpu_threads - len(groups)
         ahead: list[Future | None] = []
-        for group in groups:
-            exact = any(not is_fast(row) for row in group)
-            ahead.append(self._cpu_pool.submit(self._draw_tiles, group) if exact and spare > 0 else None)  # type: ignore[union-attr]
-            spare -= ahead[-1] is not None
+        try:
+            for group in groups:
+                exact = any(not is_fast(row) for row in group)
+                ahead.append(self._cpu_pool.submit(self._draw_tiles, group) if exact and spare > 0 else None)  # type: ignore[union-attr]
+                spare -= ahead[-1] is not None
+        except BaseException:  # a pool shut down part way: no draw already made may outlive this call
+            wait([a for a in ahead if a is not None])
+            raise
         return ahead
 
     def _draw_tiles(self, rows: list[Row]) -> list[TileDraws | None]:
