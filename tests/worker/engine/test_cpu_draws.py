@@ -3,7 +3,11 @@ fall back to ATen's kernel where they do not apply."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +66,12 @@ def test_a_torch_that_draws_differently_is_caught_by_the_self_check(monkeypatch)
     assert not cpu_draws._self_check()
     monkeypatch.undo()
     assert cpu_draws._self_check()
+
+
+def test_the_draws_benchmark_runs_and_reports_the_same_bits() -> None:
+    root = Path(__file__).resolve().parents[3]
+    cmd = [sys.executable, "bench/draws.py", "--shapes", "3x7,64x33", "--repeats", "1"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()[1:]]
+    assert [r["shape"] for r in rows] == ["3x7", "64x33"] and all(r["same_bits"] for r in rows)
