@@ -120,12 +120,29 @@ def formatter(log_format: str) -> logging.Formatter:
     raise ValueError(f"unknown log format {log_format!r} (text or json)")
 
 
+class StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever `sys.stderr` is when a record is emitted, not to the
+    stream it was set up with: a process that replaces stderr later (a test's capture, a daemon that
+    redirects it) still gets every line, and none goes to a stream closed since."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:  # logging.StreamHandler.__init__ and setStream assign it
+        pass
+
+
 def configure_logging(level: str | int = "INFO", log_format: str = "text") -> None:
-    """Send the root logger's records to stderr in `log_format`, replacing handlers set up before (a
-    second call re-configures), Python's warnings too. Loggers with handlers of their own (gunicorn's)
-    are left alone. In JSON, progress bars (transformers' weight loading) are turned off: a bar is not a
-    line of JSON."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send the root logger's records to stderr (the one of the moment: `StderrHandler`) in `log_format`,
+    replacing handlers set up before (a second call re-configures), Python's warnings too. Loggers with
+    handlers of their own (gunicorn's) are left alone. In JSON, progress bars (transformers' weight
+    loading) are turned off: a bar is not a line of JSON."""
+    handler = StderrHandler()
     handler.setFormatter(formatter(log_format))
     handler.addFilter(JobFields())
     root = logging.getLogger()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import threading
 
 import pytest
 
-from shared.logs import JobFields, bind_job, formatter
+from shared.logs import JobFields, bind_job, configure_logging, formatter
 
 
 @pytest.fixture
@@ -76,3 +77,26 @@ def test_a_job_bound_in_one_thread_is_not_on_another_threads_lines(captured) -> 
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log format 'xml'"):
         formatter("xml")
+
+
+def test_lines_go_to_the_stderr_of_the_moment_not_a_closed_one(monkeypatch) -> None:
+    """configure_logging's handler follows sys.stderr: a stream replaced since (and closed) gets nothing,
+    its replacement every line; no 'Logging error' for a line logged after the first stream closed."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging("INFO", "text")
+        logging.getLogger("canvas.test_logs").info("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("canvas.test_logs").info("two")
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        logging.captureWarnings(False)
+    assert second.getvalue().rstrip().endswith("canvas.test_logs: two") and "one" not in second.getvalue()
