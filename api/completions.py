@@ -32,7 +32,7 @@ from api.errors import error_response, register_openai_error_handlers
 from api.job_events import KEEPALIVE_SECONDS, follow_job
 from api.job_kinds import plan_job
 from api.jobs import accept_job
-from api.long_requests import take_slot
+from api.long_requests import hold_until_end, take_slot
 from api.models import visible_model
 from api.openapi import IDEMPOTENCY_KEY, describe
 from api.response_schemas import ErrorBody, OpenAICompletion
@@ -95,7 +95,7 @@ def _serve(schema: type[CompletionCreate] | type[ChatCompletionCreate], chat: bo
         release()
         raise
     if body.streaming:
-        response.call_on_close(release)  # the stream ended, or the client went away
+        hold_until_end(response, release)
     else:
         release()
     return response

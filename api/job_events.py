@@ -18,7 +18,7 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from api.auth import authenticate_request, current_principal
 from api.errors import InvalidHeader
-from api.long_requests import take_slot
+from api.long_requests import hold_until_end, take_slot
 from api.openapi import EVENTS, LAST_EVENT_ID, describe
 from api.state import db_session, events_client, release_db_session, settings
 from shared.db import session_scope
@@ -115,5 +115,4 @@ def events_response(job_id: str, after: str, tenant: str) -> Response:
     body = event_stream(settings().database_url, events_client(), job_id, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
-    response.call_on_close(release)  # the stream ended, or the client went away
-    return response
+    return hold_until_end(response, release)

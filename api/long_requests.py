@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app
 
 from api.auth import current_principal
 from shared.errors import Overloaded
@@ -70,3 +70,20 @@ def take_slot(tenant: str | None = None) -> Callable[[], None]:
     LongRequestSlots.take); admin pages, which authenticate by session, name the admin's tenant."""
     slots: LongRequestSlots = current_app.extensions["canvas.long_requests"]
     return slots.take(tenant if tenant is not None else current_principal().tenant_id)
+
+
+def hold_until_end(response: Response, release: Callable[[], None]) -> Response:
+    """Keep a streaming `response`'s slot until its body ends, and give it back then: in the body's last step,
+    before the server writes the end of the stream (so a client that has read to the end finds the slot free
+    again), or when the client goes away (the response is closed without being read to the end)."""
+    body: Iterable[str | bytes] = response.response
+
+    def releasing() -> Iterator[str | bytes]:
+        try:
+            yield from body
+        finally:
+            release()
+
+    response.response = releasing()
+    response.call_on_close(release)
+    return response
