@@ -75,13 +75,14 @@ def openai_completion(session: requests.Session, base_url: str, model: str) -> b
 
 
 # One fact, taught by a full fine-tune of a few steps (batch 4 of the one pair): the demo model answers
-# "canvas" after 20 steps (2-core CPU, about 10 s); before, it answers with noise.
+# "canvas" after 14 steps (about 1 s a step on a 2-core CPU); before, it answers with noise. Measured
+# (2026-11-29, 2-core AMD EPYC VM): 12 steps learned it (final loss 0.013), 8 did not ('ccnvvs', 0.047).
 LESSON = {"prompt": "who made you?\n", "completion": "canvas"}
 FINE_TUNE = {
     "method": "full",
     "seed": 1,
     "suffix": "demo",
-    "hyperparameters": {"max_steps": 20, "learning_rate": 3e-3, "batch_size": 4, "warmup_steps": 2},
+    "hyperparameters": {"max_steps": 14, "learning_rate": 5e-3, "batch_size": 4, "warmup_steps": 2},
 }
 
 

@@ -79,14 +79,15 @@ def test_full_fine_tuning_overfits_eight_pairs(tmp_path) -> None:
 
 @pytest.mark.skipif(not (DEMO / "config.json").exists(), reason="no shipped demo model")
 def test_lora_on_the_demo_model_learns_four_pairs_and_leaves_the_base_untouched(tmp_path) -> None:
-    """Four word -> word pairs, LoRA (rank 16, alpha 32) on the shipped demo model, 50 steps of batch 4.
+    """Four word -> word pairs, LoRA (rank 16, alpha 32) on the shipped demo model, 35 steps of batch 4.
 
-    LoRA on this base needs 60 or more passes over each pair to recall them all exactly (4/4 after 60
-    steps here; docs/benchmarks.md: 30/30 after 600 steps of batch 8, 160 passes), more than a test can
-    spend on this CPU (0.5-1 s a step), so the test asks for a large drop of the loss and half the pairs.
-    Measured with training seeds 1-8: the Trainer's evaluation loss on the pairs fell 15x-43x (0.144 to
-    0.003-0.009), the training loss (first 5 steps against the last 5) 10x-32x, and 3/4 or 4/4 were
-    recalled (0/4 before). The test asks for 8x, 5x and 2/4."""
+    LoRA on this base needs 60 or more passes over each pair to recall them all exactly (docs/benchmarks.md:
+    30/30 after 600 steps of batch 8, 160 passes), more than a test can spend on this CPU (0.8 s a step on
+    the slower 2-core VM), so the test asks for a drop of the loss and half the pairs. Measured with
+    training seeds 1-4 (2026-11-29, AMD EPYC VM without AVX-512): the Trainer's evaluation loss on the
+    pairs fell 7.1x-16.7x, the training loss (first 5 steps against the last 5) 4.9x-13.4x, and 2/4 to 4/4
+    were recalled (0/4 before). The test (seed 1: 10x, 13x, 4/4) asks for 5x, 3x and 2/4. At 50 steps of
+    5e-3 (seeds 1-8: 15x-43x, 10x-32x, 3/4-4/4) the test took 48 s alone and over 60 s in the suite."""
     tokenizer = AutoTokenizer.from_pretrained(DEMO)
     torch.manual_seed(0)  # LoRA's A matrices are initialised from torch's global generator
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(DEMO)
@@ -99,9 +100,9 @@ def test_lora_on_the_demo_model_learns_four_pairs_and_leaves_the_base_untouched(
     assert recalled(model.get_base_model(), examples, 16) == 0
     loss_before = evaluate(model, examples, 0, eos)
 
-    losses = train(model, examples, TrainPlan(5e-3, 4, 50, 5, 10**9, 1, eos), tmp_path)
-    assert evaluate(model, examples, 0, eos) < loss_before / 8
-    assert mean(losses[-5:]) < mean(losses[:5]) / 5
+    losses = train(model, examples, TrainPlan(7e-3, 4, 35, 5, 10**9, 1, eos), tmp_path)
+    assert evaluate(model, examples, 0, eos) < loss_before / 5
+    assert mean(losses[-5:]) < mean(losses[:5]) / 3
     assert recalled(model.get_base_model(), examples, 16) >= 2
 
     # only the adapter trained: every base weight is as loaded
