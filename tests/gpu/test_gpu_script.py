@@ -1,5 +1,6 @@
-"""The GPU run's correctness script, run here on whatever device there is (the CPU in CI), so the
-script a GPU session runs once is known to work before it is run."""
+"""The GPU run's scripts (bench/gpu.sh's phases), run here on whatever device there is (the CPU in CI),
+so what a GPU session runs once is known to work before it is run. Some run in a process of their own as
+the GPU run starts them, the others as `__main__` in this one (`run_here`)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,23 @@ def test_gpu_checks_script_passes_on_this_device() -> None:
     assert "SKIP a failed capture" in result.stdout  # forced on a GPU only
 
 
-def test_engine_benchmark_runs_on_a_small_config() -> None:
-    cmd = [
-        sys.executable,
-        "bench/engine.py",
+def run_here(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """A bench script run as `python3 bench/x.py` runs it, but in this process (its imports are already
+    made here, which saves a new interpreter's ten seconds on a slow CPU): its exit code and output."""
+    monkeypatch.setattr(sys, "argv", list(args))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a script's sys.path.insert stays in it
+    try:
+        runpy.run_path(str(ROOT / args[0]), run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_engine_benchmark_runs_on_a_small_config(monkeypatch, capsys) -> None:
+    args = [
         "--arch",
         "small",
         "--requests",
@@ -37,38 +51,22 @@ def test_engine_benchmark_runs_on_a_small_config() -> None:
         "8",
         "--skip-static",
     ]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "engine, 2 rows, arriving together" in result.stdout
-    assert '"outputs_equal_to_generate"' in result.stdout  # the exactness column is reported
-    assert '"graphs_captured": 0' in result.stdout and "graphs off" in result.stdout  # nothing captured on a CPU
+    code, out = run_here(monkeypatch, capsys, "bench/engine.py", *args)
+    assert code == 0, out[-3000:]
+    assert "engine, 2 rows, arriving together" in out
+    assert '"outputs_equal_to_generate"' in out  # the exactness column is reported
+    assert '"graphs_captured": 0' in out and "graphs off" in out  # nothing captured on a CPU
 
 
-def test_sampler_benchmark_runs_on_the_small_config() -> None:
-    result = run_script("bench/sampler.py", "--arch", "small", "--rows", "1", "--repeats", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert '"mode": "exact"' in result.stdout and '"mode": "fast"' in result.stdout
+def test_sampler_benchmark_runs_on_the_small_config(monkeypatch, capsys) -> None:
+    code, out = run_here(monkeypatch, capsys, "bench/sampler.py", "--arch", "small", "--rows", "1", "--repeats", "1")
+    assert code == 0, out[-3000:]
+    assert '"mode": "exact"' in out and '"mode": "fast"' in out
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     """A bench script as the GPU run starts it: `python3 bench/x.py` from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-
-
-def run_here(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """A bench script run as `python3 bench/x.py` runs it, but in this process (its imports are already
-    made here, which saves a new interpreter's ten seconds on a slow CPU): its exit code and output. Each
-    test also runs one script in a process of its own."""
-    monkeypatch.setattr(sys, "argv", list(args))
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # a script's sys.path.insert stays in it
-    try:
-        runpy.run_path(str(ROOT / args[0]), run_name="__main__")
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_demo_model_evaluations_run_as_scripts(tmp_path, monkeypatch, capsys) -> None:
@@ -97,12 +95,11 @@ def test_qlora_script_runs_unquantized_on_the_cpu_and_refuses_4bit_without_a_gpu
         assert "needs a CUDA GPU" in refused
 
 
-def test_quantized_benchmark_runs_on_the_tiny_config() -> None:
+def test_quantized_benchmark_runs_on_the_tiny_config(monkeypatch, capsys) -> None:
     """bench/quantized.py's whole path (streaming quantization, loading, the engine) on the tests' tiny
     model; the 26B run on a GPU takes the same path."""
     args = ["--arch", "tiny", "--methods", "nf4,fp8", "--rows", "1", "--steps", "2"]
-    cmd = [sys.executable, "bench/quantized.py", *args]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "| nf4 |" in result.stdout and "| base |" in result.stdout
-    assert "refused: fp8 weights need a CUDA GPU" in result.stdout or "cuda" in result.stdout.lower()
+    code, out = run_here(monkeypatch, capsys, "bench/quantized.py", *args)
+    assert code == 0, out[-3000:]
+    assert "| nf4 |" in out and "| base |" in out
+    assert "refused: fp8 weights need a CUDA GPU" in out or "cuda" in out.lower()
