@@ -114,7 +114,7 @@ def base_settings(
         cancel_poll_seconds=0.1,
         sweep_seconds=0.3,
         webhook_schedule=(0.3, 0.3, 0.3, 0.3),
-        webhook_timeout_seconds=1.0,
+        webhook_timeout_seconds=2.5,  # a loopback receiver in a busy test process can take a second to answer
         webhook_allow="127.0.0.1/32",  # the tests' receivers listen on loopback
         var_dir=tmp_path_factory.mktemp("var"),
     )

@@ -164,7 +164,7 @@ class Stack:
         code = service.process.wait(timeout)
         assert code == 0, service.log_tail()
 
-    def wait_healthy(self, timeout: float = 50) -> None:
+    def wait_healthy(self, timeout: float = 120) -> None:  # five processes start at once on two cores
         deadline = time.monotonic() + timeout
         waiting = [s for s in self.services.values() if s.spec.get("healthcheck") != {"disable": True}]
         while waiting:

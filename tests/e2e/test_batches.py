@@ -118,7 +118,9 @@ def one_line_at_a_time(settings, backend, model_host) -> Iterator[ApiServer]:
 def test_a_cancelled_batch_keeps_what_finished_and_reports_the_rest(settings, backend, model_host, keys) -> None:
     with one_line_at_a_time(settings, backend, model_host) as api:  # most lines are still queued
         client = sdk(api.url, keys["a"])
-        lines = [completion_line(f"c{i}", f"count {i}", max_tokens=40, max_denoising_steps=24) for i in range(6)]
+        # Lines that run every step (about a second each), so the cancel lands before most have run.
+        slow = {"max_denoising_steps": 48, "stability_threshold": 4096, "confidence_threshold": 1e-9}
+        lines = [completion_line(f"c{i}", f"count {i}", max_tokens=40, **slow) for i in range(6)]
         created = start(client, lines, "/v1/completions")
         deadline = time.monotonic() + 30
         while client.batches.retrieve(created.id).request_counts.completed < 1 and time.monotonic() < deadline:

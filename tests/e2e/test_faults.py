@@ -55,7 +55,7 @@ def test_a_job_accepted_while_redis_is_down_completes_after_redis_returns(
 def test_a_job_on_a_killed_worker_is_requeued_and_completes(settings, keys, backend, tmp_path, model_host) -> None:
     # A Redis database of its own, so the shared live worker cannot take this job.
     settings = settings.with_(
-        redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 2}", lease_seconds=2.0
+        redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 2}", lease_seconds=4.0
     )
     receiver = Receiver()
     with ApiServer(settings) as api, webhook_worker(settings):

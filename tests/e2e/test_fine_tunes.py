@@ -213,9 +213,10 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(live_api, settings
     hp = {"max_steps": 40, "learning_rate": 3e-3, "batch_size": 4, "checkpoint_every": 5, "warmup_steps": 2}
     data = dataset("copy")
     # Worker processes on a Redis database of their own (no in-process worker takes these tasks), with a
-    # short lease so that the killed worker's job is requeued quickly (one torch thread each, as the suite's:
+    # short lease (4 s: a live worker's renewal is not late on a busy machine) so that the killed worker's
+    # job is requeued quickly (one torch thread each, as the suite's:
     # tests/conftest.py).
-    isolated = settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + "/9", lease_seconds=2.0)
+    isolated = settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + "/9", lease_seconds=4.0)
     first = Worker(isolated, None, tmp_path / "train1.log", role="train")
     try:
         client = Client(live_api.url, keys["a"])

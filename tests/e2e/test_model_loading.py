@@ -74,7 +74,9 @@ def test_a_job_waiting_for_memory_longer_than_its_lease_is_not_rerun(isolated, k
         client = Client(api.url, keys["a"])
         first = client.submit(model="tiny:a", prompt="x", params=LONG)
         client.wait(first["id"], {"running"})
-        time.sleep(0.5)  # the first job holds adapter a
+        deadline = time.monotonic() + 30
+        while "adapter:tiny:a" not in host.cache.entries and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first job holds adapter a
         second = client.submit(model="tiny:b", prompt="y", params={"max_new_tokens": 8})
         client.wait(second["id"], {"running"})
         time.sleep(3 * isolated.lease_seconds)  # b waits for a's memory, three leases long

@@ -103,7 +103,7 @@ def test_410_disables_the_endpoint(live_api, keys, receiver) -> None:
 
 def test_a_slow_receiver_times_out_and_is_retried(live_api, keys, receiver) -> None:
     client = Client(live_api.url, keys["a"])
-    ep = endpoint(client, receiver.script("/slow", Answer(200, delay=3.0), Answer(200)))
+    ep = endpoint(client, receiver.script("/slow", Answer(200, delay=6.0), Answer(200)))
     client.wait(client.submit(model=TINY, prompt="slow", params={"max_new_tokens": 8})["id"])
     delivery = wait_delivery(client, ep["id"], "delivered")
     assert "Timeout" in delivery["log"][0]["error"]
