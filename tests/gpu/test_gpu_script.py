@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,15 +26,28 @@ def test_gpu_checks_script_passes_on_this_device() -> None:
 
 def run_here(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """A bench script run as `python3 bench/x.py` runs it, but in this process (its imports are already
-    made here, which saves a new interpreter's ten seconds on a slow CPU): its exit code and output."""
+    made here, which saves a new interpreter's ten seconds on a slow CPU): its exit code and output. torch's
+    process-wide settings a script may change (grad mode, threads, default dtype and seed) are restored
+    after it, so later tests in this process see them as they were."""
     monkeypatch.setattr(sys, "argv", list(args))
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "path", list(sys.path))  # a script's sys.path.insert stays in it
+    grad, threads, dtype, rng = (
+        torch.is_grad_enabled(),
+        torch.get_num_threads(),
+        torch.get_default_dtype(),
+        torch.get_rng_state(),
+    )
     try:
         runpy.run_path(str(ROOT / args[0]), run_name="__main__")
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_rng_state(rng)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
