@@ -23,12 +23,11 @@ up: install
 	$(VENV)/bin/canvas up
 
 # --durations=15: every run prints its slowest tests (the suite's target: none over 60 s). The per-test
-# timeout is in pyproject.toml. Two processes (pytest-xdist), a test file each at a time, the slowest files
-# first (tests/conftest.py, SLOW_FILES): much of the suite waits on servers and workers, and each process
-# has a Redis server of its own (tests/conftest.py).
+# timeout is in pyproject.toml. Two processes (pytest-xdist), a test file each at a time: much of the suite
+# waits on servers and workers, and each process has a Redis server of its own (tests/conftest.py).
 # TEST_PROCESSES=0 runs in one process.
 TEST_PROCESSES ?= 2
-XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder)
+XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist loadfile)
 
 test: install
 	$(PY) -m pytest -q --durations=15 $(XDIST) $(PYTEST_ARGS)

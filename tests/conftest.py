@@ -44,39 +44,6 @@ from shared.settings import Settings
 PG_ADMIN_URL = os.environ.get("CANVAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-# The slowest test files and their seconds in a fresh clone's `make test` on the 2-core VM (2026-11-29,
-# junit times). `make test` hands whole files to its processes in collection order (--no-loadscope-reorder:
-# xdist's default puts files with many tests first, which left these long ones to the end, one process
-# running the last of them while the other sat idle); this puts them first, longest first.
-SLOW_FILES = {
-    "tests/worker/test_cli.py": 132,
-    "tests/worker/test_shipped_model.py": 85,
-    "tests/e2e/test_fine_tunes.py": 78,
-    "tests/gpu/test_gpu_script.py": 75,
-    "tests/faults/test_redis_loss.py": 73,
-    "tests/e2e/test_admin_dashboard.py": 69,
-    "tests/e2e/test_webhooks.py": 64,
-    "tests/worker/test_learning.py": 63,
-    "tests/e2e/test_shutdown.py": 49,
-    "tests/api/test_completions.py": 46,
-    "tests/e2e/test_faults.py": 39,
-    "tests/deploy/test_compose_smoke.py": 38,
-    "tests/e2e/test_fuzz.py": 35,
-    "tests/e2e/test_observability.py": 30,
-}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slow files first, longest first; every other file after them in collection order (a stable
-    sort: each file's tests stay together and in order)."""
-    root = config.rootpath
-
-    def seconds(item: pytest.Item) -> int:
-        return SLOW_FILES.get(item.path.relative_to(root).as_posix(), 0)
-
-    items.sort(key=lambda item: -seconds(item))
-
-
 def _redis_of_this_process() -> str:
     """The Redis server of this test process (scheme, host and port; tests pick database numbers). Under
     pytest-xdist (`make test` runs two processes) every process but the first starts a redis-server of its

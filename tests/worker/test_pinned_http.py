@@ -98,5 +98,5 @@ def test_the_overall_deadline_covers_every_address_tried() -> None:
         with socket.create_connection(("127.0.0.1", port)):  # fills the backlog; nothing accepts it
             started = time.monotonic()
             with pytest.raises(TotalTimeout):
-                post_within(f"http://hooks.example:{port}/x", ["127.0.0.1"] * 3, 1.0, data=b"x")
-            assert time.monotonic() - started < 1.8
+                post_within(f"http://hooks.example:{port}/x", ["127.0.0.1"] * 5, 1.0, data=b"x")
+            assert time.monotonic() - started < 3.5  # a deadline per address would take 5 s
