@@ -17,6 +17,7 @@ from celery.signals import celeryd_init, setup_logging
 from shared.logs import configure_logging
 from shared.models import OutboxMessage
 from shared.settings import Settings
+from shared.webhook_wake import install as install_webhook_wakes
 
 log = logging.getLogger(__name__)
 # How a worker that cannot start (its models do not load) exits: sysexits' EX_CONFIG. Its supervisor
@@ -51,6 +52,7 @@ def make_celery(
     never answers (paused for a failover, a proxy whose backend is gone) would otherwise hold a release
     pass, and the per-queue lock it holds (shared/fairness.py), forever."""
     app = Celery(name, broker=settings.redis_url, set_as_current=set_as_current)
+    install_webhook_wakes(settings.redis_url)  # every process that has an app may write webhook messages
     transport = {
         # Longer than the longest job, or Redis redelivers a running job (celery#5935, pretix#2058).
         "visibility_timeout": settings.max_job_seconds + 3600,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import Celery
 from sqlalchemy import select
@@ -25,7 +26,8 @@ from shared.models import Job, utcnow
 from shared.retention import apply_if_due
 from shared.settings import Settings
 from shared.states import JobStatus
-from shared.webhook_dispatch import sweep_webhooks
+from shared.webhook_dispatch import dispatch_due, sweep_webhooks
+from shared.webhook_wake import WakeSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +95,29 @@ def sweep_once(settings: Settings, app: Celery) -> tuple[int, int]:
 
 
 class Sweeper(threading.Thread):
-    """Runs `sweep_once` every `settings.sweep_seconds` until `stop()`."""
+    """Runs `sweep_once` every `settings.sweep_seconds` until `stop()`; between passes, a wake
+    (shared/webhook_wake.py: a webhook message became due in some process) runs its webhook dispatch at
+    once, so a callback does not wait for the next period."""
 
     def __init__(self, settings: Settings, app: Celery) -> None:
         super().__init__(name="canvas-sweeper", daemon=True)
         self.settings, self.app = settings, app
         self._stop_event = threading.Event()
+        self._woken = threading.Event()
+        self._wakes = WakeSubscriber(settings.redis_url, self._woken, self._stop_event)
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.settings.sweep_seconds):
+        self._wakes.start()
+        next_pass = time.monotonic() + self.settings.sweep_seconds
+        while not self._stop_event.is_set():
+            woken = self._woken.wait(max(0.0, next_pass - time.monotonic()))
+            self._woken.clear()  # before the dispatch: a wake from now on runs another
+            if self._stop_event.is_set():
+                break
+            if woken and time.monotonic() < next_pass:
+                self._dispatch_webhooks()
+                continue
+            next_pass = time.monotonic() + self.settings.sweep_seconds
             try:
                 reaped, published = sweep_once(self.settings, self.app)
             except Exception:  # a database outage must not kill the loop; it logs and tries again
@@ -110,5 +126,13 @@ class Sweeper(threading.Thread):
             if reaped or published:
                 log.info("sweep: %d reaped, %d published", reaped, published)
 
+    def _dispatch_webhooks(self) -> None:
+        try:
+            with session_scope(self.settings.database_url) as session:
+                dispatch_due(session, self.app)
+        except Exception:  # as a pass's: logged; the next pass dispatches what this one missed
+            log.exception("webhook dispatch on a wake failed")
+
     def stop(self) -> None:
         self._stop_event.set()
+        self._woken.set()

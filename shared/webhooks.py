@@ -24,6 +24,7 @@ from shared.errors import Conflict, InvalidRequest
 from shared.models import Job, TenantWebhookSecret, WebhookEndpoint, WebhookMessage, utcnow
 from shared.states import JobStatus
 from shared.views import job_view
+from shared.webhook_wake import mark_due
 
 JOB_EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired", "job.canvas")
 FINE_TUNE_EVENTS = ("fine_tune.started", "fine_tune.succeeded", "fine_tune.failed", "fine_tune.canceled")
@@ -159,6 +160,8 @@ def _add_messages(
         session.add(message)
         messages.append(message)
     session.flush()
+    if messages:
+        mark_due(session)
     return messages
 
 
@@ -192,7 +195,8 @@ def wants_canvas_events(session: Session, job_id: str) -> bool:
 def replay_message(session: Session, message: WebhookMessage) -> None:
     """Send a message again: the same id (receivers deduplicate on it), a fresh retry schedule. A message
     to an endpoint needs the endpoint enabled; one being delivered right now is refused (Conflict), so the
-    attempt in flight keeps its count and its lease. The caller commits, and the sweeper dispatches it."""
+    attempt in flight keeps its count and its lease. The caller commits, and the sweeper dispatches it
+    (woken at once: shared/webhook_wake.py)."""
     if message.endpoint_id:
         status = session.scalar(select(WebhookEndpoint.status).where(WebhookEndpoint.id == message.endpoint_id))
         if status is not None and status != "enabled":
@@ -205,6 +209,7 @@ def replay_message(session: Session, message: WebhookMessage) -> None:
     if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict("the message is being delivered right now; replay it once this attempt has ended", "id")
     session.refresh(message)
+    mark_due(session)
 
 
 def reseal_secrets(session: Session) -> int:

@@ -25,6 +25,7 @@ from shared.models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcno
 from shared.queue import ClaimFailed
 from shared.settings import Settings
 from shared.ssrf import UnsafeURL, check_url, parse_allow_list
+from shared.webhook_wake import mark_due
 from shared.webhooks import signature_header, tenant_secret
 from worker.pinned_http import post_within
 
@@ -182,7 +183,10 @@ def _record(
         if not current:
             log.warning("webhook message %s: a delivery that outlived its lease; its result is only logged", message_id)
             return "superseded"
-        return _settle(settings, session, message, outcome, now, final)
+        settled = _settle(settings, session, message, outcome, now, final)
+        if settled in ("delivered", "failed") and message.job_id is not None:
+            mark_due(session)  # the job's next message to this destination may go now
+        return settled
 
 
 def _settle(

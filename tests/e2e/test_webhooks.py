@@ -185,3 +185,22 @@ def test_a_generation_worker_without_the_sealing_key_runs_jobs_of_a_tenant_with_
         sealing.configure("")
     assert [verified(ep["secret"], r)["type"] for r in received] == ["job.started", "job.succeeded"]
     assert b"sealed:v1:" not in b"".join(r.body for r in received)
+
+
+def test_callbacks_go_out_at_once_not_at_the_sweepers_next_pass(
+    settings, keys, receiver, live_worker, live_webhook_worker
+) -> None:
+    """With the sweeper's period at a minute, a job's two callbacks still arrive within seconds: each
+    message wakes the sweeper's dispatch when it is written, and so does the delivery of job.started,
+    which the job's job.succeeded waits behind (order per job)."""
+    slow = settings.with_(sweep_seconds=60.0)
+    with ApiServer(slow) as api:
+        client = Client(api.url, keys["a"])
+        endpoint(client, receiver.script("/prompt"), ["job.started", "job.succeeded"])
+        started = time.monotonic()
+        job = client.submit(model=TINY, prompt="prompt", params={"max_new_tokens": 8})
+        received = receiver.wait_for("/prompt", 2, timeout=30)
+        took = time.monotonic() - started
+        assert client.wait(job["id"])["status"] == "succeeded"
+    assert [json.loads(r.body)["type"] for r in received] == ["job.started", "job.succeeded"]
+    assert took < 15, f"{took:.1f} s: the callbacks waited for a sweep"
