@@ -33,7 +33,8 @@ def mark_due(session: Session) -> None:
 
 def install(redis_url: str) -> None:
     """Publish a wake on `redis_url` after every commit of a marked session in this process (the listener
-    is registered once; a later call changes the Redis it publishes to)."""
+    is registered once; a later call changes the Redis it publishes to). A thread of its own publishes,
+    so a commit never waits on Redis; wakes asked for while it publishes make one more."""
     with _lock:
         first = not _redis_url
         _redis_url[:] = [redis_url]
@@ -43,12 +44,34 @@ def install(redis_url: str) -> None:
 
 
 def _after_commit(session: Session) -> None:
-    if session.info.pop(DUE, False) and _redis_url:
-        publish_wake(_redis_url[0])
+    if session.info.pop(DUE, False):
+        _ensure_publisher()
+        _asked.set()
+
+
+def _ensure_publisher() -> None:
+    """The publishing thread, started on first use and again in a forked child (threads do not survive a
+    fork: a server that forks its workers after building the app)."""
+    global _publisher
+    with _lock:
+        if _publisher is None or not _publisher.is_alive():
+            _publisher = threading.Thread(target=_publish_when_asked, name="canvas-webhook-wake", daemon=True)
+            _publisher.start()
 
 
 def _after_rollback(session: Session) -> None:
     session.info.pop(DUE, None)  # nothing was written
+
+
+def _publish_when_asked() -> None:
+    while True:
+        _asked.wait()
+        _asked.clear()  # before publishing: a commit from now on asks for another
+        publish_wake(_redis_url[0])
+
+
+_asked = threading.Event()
+_publisher: threading.Thread | None = None
 
 
 def publish_wake(redis_url: str) -> None:
@@ -57,7 +80,8 @@ def publish_wake(redis_url: str) -> None:
         with _lock:
             client = _clients.get(redis_url)
             if client is None:
-                client = _clients[redis_url] = redis.Redis.from_url(redis_url, socket_timeout=1.0)
+                client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+                _clients[redis_url] = client
         client.publish(CHANNEL, b"1")
     except redis.RedisError as exc:
         log.debug("webhook wake not published: %s", exc)
@@ -74,12 +98,12 @@ class WakeSubscriber(threading.Thread):
         while not self.stopped.is_set():
             try:
                 self._listen()
-            except redis.RedisError as exc:
+            except Exception as exc:  # Redis gone, or anything else: the period still sweeps; try again
                 log.debug("webhook wakes: %s; subscribing again", exc)
                 self.stopped.wait(1.0)
 
     def _listen(self) -> None:
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=5.0)
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(CHANNEL)
