@@ -30,6 +30,7 @@ from shared.webhook_dispatch import dispatch_due, sweep_webhooks
 from shared.webhook_wake import WakeSubscriber
 
 log = logging.getLogger(__name__)
+WAKE_GAP_SECONDS = 0.1  # at most ten wake dispatches a second, however many messages are written
 
 
 def reap_expired_leases(settings: Settings) -> int:
@@ -116,6 +117,7 @@ class Sweeper(threading.Thread):
                 break
             if woken and time.monotonic() < next_pass:
                 self._dispatch_webhooks()
+                self._stop_event.wait(WAKE_GAP_SECONDS)  # wakes that arrive meanwhile make one more dispatch
                 continue
             next_pass = time.monotonic() + self.settings.sweep_seconds
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import ColumnElement, and_, case, or_, select, update
@@ -82,16 +82,40 @@ def dispatch_due(session: Session, app: Celery, limit: int = 200) -> int:
         .with_for_update(skip_locked=True)
     )
     sent = 0
-    for message in session.scalars(stmt).all():
+    for message_id in [message.id for message in session.scalars(stmt).all()]:
+        if not _set_due_at(session, message_id, now, now + timedelta(seconds=DISPATCH_GRACE_SECONDS)):
+            continue  # another sweeper took it between our SELECT and this UPDATE (SQLite has no row locks)
         try:
-            app.send_task(WEBHOOK_TASK, args=[message.id], queue=WEBHOOK_QUEUE, retry=False)
+            app.send_task(WEBHOOK_TASK, args=[message_id], queue=WEBHOOK_QUEUE, retry=False)
         except Exception as exc:  # the broker is down: the message stays due, the next sweep retries
             log.warning("webhook dispatch deferred: %s", exc)
+            session.execute(
+                update(WebhookMessage)
+                .where(WebhookMessage.id == message_id)
+                .values(next_attempt_at=now)
+                .execution_options(synchronize_session=False)
+            )
             break
-        message.next_attempt_at = now + timedelta(seconds=DISPATCH_GRACE_SECONDS)
         sent += 1
     session.flush()
     return sent
+
+
+def _set_due_at(session: Session, message_id: str, now: datetime, later: datetime) -> bool:
+    """Move a message that is still pending and due at `now` to `later` (dispatched: not sent again within
+    the grace); whether it was. Conditional, so of sweepers that selected one message at once (woken
+    together; SQLite ignores FOR UPDATE) only one sends it."""
+    stmt = (
+        update(WebhookMessage)
+        .where(
+            WebhookMessage.id == message_id,
+            WebhookMessage.status == "pending",
+            WebhookMessage.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=later)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
 
 def sweep_webhooks(settings: Settings, app: Celery) -> tuple[int, int]:

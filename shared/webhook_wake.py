@@ -11,6 +11,7 @@ Knows SQLAlchemy sessions and Redis, not what a message holds.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import redis
@@ -44,9 +45,13 @@ def install(redis_url: str) -> None:
 
 
 def _after_commit(session: Session) -> None:
-    if session.info.pop(DUE, False):
+    if session.in_nested_transaction() or not session.info.pop(DUE, False):
+        return  # a savepoint's release: the outer transaction has not committed yet
+    try:
         _ensure_publisher()
         _asked.set()
+    except Exception:  # the commit has happened: nothing here may make it look failed
+        log.exception("webhook wake not asked for; the sweepers' period dispatches")
 
 
 def _ensure_publisher() -> None:
@@ -60,7 +65,8 @@ def _ensure_publisher() -> None:
 
 
 def _after_rollback(session: Session) -> None:
-    session.info.pop(DUE, None)  # nothing was written
+    if not session.in_nested_transaction():
+        session.info.pop(DUE, None)  # nothing was written
 
 
 def _publish_when_asked() -> None:
@@ -72,6 +78,16 @@ def _publish_when_asked() -> None:
 
 _asked = threading.Event()
 _publisher: threading.Thread | None = None
+
+
+def _reset_in_child() -> None:
+    """After a fork: fresh locks, no publisher (it is started on first use) and no Redis clients."""
+    global _lock, _asked, _publisher
+    _lock, _asked, _publisher = threading.Lock(), threading.Event(), None
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def publish_wake(redis_url: str) -> None:
@@ -104,7 +120,7 @@ class WakeSubscriber(threading.Thread):
 
     def _listen(self) -> None:
         client = redis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()  # a (re)subscription's confirmation wakes too: a catch-up for wakes missed
         try:
             pubsub.subscribe(CHANNEL)
             while not self.stopped.is_set():

@@ -61,3 +61,31 @@ def test_a_tenants_backlog_behind_a_failing_receiver_does_not_hold_back_another_
         assert waiting == BACKLOG + 1  # nothing of a's was sent out of order or lost
     finally:
         receiver.close()
+
+
+def test_of_two_sweepers_that_selected_one_due_message_only_one_sends_it(settings, backend) -> None:
+    """Woken together, two sweepers may both select one due message (SQLite has no row locks to skip):
+    the one that moves it first sends it, the other's conditional move finds it no longer due."""
+    from shared.webhook_dispatch import _set_due_at
+
+    settings = settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 3}")
+    selected_at = utcnow()  # both sweepers' SELECT saw the message due at this moment
+    with session_scope(settings.database_url) as session:
+        job_id, endpoint_id = add_job_and_endpoint(session, f"race{backend}", "https://hooks.example/x")
+        session.add(
+            message(
+                f"race{backend}",
+                job_id,
+                endpoint_id,
+                "https://hooks.example/x",
+                0,
+                selected_at,
+                next_attempt_at=selected_at,
+            )
+        )
+    message_id = f"msg_race{backend}_0000"
+    later = selected_at + timedelta(minutes=1)
+    with session_scope(settings.database_url) as first:
+        assert _set_due_at(first, message_id, selected_at, later)
+    with session_scope(settings.database_url) as second:
+        assert not _set_due_at(second, message_id, selected_at, later)
