@@ -26,7 +26,7 @@ from shared.models import Job, utcnow
 from shared.retention import apply_if_due
 from shared.settings import Settings
 from shared.states import JobStatus
-from shared.webhook_dispatch import dispatch_due, sweep_webhooks
+from shared.webhook_dispatch import dispatch_now, sweep_webhooks
 from shared.webhook_wake import WakeSubscriber
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ class Sweeper(threading.Thread):
 
     def _dispatch_webhooks(self) -> None:
         try:
-            with session_scope(self.settings.database_url) as session:
-                dispatch_due(session, self.app)
+            dispatch_now(self.settings, self.app)
         except Exception:  # as a pass's: logged; the next pass dispatches what this one missed
             log.exception("webhook dispatch on a wake failed")
 

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, and_, case, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.contracts import WEBHOOK_QUEUE, WEBHOOK_TASK
+from shared.db import session_scope
 from shared.models import WebhookAttempt, WebhookMessage, utcnow
 from shared.settings import Settings
 
@@ -75,53 +76,52 @@ def dispatch_due(session: Session, app: Celery, limit: int = 200) -> int:
     receiver's backlog) never take the places of other tenants' due ones. Returns how many went out."""
     now = utcnow()
     stmt = (
-        select(WebhookMessage)
+        select(WebhookMessage.id)  # ids only: a message's payload is the webhook worker's to read
         .where(WebhookMessage.status == "pending", WebhookMessage.next_attempt_at <= now, _first_undelivered())
         .order_by(WebhookMessage.created_at, WebhookMessage.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+    grace_end = now + timedelta(seconds=DISPATCH_GRACE_SECONDS)
     sent = 0
-    for message_id in [message.id for message in session.scalars(stmt).all()]:
-        if not _set_due_at(session, message_id, now, now + timedelta(seconds=DISPATCH_GRACE_SECONDS)):
+    for message_id in session.scalars(stmt).all():
+        if not _move_due(session, message_id, now, grace_end):
             continue  # another sweeper took it between our SELECT and this UPDATE (SQLite has no row locks)
         try:
             app.send_task(WEBHOOK_TASK, args=[message_id], queue=WEBHOOK_QUEUE, retry=False)
-        except Exception as exc:  # the broker is down: the message stays due, the next sweep retries
+        except Exception as exc:  # the broker is down: the message is due again, the next sweep retries
             log.warning("webhook dispatch deferred: %s", exc)
-            session.execute(
-                update(WebhookMessage)
-                .where(WebhookMessage.id == message_id)
-                .values(next_attempt_at=now)
-                .execution_options(synchronize_session=False)
-            )
+            _move_due(session, message_id, grace_end, now)
             break
         sent += 1
     session.flush()
     return sent
 
 
-def _set_due_at(session: Session, message_id: str, now: datetime, later: datetime) -> bool:
-    """Move a message that is still pending and due at `now` to `later` (dispatched: not sent again within
-    the grace); whether it was. Conditional, so of sweepers that selected one message at once (woken
-    together; SQLite ignores FOR UPDATE) only one sends it."""
+def _move_due(session: Session, message_id: str, due_by: datetime, to: datetime) -> bool:
+    """Set `next_attempt_at` of a message still pending and due by `due_by` to `to`; whether it was.
+    Conditional, so of sweepers that selected one message at once (woken together; SQLite ignores
+    FOR UPDATE) only the first to take it (moves it past the dispatch grace) sends it."""
     stmt = (
         update(WebhookMessage)
         .where(
             WebhookMessage.id == message_id,
             WebhookMessage.status == "pending",
-            WebhookMessage.next_attempt_at <= now,
+            WebhookMessage.next_attempt_at <= due_by,
         )
-        .values(next_attempt_at=later)
+        .values(next_attempt_at=to)
         .execution_options(synchronize_session=False)
     )
     return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
 
-def sweep_webhooks(settings: Settings, app: Celery) -> tuple[int, int]:
-    from shared.db import session_scope
+def dispatch_now(settings: Settings, app: Celery) -> int:
+    """`dispatch_due` in a transaction of its own: how many went out."""
+    with session_scope(settings.database_url) as session:
+        return dispatch_due(session, app)
 
+
+def sweep_webhooks(settings: Settings, app: Celery) -> tuple[int, int]:
     with session_scope(settings.database_url) as session:
         recovered = recover_stalled(session, settings.webhook_schedule)
-    with session_scope(settings.database_url) as session:
-        return recovered, dispatch_due(session, app)
+    return recovered, dispatch_now(settings, app)

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "canvas:webhooks:due"
 DUE = "canvas.webhooks_due"  # the session.info key of a transaction that wrote a due message
-_redis_url: list[str] = []  # the process's Redis for wakes (set by `install`)
-_clients: dict[str, redis.Redis] = {}
+_redis_url: str | None = None  # where this process publishes its wakes (set by `install`)
+_asked = threading.Event()  # a marked commit happened since the publisher last published
+_publisher: threading.Thread | None = None
 _lock = threading.Lock()
 
 
@@ -36,9 +37,9 @@ def install(redis_url: str) -> None:
     """Publish a wake on `redis_url` after every commit of a marked session in this process (the listener
     is registered once; a later call changes the Redis it publishes to). A thread of its own publishes,
     so a commit never waits on Redis; wakes asked for while it publishes make one more."""
+    global _redis_url
     with _lock:
-        first = not _redis_url
-        _redis_url[:] = [redis_url]
+        first, _redis_url = _redis_url is None, redis_url
     if first:
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "after_rollback", _after_rollback)
@@ -54,6 +55,11 @@ def _after_commit(session: Session) -> None:
         log.exception("webhook wake not asked for; the sweepers' period dispatches")
 
 
+def _after_rollback(session: Session) -> None:
+    if not session.in_nested_transaction():
+        session.info.pop(DUE, None)  # nothing was written
+
+
 def _ensure_publisher() -> None:
     """The publishing thread, started on first use and again in a forked child (threads do not survive a
     fork: a server that forks its workers after building the app)."""
@@ -64,40 +70,30 @@ def _ensure_publisher() -> None:
             _publisher.start()
 
 
-def _after_rollback(session: Session) -> None:
-    if not session.in_nested_transaction():
-        session.info.pop(DUE, None)  # nothing was written
-
-
 def _publish_when_asked() -> None:
+    """The publisher's loop; its Redis client follows the installed URL."""
+    url, client = None, None
     while True:
         _asked.wait()
         _asked.clear()  # before publishing: a commit from now on asks for another
-        publish_wake(_redis_url[0])
-
-
-_asked = threading.Event()
-_publisher: threading.Thread | None = None
+        if url != _redis_url or client is None:
+            url = _redis_url
+            client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        publish_wake(client)
 
 
 def _reset_in_child() -> None:
-    """After a fork: fresh locks, no publisher (it is started on first use) and no Redis clients."""
+    """After a fork: a fresh lock and event, and no publisher (it is started on first use)."""
     global _lock, _asked, _publisher
     _lock, _asked, _publisher = threading.Lock(), threading.Event(), None
-    _clients.clear()
 
 
 os.register_at_fork(after_in_child=_reset_in_child)
 
 
-def publish_wake(redis_url: str) -> None:
+def publish_wake(client: redis.Redis) -> None:
     """Best effort: a Redis error is logged and dropped (the sweepers' period still dispatches)."""
     try:
-        with _lock:
-            client = _clients.get(redis_url)
-            if client is None:
-                client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-                _clients[redis_url] = client
         client.publish(CHANNEL, b"1")
     except redis.RedisError as exc:
         log.debug("webhook wake not published: %s", exc)

@@ -43,5 +43,6 @@ def test_a_commit_that_wrote_a_due_message_wakes_the_sweepers_and_a_rollback_doe
 
 def test_a_redis_that_cannot_be_reached_costs_the_writer_nothing() -> None:
     started = time.monotonic()
-    publish_wake("redis://127.0.0.1:1/0")  # nothing listens on port 1: refused at once, logged, dropped
+    unreachable = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1.0)  # nothing on port 1
+    publish_wake(unreachable)  # refused at once, logged, dropped
     assert time.monotonic() - started < 2.0

@@ -66,7 +66,7 @@ def test_a_tenants_backlog_behind_a_failing_receiver_does_not_hold_back_another_
 def test_of_two_sweepers_that_selected_one_due_message_only_one_sends_it(settings, backend) -> None:
     """Woken together, two sweepers may both select one due message (SQLite has no row locks to skip):
     the one that moves it first sends it, the other's conditional move finds it no longer due."""
-    from shared.webhook_dispatch import _set_due_at
+    from shared.webhook_dispatch import _move_due
 
     settings = settings.with_(redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB[backend] - 3}")
     selected_at = utcnow()  # both sweepers' SELECT saw the message due at this moment
@@ -86,6 +86,6 @@ def test_of_two_sweepers_that_selected_one_due_message_only_one_sends_it(setting
     message_id = f"msg_race{backend}_0000"
     later = selected_at + timedelta(minutes=1)
     with session_scope(settings.database_url) as first:
-        assert _set_due_at(first, message_id, selected_at, later)
+        assert _move_due(first, message_id, selected_at, later)
     with session_scope(settings.database_url) as second:
-        assert not _set_due_at(second, message_id, selected_at, later)
+        assert not _move_due(second, message_id, selected_at, later)
